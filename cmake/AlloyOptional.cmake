@@ -1,0 +1,48 @@
+# Optional ecosystems. Each option takes AUTO (use when found), ON (required) or OFF, and sets
+# ALLOY_HAVE_<NAME> for the rest of the build. A missing optional part is skipped with one message.
+
+function(_alloy_check_tristate name value)
+  if(NOT value MATCHES "^(AUTO|ON|OFF|TRUE|FALSE|YES|NO|1|0)$")
+    message(FATAL_ERROR "${name} must be AUTO, ON or OFF, not '${value}'")
+  endif()
+endfunction()
+
+macro(alloy_resolve_torch)
+  _alloy_check_tristate(ALLOY_WITH_TORCH "${ALLOY_WITH_TORCH}")
+  set(ALLOY_HAVE_TORCH OFF)
+  if(NOT ALLOY_WITH_TORCH MATCHES "^(OFF|FALSE|NO|0)$")
+    if(ALLOY_WITH_TORCH STREQUAL "AUTO")
+      find_package(Torch QUIET)
+    else()
+      find_package(Torch REQUIRED)
+    endif()
+    if(Torch_FOUND)
+      set(ALLOY_HAVE_TORCH ON)
+    else()
+      message(STATUS "alloy: LibTorch not found; the torch adapter and the CLIP example are skipped "
+                     "(install libtorch-dev or set Torch_DIR)")
+    endif()
+  endif()
+endmacro()
+
+macro(alloy_resolve_cuda)
+  _alloy_check_tristate(ALLOY_WITH_CUDA "${ALLOY_WITH_CUDA}")
+  set(ALLOY_HAVE_CUDA OFF)
+  if(NOT ALLOY_WITH_CUDA MATCHES "^(OFF|FALSE|NO|0)$")
+    include(CheckLanguage)
+    check_language(CUDA)
+    if(CMAKE_CUDA_COMPILER)
+      if(NOT DEFINED CMAKE_CUDA_ARCHITECTURES)
+        # Hopper (sm_90) code plus PTX so that newer GPUs can JIT it.
+        set(CMAKE_CUDA_ARCHITECTURES 90)
+      endif()
+      enable_language(CUDA)
+      set(ALLOY_HAVE_CUDA ON)
+    elseif(ALLOY_WITH_CUDA STREQUAL "AUTO")
+      message(STATUS "alloy: no CUDA compiler found; the CUDA backend is skipped")
+    else()
+      message(FATAL_ERROR "ALLOY_WITH_CUDA=${ALLOY_WITH_CUDA} but no CUDA compiler was found "
+                          "(put nvcc on PATH or set CMAKE_CUDA_COMPILER)")
+    endif()
+  endif()
+endmacro()

@@ -1,0 +1,20 @@
+#pragma once
+// Version and portability macros shared by every alloy header.
+
+#define ALLOY_VERSION_MAJOR 0
+#define ALLOY_VERSION_MINOR 1
+#define ALLOY_VERSION_PATCH 0
+
+// ALLOY_HD marks functions that run on the host and, under nvcc, on the device too, so that one
+// definition of a policy's per-element math serves every backend (as EIGEN_DEVICE_FUNC does).
+#if defined(__CUDACC__) || defined(__HIPCC__)
+#define ALLOY_HD __host__ __device__
+#else
+#define ALLOY_HD
+#endif
+
+#if defined(__GNUC__) || defined(__clang__)
+#define ALLOY_ALWAYS_INLINE inline __attribute__((always_inline))
+#else
+#define ALLOY_ALWAYS_INLINE inline
+#endif

@@ -1,0 +1,53 @@
+#include <array>
+#include <span>
+
+#include <catch2/catch.hpp>
+
+#include "alloy/store/memory_store.hpp"
+#include "store_conformance.hpp"
+
+using namespace alloy;
+
+TEST_CASE("memory_store conforms to the store concepts", "[store][memory_store][conformance]") {
+  const memory_store reference = testing::reference_content();
+  memory_store copy = copy_store(reference);
+  testing::check_store_conforms(copy, reference);
+  testing::check_mutable_store_conforms(copy);
+}
+
+TEST_CASE("memory_store keeps insertion order and zero-fills", "[store][memory_store]") {
+  memory_store store;
+  store.insert("b", dtype::f32, {2});
+  store.insert("a", dtype::bf16, {3, 1});
+  CHECK(store.names() == std::vector<std::string>{"b", "a"});
+  for (auto byte : store.view("a").bytes()) CHECK(byte == std::byte{0});
+  CHECK(reinterpret_cast<std::uintptr_t>(store.view("b").data()) % memory_store::alignment == 0);
+}
+
+TEST_CASE("memory_store refuses a duplicate name", "[store][memory_store]") {
+  memory_store store;
+  store.insert("w", dtype::f32, {2});
+  try {
+    store.insert("w", dtype::f32, {2});
+    FAIL("duplicate accepted");
+  } catch (const error& e) {
+    CHECK(e.code() == error_code::already_exists);
+    CHECK_THAT(e.what(), Catch::Contains("'w'"));
+  }
+}
+
+TEST_CASE("memory_store copies are deep and moves keep views valid", "[store][memory_store]") {
+  memory_store store;
+  std::array<float, 3> values{1, 2, 3};
+  store.insert("w", const_tensor_view(std::span<const float>(values), shape{3}));
+  values[0] = 100;  // the store owns a copy
+  CHECK(store.view("w").as<float>()[0] == 1.0f);
+
+  memory_store copy = store;
+  copy.mutable_view("w").as<float>()[1] = 20;
+  CHECK(store.view("w").as<float>()[1] == 2.0f);
+
+  const auto* data = store.view("w").data();
+  memory_store moved = std::move(store);
+  CHECK(moved.view("w").data() == data);
+}
