@@ -1,0 +1,11 @@
+# Runs the README's example in WORK_DIR on a copy of INPUT and checks that it wrote its model.
+file(REMOVE_RECURSE "${WORK_DIR}")
+file(MAKE_DIRECTORY "${WORK_DIR}")
+file(COPY_FILE "${INPUT}" "${WORK_DIR}/model.safetensors")
+execute_process(COMMAND "${EXAMPLE}" WORKING_DIRECTORY "${WORK_DIR}" RESULT_VARIABLE result)
+if(NOT result EQUAL 0)
+  message(FATAL_ERROR "the README example exited with ${result}")
+endif()
+if(NOT EXISTS "${WORK_DIR}/halved/model.safetensors")
+  message(FATAL_ERROR "the README example did not write halved/model.safetensors")
+endif()
