@@ -1,0 +1,126 @@
+#pragma once
+// PAM, parameter alignment for merging (Sokar et al., 2025): while a task copy T trains, every K
+// optimizer steps, per tensor, take the top-p fraction of the global weights G by magnitude; where
+// such an entry's sign differs from T's at the same position, reset T there, to zero or to G's
+// value. Entries of G outside the top p, and entries where G or T is exactly zero, are left alone:
+// they carry no sign to agree with. With p = 1 no conflict with G remains wherever G is non-zero.
+//
+// The top-p masks depend on G only, which is fixed during a task: `set_global` computes them once
+// per task (floor(p n) entries per tensor, ties broken by position) and `align` reuses them.
+// `align` reports, per tensor, how many entries it reset, and hands each tensor's reset mask to
+// an optional callback so that optimizer state at those entries can be reset too (the default the
+// paper implies: a reset weight should not keep the momentum that pushed it across).
+
+#include <cstddef>
+#include <cstdint>
+#include <functional>
+#include <map>
+#include <string>
+#include <string_view>
+#include <vector>
+
+#include "alloy/core/config.hpp"
+#include "alloy/core/error.hpp"
+#include "alloy/exec/cpu_backend.hpp"
+#include "alloy/exec/elementwise.hpp"
+#include "alloy/exec/select.hpp"
+#include "alloy/store/parameter_store.hpp"
+
+namespace alloy {
+
+enum class pam_reset : std::uint8_t { to_zero, to_global };
+
+struct pam_options {
+  double p = 0.5;                       // fraction of G's entries (by magnitude) to align with
+  std::size_t every = 1;                // align every K optimizer steps
+  pam_reset reset = pam_reset::to_zero;
+  cpu_backend backend{};
+};
+
+struct pam_report {
+  std::map<std::string, std::size_t, std::less<>> reset_per_tensor;
+  std::size_t total_reset = 0;
+  std::size_t total_considered = 0;  // entries inside the top-p masks
+};
+
+// Per element: values[0] = G, values[1] = T; reset T where the mask bit is set.
+struct pam_reset_kernel {
+  const std::uint64_t* reset_bits = nullptr;
+  bool to_global = false;
+  ALLOY_HD float operator()(const float* values, std::size_t index) const {
+    if ((reset_bits[index >> 6] >> (index & 63)) & 1u) return to_global ? values[0] : 0.0f;
+    return values[1];
+  }
+};
+
+class pam_aligner {
+ public:
+  using reset_callback = std::function<void(std::string_view tensor, const bit_mask& reset)>;
+
+  explicit pam_aligner(pam_options options = {}) : options_(options) {
+    if (!(options_.p >= 0.0 && options_.p <= 1.0)) {
+      detail::fail(error_code::invalid_argument, "pam: p = ", options_.p, " must be in [0, 1]");
+    }
+    if (options_.every == 0) detail::fail(error_code::invalid_argument, "pam: every must be at least 1 step");
+  }
+
+  // Computes the top-p masks of G for the task that starts now.
+  template <parameter_store Global>
+  void set_global(const Global& global) {
+    top_.clear();
+    for (const auto& name : global.names()) {
+      const const_tensor_view g = global.view(name);
+      if (!is_mergeable(g.dtype())) continue;  // integer buffers carry no weights to align
+      const const_tensor_view inputs[] = {g};
+      const auto keep = static_cast<std::size_t>(options_.p * static_cast<double>(g.numel()));
+      top_.insert_or_assign(std::string(name),
+                            rank_band_mask(options_.backend, inputs, g.numel(),
+                                           [](const float* v, std::size_t) { return v[0]; }, 0, keep));
+    }
+  }
+
+  // Counts an optimizer step; true when alignment is due (every K-th step).
+  bool step() noexcept { return ++steps_ % options_.every == 0; }
+
+  // Resets T's sign conflicts with G inside the top-p masks. G must be the store given to
+  // set_global (its values are read for reset-to-global and for signs).
+  template <parameter_store Global, mutable_parameter_store Task>
+  pam_report align(const Global& global, Task& task, const reset_callback& on_reset = {}) const {
+    pam_report report;
+    for (const auto& [name, top] : top_) {
+      const const_tensor_view g = global.view(name);
+      const auto found = task.find_mutable(name);
+      if (!found) detail::fail(error_code::not_found, "pam: the task weights lack tensor ", detail::quoted{name});
+      const tensor_view t = *found;
+      if (!(t.shape() == g.shape())) {
+        detail::fail(error_code::shape_mismatch, "pam: tensor ", detail::quoted{name}, " has shape ", t.shape(),
+                     " in the task weights but ", g.shape(), " in the global weights");
+      }
+      const const_tensor_view inputs[] = {g, t};
+      bit_mask reset(g.numel());
+      for_each_element(options_.backend, inputs, g.numel(), [&](std::size_t) {
+        return [&](const float* v, std::size_t i) {
+          if (top.test(i) && ((v[0] > 0 && v[1] < 0) || (v[0] < 0 && v[1] > 0))) reset.set(i);
+        };
+      });
+      const std::size_t count = reset.count();
+      report.reset_per_tensor.emplace(name, count);
+      report.total_reset += count;
+      report.total_considered += top.count();
+      if (count == 0) continue;
+      elementwise(options_.backend, t, inputs, pam_reset_kernel{reset.words(), options_.reset == pam_reset::to_global});
+      if (on_reset) on_reset(name, reset);
+    }
+    return report;
+  }
+
+  [[nodiscard]] const pam_options& options() const noexcept { return options_; }
+  [[nodiscard]] std::size_t steps() const noexcept { return steps_; }
+
+ private:
+  pam_options options_;
+  std::map<std::string, bit_mask, std::less<>> top_;
+  std::size_t steps_ = 0;
+};
+
+}  // namespace alloy

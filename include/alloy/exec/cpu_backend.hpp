@@ -1,0 +1,69 @@
+#pragma once
+// The CPU execution backend: OpenMP threads over fixed-size chunks of a tensor.
+//
+// Chunks have the same boundaries whatever the thread count, and every reduction combines its
+// per-chunk partial results in chunk order, so a result is bit-identical on 1 or 64 threads.
+
+#include <algorithm>
+#include <cstddef>
+#include <cstdint>
+
+#if defined(_OPENMP)
+#include <omp.h>
+#endif
+
+namespace alloy {
+
+struct cpu_backend {
+  // Threads to use; 0 means OpenMP's default (OMP_NUM_THREADS, else every core).
+  int threads = 0;
+
+  // Elements per chunk: a multiple of 64, so that chunks own whole words of a bit mask, and large
+  // enough that scheduling costs nothing next to the work.
+  static constexpr std::size_t chunk_elements = std::size_t{1} << 16;
+
+  [[nodiscard]] int thread_count() const noexcept {
+#if defined(_OPENMP)
+    return threads > 0 ? threads : omp_get_max_threads();
+#else
+    return 1;
+#endif
+  }
+
+  [[nodiscard]] static std::size_t chunk_count(std::size_t elements) noexcept {
+    return (elements + chunk_elements - 1) / chunk_elements;
+  }
+};
+
+// Calls body(chunk_index, begin, end) for every chunk of [0, elements), in parallel.
+template <class Body>
+void for_each_chunk(const cpu_backend& backend, std::size_t elements, Body&& body) {
+  const auto chunks = static_cast<std::int64_t>(cpu_backend::chunk_count(elements));
+  if (chunks == 0) return;
+#if defined(_OPENMP)
+  const int threads = static_cast<int>(std::min<std::int64_t>(backend.thread_count(), chunks));
+#pragma omp parallel for schedule(dynamic, 1) num_threads(threads)
+#else
+  (void)backend;
+#endif
+  for (std::int64_t chunk = 0; chunk < chunks; ++chunk) {
+    const std::size_t begin = static_cast<std::size_t>(chunk) * cpu_backend::chunk_elements;
+    const std::size_t end = std::min(elements, begin + cpu_backend::chunk_elements);
+    body(static_cast<std::size_t>(chunk), begin, end);
+  }
+}
+
+// Calls body(index) for every index in [0, count), in parallel (rows of a matrix, models, ...).
+template <class Body>
+void for_each_index(const cpu_backend& backend, std::size_t count, Body&& body) {
+  const auto total = static_cast<std::int64_t>(count);
+#if defined(_OPENMP)
+  const int threads = static_cast<int>(std::max<std::int64_t>(1, std::min<std::int64_t>(backend.thread_count(), total)));
+#pragma omp parallel for schedule(dynamic, 1) num_threads(threads)
+#else
+  (void)backend;
+#endif
+  for (std::int64_t index = 0; index < total; ++index) body(static_cast<std::size_t>(index));
+}
+
+}  // namespace alloy

@@ -1,0 +1,110 @@
+#pragma once
+// Continual learning by merging (Sokar et al., 2025): one global set of weights G evolves over a
+// sequence of tasks. For each task, `begin_task()` hands out a copy T of G to fine-tune on that
+// task alone; `end_task(T)` merges T back into G. Memory stays constant in the number of tasks:
+// G, the initial weights G0 (for task-vector policies) and the copy handed out.
+//
+// Merge rules:
+//   running_mean (default): G_t = ((t - 1) G_{t-1} + T_t) / t, and G_1 = T_1: every task counts
+//                           equally, however many came before (the paper's average over tasks).
+//   fixed_weight:           G = (1 - a) G + a T (a = 0.5 is the paper's "average of G and T").
+//   policy:                 any task-vector policy (TIES, MagMax, ...) over the task vectors of G
+//                           and T relative to G0, weighted (t - 1) / t and 1 / t.
+
+#include <cstddef>
+#include <optional>
+#include <string>
+
+#include "alloy/core/error.hpp"
+#include "alloy/exec/cpu_backend.hpp"
+#include "alloy/merge/linear_merge.hpp"
+#include "alloy/merge/merge_inputs.hpp"
+#include "alloy/merge/registry.hpp"
+#include "alloy/store/memory_store.hpp"
+#include "alloy/store/parameter_store.hpp"
+
+namespace alloy {
+
+enum class continual_rule : std::uint8_t { running_mean, fixed_weight, policy };
+
+struct continual_options {
+  continual_rule merge_rule = continual_rule::running_mean;
+  double fixed_weight = 0.5;          // weight of T for continual_rule::fixed_weight
+  std::optional<merge_policy> policy;  // for continual_rule::policy (task vectors from G0)
+  cpu_backend backend{};
+};
+
+class continual_merger {
+ public:
+  using rule = continual_rule;
+  using options = continual_options;
+
+  explicit continual_merger(memory_store initial, options settings = {})
+      : global_(std::move(initial)), options_(std::move(settings)) {
+    if (options_.merge_rule == rule::fixed_weight &&
+        !(options_.fixed_weight >= 0.0 && options_.fixed_weight <= 1.0)) {
+      detail::fail(error_code::invalid_argument, "continual_merger: fixed weight ", options_.fixed_weight,
+                   " must be in [0, 1]");
+    }
+    if (options_.merge_rule == rule::policy) {
+      if (!options_.policy) detail::fail(error_code::invalid_argument, "continual_merger: rule::policy needs a policy");
+      initial_ = global_;
+    }
+  }
+
+  // A fresh copy of G for the next task to fine-tune.
+  [[nodiscard]] memory_store begin_task() const { return global_; }
+
+  // Merges the fine-tuned task weights into G. T must hold every tensor of G, same shapes.
+  template <parameter_store Task>
+  void end_task(const Task& task) {
+    ++tasks_;
+    const double t = static_cast<double>(tasks_);
+    for (const auto& name : global_.names()) {
+      const auto found = task.find(name);
+      if (!found) detail::fail(error_code::not_found, "continual_merger: the task weights lack tensor ", detail::quoted{name});
+      tensor_view g = global_.mutable_view(name);
+      if (!(found->shape() == g.shape())) {
+        detail::fail(error_code::shape_mismatch, "continual_merger: tensor ", detail::quoted{name}, " has shape ",
+                     found->shape(), " in the task weights but ", g.shape(), " in the global weights");
+      }
+      const const_tensor_view g_in = g;
+      if (tasks_ == 1 && options_.merge_rule != rule::fixed_weight) {
+        const const_tensor_view only[] = {*found};
+        const model_parameters one[] = {{}};
+        linear_merge{true}.merge(options_.backend, merge_inputs{name, std::nullopt, only, one}, g);
+        continue;
+      }
+      const const_tensor_view both[] = {g_in, *found};
+      switch (options_.merge_rule) {
+        case rule::running_mean: {
+          const model_parameters weights[] = {{(t - 1) / t}, {1 / t}};
+          linear_merge{true}.merge(options_.backend, merge_inputs{name, std::nullopt, both, weights}, g);
+          break;
+        }
+        case rule::fixed_weight: {
+          const model_parameters weights[] = {{1 - options_.fixed_weight}, {options_.fixed_weight}};
+          linear_merge{true}.merge(options_.backend, merge_inputs{name, std::nullopt, both, weights}, g);
+          break;
+        }
+        case rule::policy: {
+          const model_parameters weights[] = {{(t - 1) / t}, {1 / t}};
+          merge_with(*options_.policy, options_.backend,
+                     merge_inputs{name, initial_->view(name), both, weights}, g);
+          break;
+        }
+      }
+    }
+  }
+
+  [[nodiscard]] const memory_store& global() const noexcept { return global_; }
+  [[nodiscard]] std::size_t tasks() const noexcept { return tasks_; }
+
+ private:
+  memory_store global_;
+  std::optional<memory_store> initial_;
+  options options_;
+  std::size_t tasks_ = 0;
+};
+
+}  // namespace alloy

@@ -1,0 +1,50 @@
+#pragma once
+// MagMax (Marczak et al., 2024, as in fusion_bench): per entry, the task vector of largest
+// magnitude across models (the first model on ties), scaled by lambda and added to the base.
+
+#include <cstddef>
+#include <string_view>
+#include <vector>
+
+#include "alloy/core/config.hpp"
+#include "alloy/exec/cpu_backend.hpp"
+#include "alloy/exec/elementwise.hpp"
+#include "alloy/merge/merge_inputs.hpp"
+
+namespace alloy {
+
+struct magmax_kernel {
+  std::size_t count = 0;
+  float lambda = 1.0f;
+
+  ALLOY_HD float operator()(const float* values, std::size_t) const {
+    float chosen = 0.0f;
+    float largest = -1.0f;
+    for (std::size_t i = 0; i < count; ++i) {
+      const float d = values[1 + i] - values[0];
+      const float magnitude = d < 0 ? -d : d;
+      if (magnitude > largest) {
+        largest = magnitude;
+        chosen = d;
+      }
+    }
+    return values[0] + lambda * chosen;
+  }
+};
+
+struct magmax_merge {
+  double lambda = 1.0;
+
+  [[nodiscard]] static constexpr std::string_view name() noexcept { return "magmax"; }
+  [[nodiscard]] static constexpr bool needs_base() noexcept { return true; }
+
+  void merge(const cpu_backend& backend, const merge_inputs& in, tensor_view output) const {
+    detail::check_merge_inputs(name(), in, output, true, 1);
+    detail::check_finite(name(), in.name, "lambda", lambda);
+    std::vector<const_tensor_view> inputs{*in.base};
+    inputs.insert(inputs.end(), in.models.begin(), in.models.end());
+    elementwise(backend, output, inputs, magmax_kernel{in.models.size(), static_cast<float>(lambda)});
+  }
+};
+
+}  // namespace alloy

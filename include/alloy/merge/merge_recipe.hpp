@@ -1,0 +1,160 @@
+#pragma once
+// A merge as a config describes it (mergekit's shape): a method, method-level parameters, and
+// per-model parameters, each possibly varying per tensor. `merge_tensor` resolves everything for
+// one tensor and runs the policy; `merge_stores` merges whole stores tensor by tensor.
+//
+// Lookup order, as mergekit: a model-scope parameter comes from that model's parameters, then
+// the top-level parameters, then the method's default; a method-scope parameter from the
+// top-level parameters, then the default. A required parameter with no value is an error naming
+// the parameter, the model and the tensor; an unknown parameter name is an error too.
+
+#include <cstddef>
+#include <map>
+#include <optional>
+#include <span>
+#include <string>
+#include <string_view>
+#include <vector>
+
+#include "alloy/core/error.hpp"
+#include "alloy/core/tensor_view.hpp"
+#include "alloy/exec/cpu_backend.hpp"
+#include "alloy/merge/merge_inputs.hpp"
+#include "alloy/merge/parameters.hpp"
+#include "alloy/merge/registry.hpp"
+#include "alloy/store/memory_store.hpp"
+#include "alloy/store/parameter_store.hpp"
+
+namespace alloy {
+
+using parameter_map = std::map<std::string, parameter_setting, std::less<>>;
+
+struct merge_recipe {
+  std::string method;
+  parameter_map parameters;                   // top level
+  std::vector<parameter_map> model_parameters;  // one map per model (the base excluded)
+  std::string consensus;                      // TIES family: "sum" (default) or "count"
+
+  // Checks names and ranges that do not depend on the tensor: the method exists, every
+  // parameter is one it defines, every number is finite.
+  void validate() const {
+    const method_definition& def = find_merge_method(method);
+    const auto check_map = [&](const parameter_map& map, std::string_view where, bool model_level) {
+      for (const auto& [name, setting] : map) {
+        const parameter_definition* p = def.find(name);
+        if (p == nullptr) {
+          detail::fail(error_code::invalid_argument, method, ": unknown parameter ", detail::quoted{name}, " in ",
+                       where);
+        }
+        if (model_level && p->where == parameter_definition::scope::method) {
+          detail::fail(error_code::invalid_argument, method, ": parameter ", detail::quoted{name},
+                       " applies to the whole merge; set it at the top level, not in ", where);
+        }
+        for (double value : setting.all_values()) {
+          if (!std::isfinite(value)) {
+            detail::fail(error_code::invalid_argument, method, ": parameter ", detail::quoted{name}, " in ", where,
+                         " is not a finite number");
+          }
+        }
+      }
+    };
+    check_map(parameters, "the top-level parameters", false);
+    for (std::size_t i = 0; i < model_parameters.size(); ++i) {
+      check_map(model_parameters[i], "the parameters of model " + std::to_string(i), true);
+    }
+    if (!consensus.empty()) {
+      if (def.consensus_choices.empty()) {
+        detail::fail(error_code::invalid_argument, method, " has no sign consensus to choose");
+      }
+      (void)detail::parse_consensus(consensus);
+    }
+  }
+};
+
+namespace detail {
+
+inline std::optional<double> lookup(const parameter_map& map, std::string_view name, std::string_view tensor, double t) {
+  const auto it = map.find(name);
+  if (it == map.end()) return std::nullopt;
+  return it->second.evaluate(tensor, t);
+}
+
+}  // namespace detail
+
+// Merges one tensor. `depth` is the tensor's relative depth for gradients (see layer_depth).
+inline void merge_tensor(const merge_recipe& recipe, const cpu_backend& backend, std::string_view name, double depth,
+                         std::optional<const_tensor_view> base, std::span<const const_tensor_view> models,
+                         tensor_view output) {
+  const method_definition& def = find_merge_method(recipe.method);
+  if (recipe.model_parameters.size() != models.size()) {
+    detail::fail(error_code::invalid_argument, recipe.method, ": ", models.size(), " models but ",
+                 recipe.model_parameters.size(), " model parameter sets");
+  }
+  const auto method_value = [&](std::string_view parameter) -> double {
+    const parameter_definition* p = def.find(parameter);
+    if (auto v = detail::lookup(recipe.parameters, parameter, name, depth)) return *v;
+    if (p != nullptr && p->default_value) return *p->default_value;
+    detail::fail(error_code::invalid_argument, recipe.method, ": required parameter ", detail::quoted{parameter},
+                 " is missing (tensor ", detail::quoted{name}, ")");
+  };
+  const merge_policy policy = def.make(method_value, recipe.consensus);
+
+  std::vector<model_parameters> per_model(models.size());
+  for (std::size_t i = 0; i < models.size(); ++i) {
+    const auto model_value = [&](std::string_view parameter, double& out) {
+      const parameter_definition* p = def.find(parameter);
+      if (p == nullptr || p->where != parameter_definition::scope::model) return;
+      if (auto v = detail::lookup(recipe.model_parameters[i], parameter, name, depth)) {
+        out = *v;
+      } else if (auto g = detail::lookup(recipe.parameters, parameter, name, depth)) {
+        out = *g;
+      } else if (p->default_value) {
+        out = *p->default_value;
+      } else {
+        detail::fail(error_code::invalid_argument, recipe.method, ": required parameter ", detail::quoted{parameter},
+                     " is missing for model ", i, " (tensor ", detail::quoted{name}, ")");
+      }
+    };
+    model_value("weight", per_model[i].weight);
+    model_value("density", per_model[i].density);
+    model_value("gamma", per_model[i].gamma);
+    model_value("epsilon", per_model[i].epsilon);
+  }
+  merge_with(policy, backend, merge_inputs{name, base, models, per_model}, output);
+}
+
+// Merges whole stores into a new memory store, tensor by tensor in the order of the base (or of
+// the first model). Every model must hold every tensor with the same shape. The output dtype is
+// the base's (or the first model's) unless `output_dtype` says otherwise.
+template <parameter_store Base, parameter_store Model>
+memory_store merge_stores(const merge_recipe& recipe, const cpu_backend& backend, const Base* base,
+                          std::span<const Model> models, std::optional<dtype> output_dtype = std::nullopt) {
+  recipe.validate();
+  const method_definition& def = find_merge_method(recipe.method);
+  if (def.needs_base && base == nullptr) {
+    detail::fail(error_code::invalid_argument, recipe.method, " needs a base model");
+  }
+  if (models.empty()) detail::fail(error_code::invalid_argument, recipe.method, ": no models to merge");
+  const auto& names = base != nullptr ? base->names() : models.front().names();
+  const std::size_t layers = count_layers(names);
+  memory_store merged;
+  std::vector<const_tensor_view> views(models.size());
+  for (const auto& name : names) {
+    for (std::size_t i = 0; i < models.size(); ++i) {
+      const auto found = models[i].find(name);
+      if (!found) {
+        detail::fail(error_code::not_found, recipe.method, ": tensor ", detail::quoted{name},
+                     " is missing from model ", i);
+      }
+      views[i] = *found;
+    }
+    const std::optional<const_tensor_view> base_view =
+        base != nullptr && def.needs_base ? std::optional<const_tensor_view>(base->view(name)) : std::nullopt;
+    const const_tensor_view reference = base_view ? *base_view : views.front();
+    tensor_view out = merged.insert(std::string(name), output_dtype.value_or(reference.dtype()), reference.shape());
+    merge_tensor(recipe, backend, name, layer_depth(name, layers), base_view, views, out);
+  }
+  return merged;
+}
+
+}  // namespace alloy

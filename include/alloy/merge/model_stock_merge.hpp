@@ -1,0 +1,68 @@
+#pragma once
+// Model Stock (Jang et al., 2024), as mergekit computes it per tensor: with offsets o_i = m_i - b
+// of N >= 2 models, c = the mean over pairs i < j of <o_i, o_j> / max(|o_i| |o_j|, 1e-6) clamped
+// to [-1, 1], and t = N c / (1 + (N - 1) c):   result = t * mean_i(m_i) + (1 - t) * b.
+
+#include <algorithm>
+#include <cmath>
+#include <cstddef>
+#include <string_view>
+#include <vector>
+
+#include "alloy/core/config.hpp"
+#include "alloy/exec/cpu_backend.hpp"
+#include "alloy/exec/elementwise.hpp"
+#include "alloy/exec/reduce.hpp"
+#include "alloy/merge/merge_inputs.hpp"
+
+namespace alloy {
+
+struct interpolate_mean_kernel {
+  std::size_t count = 0;
+  float t = 0.0f;
+  ALLOY_HD float operator()(const float* values, std::size_t) const {
+    float mean = 0.0f;
+    for (std::size_t i = 0; i < count; ++i) mean += values[1 + i];
+    mean /= static_cast<float>(count);
+    return t * mean + (1.0f - t) * values[0];
+  }
+};
+
+struct model_stock_merge {
+  [[nodiscard]] static constexpr std::string_view name() noexcept { return "model_stock"; }
+  [[nodiscard]] static constexpr bool needs_base() noexcept { return true; }
+
+  void merge(const cpu_backend& backend, const merge_inputs& in, tensor_view output) const {
+    detail::check_merge_inputs(name(), in, output, true, 2);
+    const std::size_t k = in.models.size();
+    std::vector<const_tensor_view> inputs{*in.base};
+    inputs.insert(inputs.end(), in.models.begin(), in.models.end());
+    // Gram matrix of the offsets, upper triangle: k (k + 1) / 2 sums in one pass.
+    const std::size_t terms = k * (k + 1) / 2;
+    const auto gram = reduce_sums(backend, inputs, output.numel(), terms, [k](const float* v, std::size_t, double* sums) {
+      std::size_t at = 0;
+      for (std::size_t i = 0; i < k; ++i) {
+        const double oi = static_cast<double>(v[1 + i]) - static_cast<double>(v[0]);
+        for (std::size_t j = i; j < k; ++j) {
+          sums[at++] += oi * (static_cast<double>(v[1 + j]) - static_cast<double>(v[0]));
+        }
+      }
+    });
+    const auto entry = [&](std::size_t i, std::size_t j) { return gram[i * k - i * (i - 1) / 2 + (j - i)]; };
+    double cosine_sum = 0.0;
+    std::size_t pairs = 0;
+    for (std::size_t i = 0; i < k; ++i) {
+      for (std::size_t j = i + 1; j < k; ++j) {
+        const double norms = std::sqrt(entry(i, i)) * std::sqrt(entry(j, j));
+        cosine_sum += std::clamp(entry(i, j) / std::max(norms, 1e-6), -1.0, 1.0);
+        ++pairs;
+      }
+    }
+    const double cosine = cosine_sum / static_cast<double>(pairs);
+    const double n = static_cast<double>(k);
+    const double t = n * cosine / (1.0 + (n - 1.0) * cosine);
+    elementwise(backend, output, inputs, interpolate_mean_kernel{k, static_cast<float>(t)});
+  }
+};
+
+}  // namespace alloy

@@ -1,0 +1,246 @@
+#pragma once
+// Task-vector merging: task arithmetic, TIES, DARE, breadcrumbs and DELLA are one algorithm with
+// different sparsification and sign-consensus steps (as mergekit's generalized task arithmetic).
+//
+// With base b, models m_i, weights w_i and task vectors d_i = m_i - b, per tensor:
+//   1. sparsify each d_i (keep a subset of entries; optionally rescale what is kept)
+//   2. weight:  e_i = w_i d_i
+//   3. consensus (TIES family): per entry, the majority sign s = sign(sum_i e_i) (`sum`) or
+//      sign(sum_i sign(e_i)) (`count`), with 0 counting as +; keep e_i whose sign equals s
+//      (zero entries never agree)
+//   4. mix:     m = sum of kept e_i;  divisor = sum of w_i over kept entries (with consensus) or
+//      over all models (without); a zero divisor becomes 1
+//   5. result = b + lambda * (normalize ? m / divisor : m)
+// Everything is computed in f32 and rounded once into the output's dtype.
+
+#include <algorithm>
+#include <cmath>
+#include <cstddef>
+#include <cstdint>
+#include <numeric>
+#include <span>
+#include <string>
+#include <string_view>
+#include <vector>
+
+#include "alloy/core/config.hpp"
+#include "alloy/core/error.hpp"
+#include "alloy/core/tensor_view.hpp"
+#include "alloy/exec/cpu_backend.hpp"
+#include "alloy/exec/elementwise.hpp"
+#include "alloy/exec/random.hpp"
+#include "alloy/exec/reduce.hpp"
+#include "alloy/exec/select.hpp"
+#include "alloy/merge/merge_inputs.hpp"
+
+namespace alloy {
+
+enum class sparsification : std::uint8_t {
+  none,
+  magnitude,           // TIES: keep the top `density` fraction of |d| (exactly floor(density n))
+  random,              // DARE: keep each entry with probability `density`
+  magnitude_outliers,  // breadcrumbs: drop the top `gamma` and the bottom, keep `density`
+  magnitude_sampling,  // DELLA: keep with probability rising with |d|'s rank within its row
+};
+
+enum class sign_consensus : std::uint8_t { none, sum, count };
+
+// How one model's task vector enters the fused kernel for one tensor.
+struct task_vector_term {
+  enum class keep_rule : std::uint8_t { all, bits, random };
+  float weight = 1.0f;
+  float scale = 1.0f;  // rescaling of kept entries (1/density for DARE, a norm ratio otherwise)
+  keep_rule rule = keep_rule::all;
+  const std::uint64_t* bits = nullptr;
+  std::uint64_t random_key = 0;
+  float keep_probability = 1.0f;
+
+  [[nodiscard]] ALLOY_HD bool keeps(std::size_t index) const noexcept {
+    switch (rule) {
+      case keep_rule::all: return true;
+      case keep_rule::bits: return (bits[index >> 6] >> (index & 63)) & 1u;
+      case keep_rule::random: return uniform01(random_key, index) < keep_probability;
+    }
+    return true;
+  }
+};
+
+// The per-element math of steps 2-5; values[0] is the base, values[1 + i] model i.
+struct task_vector_kernel {
+  const task_vector_term* terms = nullptr;
+  std::size_t count = 0;
+  sign_consensus consensus = sign_consensus::none;
+  bool normalize = false;
+  float lambda = 1.0f;
+
+  [[nodiscard]] ALLOY_HD float weighted_delta(const float* values, std::size_t i, std::size_t index) const {
+    const task_vector_term& term = terms[i];
+    if (!term.keeps(index)) return 0.0f;
+    return term.weight * ((values[1 + i] - values[0]) * term.scale);
+  }
+
+  ALLOY_HD float operator()(const float* values, std::size_t index) const {
+    float mixed = 0.0f;
+    float divisor = 0.0f;
+    if (consensus == sign_consensus::none) {
+      for (std::size_t i = 0; i < count; ++i) {
+        mixed += weighted_delta(values, i, index);
+        divisor += terms[i].weight;
+      }
+      if (divisor < 1e-8f && divisor > -1e-8f) divisor = 1.0f;
+    } else {
+      float election = 0.0f;
+      for (std::size_t i = 0; i < count; ++i) {
+        const float e = weighted_delta(values, i, index);
+        election += consensus == sign_consensus::sum ? e : static_cast<float>((e > 0) - (e < 0));
+      }
+      const bool positive = election >= 0.0f;
+      for (std::size_t i = 0; i < count; ++i) {
+        const float e = weighted_delta(values, i, index);
+        if (positive ? e > 0.0f : e < 0.0f) {
+          mixed += e;
+          divisor += terms[i].weight;
+        }
+      }
+      if (divisor == 0.0f) divisor = 1.0f;
+    }
+    if (normalize) mixed /= divisor;
+    return values[0] + lambda * mixed;
+  }
+};
+
+class task_vector_merge {
+ public:
+  std::string_view method = "task_arithmetic";  // the config name, used in messages
+  sparsification sparsify = sparsification::none;
+  sign_consensus consensus = sign_consensus::none;
+  bool normalize = false;
+  bool rescale = false;
+  double lambda = 1.0;
+  std::uint64_t seed = 0;
+
+  // mergekit's methods with mergekit's defaults.
+  static task_vector_merge task_arithmetic() { return {"task_arithmetic", sparsification::none, sign_consensus::none, false, false}; }
+  static task_vector_merge ties() { return {"ties", sparsification::magnitude, sign_consensus::sum, true, false}; }
+  static task_vector_merge dare_linear() { return {"dare_linear", sparsification::random, sign_consensus::none, false, true}; }
+  static task_vector_merge dare_ties() { return {"dare_ties", sparsification::random, sign_consensus::sum, false, true}; }
+  static task_vector_merge breadcrumbs() { return {"breadcrumbs", sparsification::magnitude_outliers, sign_consensus::none, false, false}; }
+  static task_vector_merge breadcrumbs_ties() { return {"breadcrumbs_ties", sparsification::magnitude_outliers, sign_consensus::sum, false, false}; }
+  static task_vector_merge della() { return {"della", sparsification::magnitude_sampling, sign_consensus::sum, true, true}; }
+  static task_vector_merge della_linear() { return {"della_linear", sparsification::magnitude_sampling, sign_consensus::none, false, true}; }
+
+  [[nodiscard]] static constexpr bool needs_base() noexcept { return true; }
+
+  void merge(const cpu_backend& backend, const merge_inputs& in, tensor_view output) const {
+    detail::check_merge_inputs(method, in, output, true, 0);
+    detail::check_finite(method, in.name, "lambda", lambda);
+    const std::size_t k = in.models.size();
+
+    std::vector<const_tensor_view> inputs{*in.base};
+    inputs.insert(inputs.end(), in.models.begin(), in.models.end());
+    std::vector<task_vector_term> terms(k);
+    std::vector<bit_mask> masks(k);
+    for (std::size_t i = 0; i < k; ++i) {
+      terms[i] = prepare_term(backend, in, i, masks[i]);
+    }
+    const task_vector_kernel kernel{terms.data(), k, consensus, normalize, static_cast<float>(lambda)};
+    elementwise(backend, output, inputs, kernel);
+  }
+
+ private:
+  task_vector_term prepare_term(const cpu_backend& backend, const merge_inputs& in, std::size_t model,
+                                bit_mask& mask) const {
+    const model_parameters& p = in.parameters[model];
+    task_vector_term term;
+    term.weight = static_cast<float>(p.weight);
+    const std::size_t n = in.base->numel();
+    const const_tensor_view pair[] = {*in.base, in.models[model]};
+    const auto delta = [](const float* v, std::size_t) { return v[1] - v[0]; };
+    if (sparsify == sparsification::none) return term;
+
+    detail::check_unit_interval(method, in.name, "density", p.density);
+    if (p.density >= 1.0) return term;  // as mergekit: full density keeps the task vector as is
+
+    switch (sparsify) {
+      case sparsification::none: break;
+      case sparsification::random:
+        term.rule = task_vector_term::keep_rule::random;
+        term.random_key = random_stream_key(seed, in.name, model);
+        term.keep_probability = static_cast<float>(p.density);
+        // DARE's rescale: each kept entry by 1/density, so the task vector is unchanged in expectation.
+        if (rescale) term.scale = p.density > 0 ? static_cast<float>(1.0 / p.density) : 0.0f;
+        return term;
+      case sparsification::magnitude: {
+        const auto keep = static_cast<std::size_t>(p.density * static_cast<double>(n));
+        mask = rank_band_mask(backend, pair, n, delta, 0, keep);
+        break;
+      }
+      case sparsification::magnitude_outliers: {
+        detail::check_unit_interval(method, in.name, "gamma", p.gamma);
+        const auto target = static_cast<std::int64_t>(p.density * static_cast<double>(n));
+        auto top = static_cast<std::int64_t>(p.gamma * static_cast<double>(n));
+        const std::int64_t bottom = static_cast<std::int64_t>(n) - target - top;
+        if (bottom < 0) top += bottom;  // fewer outliers dropped, to reach the density
+        mask = rank_band_mask(backend, pair, n, delta, static_cast<std::size_t>(top),
+                              static_cast<std::size_t>(top + target));
+        break;
+      }
+      case sparsification::magnitude_sampling:
+        mask = della_mask(backend, in, model, p);
+        break;
+    }
+    term.rule = task_vector_term::keep_rule::bits;
+    term.bits = mask.words();
+    if (rescale) {
+      // Match the L1 norm of the full task vector (mergekit's rescaling for non-random masks).
+      const auto norms = reduce_sum<2>(backend, pair, n, [&mask, &delta](const float* v, std::size_t i) {
+        const double d = std::fabs(static_cast<double>(delta(v, i)));
+        return std::array<double, 2>{d, mask.test(i) ? d : 0.0};
+      });
+      if (norms[0] >= 1e-7 && norms[1] >= 1e-7) term.scale = static_cast<float>(norms[0] / norms[1]);
+    }
+    return term;
+  }
+
+  // DELLA's MAGPRUNE: within each row (the first dimension; a 1-D tensor is one row), rank the
+  // entries by |d| ascending (ties by position), and keep entry r of L with probability
+  //   p_r = (density - epsilon) + 2 epsilon (r - 1) / (L - 1)   (p = density when L = 1).
+  bit_mask della_mask(const cpu_backend& backend, const merge_inputs& in, std::size_t model,
+                      const model_parameters& p) const {
+    detail::check_finite(method, in.name, "epsilon", p.epsilon);
+    if (p.density <= 0.0) return bit_mask(in.base->numel(), false);
+    if (p.density + p.epsilon >= 1.0 || p.density - p.epsilon <= 0.0) {
+      detail::fail(error_code::invalid_argument, method, ": density ", p.density, " and epsilon ", p.epsilon,
+                   " for tensor ", detail::quoted{in.name}, " must keep density +/- epsilon inside (0, 1)");
+    }
+    const const_tensor_view base = *in.base;
+    const const_tensor_view model_view = in.models[model];
+    const std::size_t n = base.numel();
+    const std::size_t rows = base.shape().rank() >= 2 ? static_cast<std::size_t>(base.shape()[0]) : 1;
+    const std::size_t row_length = rows == 0 ? 0 : n / rows;
+    const std::uint64_t key = random_stream_key(seed, in.name, model);
+    std::vector<std::uint8_t> keep(n);
+    for_each_index(backend, rows, [&](std::size_t row) {
+      const std::size_t first = row * row_length;
+      std::vector<float> b(row_length), m(row_length);
+      std::vector<std::uint32_t> order(row_length);
+      for (std::size_t at = 0; at < row_length; at += detail::block_elements) {
+        const std::size_t count = std::min(detail::block_elements, row_length - at);
+        detail::load_block(base, first + at, count, b.data() + at);
+        detail::load_block(model_view, first + at, count, m.data() + at);
+      }
+      for (std::size_t j = 0; j < row_length; ++j) m[j] = detail::rank_magnitude(m[j] - b[j]);
+      std::iota(order.begin(), order.end(), 0u);
+      std::stable_sort(order.begin(), order.end(), [&m](std::uint32_t x, std::uint32_t y) { return m[x] < m[y]; });
+      for (std::size_t rank = 0; rank < row_length; ++rank) {
+        const double position = row_length > 1 ? static_cast<double>(rank) / static_cast<double>(row_length - 1) : 0.5;
+        const auto probability = static_cast<float>((p.density - p.epsilon) + position * 2.0 * p.epsilon);
+        const std::size_t index = first + order[rank];
+        keep[index] = uniform01(key, index) < probability ? 1 : 0;
+      }
+    });
+    return bit_mask::from_bytes(backend, keep);
+  }
+};
+
+}  // namespace alloy

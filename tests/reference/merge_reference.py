@@ -1,0 +1,302 @@
+"""Independent NumPy implementations of the merge methods, following mergekit's semantics (and
+the paper definitions where alloy documents a choice), used to check alloy's policies.
+
+  merge_reference.py write DIR   writes DIR/merge_inputs_<dtype>.safetensors (inputs),
+                                 DIR/merge_expected_<dtype>.safetensors (results, F64) and
+                                 DIR/merge_cases.json (method, parameters, tensor names)
+
+Computation: inputs are read as float32 (exact from f16/bf16); task vectors are float32
+differences, as in alloy, so that magnitude ranks agree exactly; everything after that is float64.
+Random masks use alloy's documented counter-based generator (re-implemented here).
+"""
+
+import json
+import os
+import sys
+
+import numpy as np
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import safetensors_numpy as st  # noqa: E402
+
+M64 = (1 << 64) - 1
+
+
+def mix64(z):
+    z = np.asarray(z, dtype=np.uint64)
+    with np.errstate(over="ignore"):
+        z = (z ^ (z >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
+        z = (z ^ (z >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
+    return z ^ (z >> np.uint64(31))
+
+
+def fnv1a64(text):
+    h = 0xCBF29CE484222325
+    for byte in text.encode("utf-8"):
+        h ^= byte
+        h = (h * 0x100000001B3) & M64
+    return h
+
+
+def stream_key(seed, name, model):
+    inner = int(mix64(np.uint64(seed ^ 0x9E3779B97F4A7C15)))
+    outer = int(mix64(np.uint64(inner ^ fnv1a64(name))))
+    return (outer + model * 0x9E3779B97F4A7C15) & M64
+
+
+def uniform01(key, counters):
+    counters = np.asarray(counters, dtype=np.uint64)
+    with np.errstate(over="ignore"):
+        bits = mix64(np.uint64(key) ^ mix64(counters + np.uint64(0x9E3779B97F4A7C15)))
+    return (bits >> np.uint64(40)).astype(np.float32) * np.float32(1.0 / 16777216.0)
+
+
+def rank_order(magnitudes):
+    """Indices in rank order: larger magnitude first, ties by lower index (stable)."""
+    mags = np.where(np.isnan(magnitudes), np.inf, magnitudes).astype(np.float32)
+    return np.argsort(-mags, kind="stable")
+
+
+def band_mask(delta, first, last):
+    flat = np.abs(delta.reshape(-1))
+    order = rank_order(flat)
+    mask = np.zeros(flat.size, dtype=bool)
+    mask[order[first:last]] = True
+    return mask.reshape(delta.shape)
+
+
+def l1_rescale(delta, mask):
+    before = np.abs(delta.astype(np.float64)).sum()
+    after = np.abs(delta.astype(np.float64) * mask).sum()
+    if before < 1e-7 or after < 1e-7:
+        return 1.0
+    return before / after
+
+
+def sparsify(method, delta, p, rescale, seed, name, model):
+    """Returns (mask, scale) for one task vector (float32 delta)."""
+    n = delta.size
+    if method == "none" or p["density"] >= 1:
+        return np.ones(delta.shape, dtype=bool), 1.0
+    density = p["density"]
+    if method == "random":
+        u = uniform01(stream_key(seed, name, model), np.arange(n)).reshape(delta.shape)
+        mask = u < np.float32(density)
+        return mask, (1.0 / density if density > 0 else 0.0) if rescale else 1.0
+    if method == "magnitude":
+        mask = band_mask(delta, 0, int(density * n))
+    elif method == "magnitude_outliers":
+        target = int(density * n)
+        top = int(p["gamma"] * n)
+        bottom = n - target - top
+        if bottom < 0:
+            top += bottom
+        mask = band_mask(delta, top, top + target)
+    elif method == "magnitude_sampling":
+        eps = p["epsilon"]
+        rows = delta.shape[0] if delta.ndim >= 2 else 1
+        flat = delta.reshape(rows, -1)
+        length = flat.shape[1]
+        key = stream_key(seed, name, model)
+        mask = np.zeros(flat.shape, dtype=bool)
+        for r in range(rows):
+            mags = np.abs(flat[r]).astype(np.float32)
+            order = np.argsort(mags, kind="stable")  # ascending, ties by position
+            position = np.arange(length) / (length - 1) if length > 1 else np.full(length, 0.5)
+            prob = ((density - eps) + position * 2 * eps).astype(np.float32)
+            index = r * length + order
+            mask[r, order] = uniform01(key, index) < prob
+        mask = mask.reshape(delta.shape)
+    else:
+        raise ValueError(method)
+    return mask, (l1_rescale(delta, mask) if rescale else 1.0)
+
+
+TASK_VECTOR = {
+    # name: (sparsification, consensus, default normalize, default rescale)
+    "task_arithmetic": ("none", None, False, False),
+    "ties": ("magnitude", "sum", True, False),
+    "dare_linear": ("random", None, False, True),
+    "dare_ties": ("random", "sum", False, True),
+    "breadcrumbs": ("magnitude_outliers", None, False, False),
+    "breadcrumbs_ties": ("magnitude_outliers", "sum", False, False),
+    "della": ("magnitude_sampling", "sum", True, True),
+    "della_linear": ("magnitude_sampling", None, False, True),
+}
+
+
+def task_vector_merge(method, base, models, params, top, name):
+    sparse, consensus, normalize, rescale = TASK_VECTOR[method]
+    normalize = bool(top.get("normalize", normalize))
+    rescale = bool(top.get("rescale", rescale))
+    consensus = top.get("consensus", consensus) if consensus else None
+    lam = top.get("lambda", 1.0)
+    seed = int(top.get("seed", 0))
+    b32 = base.astype(np.float32)
+    weighted = []
+    weights = []
+    for i, (m, p) in enumerate(zip(models, params)):
+        delta = (m.astype(np.float32) - b32).astype(np.float32)
+        mask, scale = sparsify(sparse, delta, p, rescale, seed, name, i)
+        d = np.where(mask, delta.astype(np.float64) * scale, 0.0)
+        weighted.append(p["weight"] * d)
+        weights.append(p["weight"])
+    e = np.stack(weighted)
+    w = np.array(weights, dtype=np.float64).reshape((-1,) + (1,) * base.ndim)
+    if consensus:
+        if consensus == "sum":
+            election = e.sum(axis=0)
+        else:
+            election = np.sign(e).sum(axis=0)
+        majority = np.where(election >= 0, 1.0, -1.0)
+        agree = np.sign(e) == majority
+        mixed = (e * agree).sum(axis=0)
+        divisor = (w * agree).sum(axis=0)
+        divisor[divisor == 0] = 1
+    else:
+        mixed = e.sum(axis=0)
+        divisor = np.full(base.shape, w.sum())
+        divisor[np.abs(divisor) < 1e-8] = 1
+    if normalize:
+        mixed = mixed / divisor
+    result = b32.astype(np.float64) + lam * mixed
+    if consensus == "sum":
+        # A sum of signs that cancels exactly (e.g. 0.3 * 0.105 against 0.9 * 0.035) has no
+        # majority: float32 and float64 rounding may elect either sign. Such elements are marked
+        # NaN and skipped by the comparison.
+        ambiguous = np.abs(election) <= 1e-6 * np.abs(e).max(axis=0)
+        result[ambiguous & (np.abs(e).max(axis=0) > 0)] = np.nan
+    return result
+
+
+def linear(models, params, top):
+    w = np.array([p["weight"] for p in params], dtype=np.float64)
+    total = sum(wi * m.astype(np.float64) for wi, m in zip(w, models))
+    if top.get("normalize", True):
+        s = w.sum()
+        total = total / (s if s != 0 else 1.0)
+    return total
+
+
+def magmax(base, models, top):
+    b = base.astype(np.float32)
+    deltas = np.stack([(m.astype(np.float32) - b) for m in models])
+    chosen = np.take_along_axis(deltas, np.argmax(np.abs(deltas), axis=0)[None], axis=0)[0]
+    return b.astype(np.float64) + top.get("lambda", 1.0) * chosen.astype(np.float64)
+
+
+def slerp(base, models, top):
+    t = top["t"]
+    v0 = base.astype(np.float64)
+    v1 = models[0].astype(np.float64)
+    n0, n1 = np.linalg.norm(v0), np.linalg.norm(v1)
+    u0 = v0 / n0 if n0 > 1e-8 else v0
+    u1 = v1 / n1 if n1 > 1e-8 else v1
+    dot = np.sum(u0 * u1)
+    if abs(dot) > 0.9995:
+        return (1 - t) * v0 + t * v1
+    theta = np.arccos(dot)
+    return np.sin(theta * (1 - t)) / np.sin(theta) * v0 + np.sin(theta * t) / np.sin(theta) * v1
+
+
+def model_stock(base, models):
+    w0 = base.astype(np.float64).reshape(-1)
+    ws = [m.astype(np.float64).reshape(-1) for m in models]
+    offsets = [w - w0 for w in ws]
+    cosines = []
+    for i in range(len(offsets)):
+        for j in range(i + 1, len(offsets)):
+            norms = np.linalg.norm(offsets[i]) * np.linalg.norm(offsets[j])
+            cosines.append(np.clip(np.dot(offsets[i], offsets[j]) / max(norms, 1e-6), -1, 1))
+    c = np.mean(cosines)
+    n = len(ws)
+    t = n * c / (1 + (n - 1) * c)
+    return (t * (sum(ws) / n) + (1 - t) * w0).reshape(base.shape)
+
+
+def expected(case, base, models):
+    method, top, params = case["method"], case["parameters"], case["model_parameters"]
+    full = [dict({"weight": 1.0, "density": 1.0, "gamma": 0.01, "epsilon": 0.15}, **p) for p in params]
+    if method == "linear":
+        return linear(models, full, top)
+    if method in TASK_VECTOR:
+        return task_vector_merge(method, base, models, full, top, case["tensor"])
+    if method == "magmax":
+        return magmax(base, models, top)
+    if method == "slerp":
+        return slerp(base, models, top)
+    if method == "model_stock":
+        return model_stock(base, models)
+    raise ValueError(method)
+
+
+def cases():
+    w3 = [{"weight": 0.5}, {"weight": 0.3}, {"weight": 0.9}]
+    out = [
+        ("linear", {}, w3),
+        ("linear", {"normalize": 0}, w3),
+        ("task_arithmetic", {"lambda": 0.8}, w3),
+        ("ties", {}, [dict(p, density=0.4) for p in w3]),
+        ("ties", {"consensus": "count", "lambda": 1.3}, [dict(p, density=0.6) for p in w3]),
+        ("ties", {"normalize": 0, "rescale": 1}, [dict(p, density=0.25) for p in w3]),
+        ("dare_linear", {"seed": 7}, [dict(p, density=0.5) for p in w3]),
+        ("dare_linear", {"seed": 3, "rescale": 0}, [dict(p, density=0.7) for p in w3]),
+        ("dare_ties", {"seed": 11, "normalize": 1}, [dict(p, density=0.3) for p in w3]),
+        ("breadcrumbs", {}, [dict(p, density=0.8, gamma=0.05) for p in w3]),
+        ("breadcrumbs_ties", {"rescale": 1}, [dict(p, density=0.6, gamma=0.3) for p in w3]),
+        ("della", {"seed": 5}, [dict(p, density=0.5, epsilon=0.1) for p in w3]),
+        ("della_linear", {"seed": 9, "lambda": 0.7}, [dict(p, density=0.4, epsilon=0.2) for p in w3]),
+        ("magmax", {"lambda": 0.9}, [{}, {}, {}]),
+        ("slerp", {"t": 0.3}, [{}]),
+        ("model_stock", {}, [{}, {}, {}]),
+    ]
+    return out
+
+
+def quantize(values, dtype_name):
+    if dtype_name == "F32":
+        return values.astype(np.float32), values.astype(np.float32)
+    if dtype_name == "F16":
+        q = values.astype(np.float16)
+        return q, q.astype(np.float32)
+    bits = st.bf16_bits_from_f32(values.astype(np.float32))
+    return bits, st.f32_from_bf16_bits(bits)
+
+
+def write(out_dir):
+    os.makedirs(out_dir, exist_ok=True)
+    rng = np.random.default_rng(2025)
+    manifest = []
+    shapes = [(37, 53), (1000,), (4, 6, 5), (3, 1)]
+    for dtype_name in ("F32", "BF16", "F16"):
+        inputs, results = [], []
+        for c, (method, top, params) in enumerate(cases()):
+            for s, shape in enumerate(shapes):
+                name = "case%d.shape%d" % (c, s)
+                base = rng.normal(0, 1, size=shape)
+                models = [base + rng.normal(0, 0.05, size=shape) * rng.choice([0.5, 1, 2]) for _ in params]
+                if method == "slerp" and s == 3:
+                    models = [base * 1.0001]  # nearly parallel: the linear branch
+                if s == 0 and len(models) > 1:
+                    # equal magnitudes: ties the selection must break by position
+                    models[1].reshape(-1)[::7] = base.reshape(-1)[::7] + 0.0625
+                    models[0].reshape(-1)[::5] = base.reshape(-1)[::5] - 0.0625
+                stored_base, base32 = quantize(base, dtype_name)
+                stored_models = [quantize(m, dtype_name) for m in models]
+                inputs.append((name + ".base", dtype_name, stored_base))
+                for j, (stored, _) in enumerate(stored_models):
+                    inputs.append((name + ".model%d" % j, dtype_name, stored))
+                case = {"tensor": name, "method": method, "parameters": top, "model_parameters": params,
+                        "dtype": dtype_name, "models": len(models)}
+                result = expected(case, base32, [m32 for _, m32 in stored_models])
+                results.append((name, "F64", np.asarray(result, dtype=np.float64)))
+                manifest.append(case)
+        st.write(os.path.join(out_dir, "merge_inputs_%s.safetensors" % dtype_name), inputs)
+        st.write(os.path.join(out_dir, "merge_expected_%s.safetensors" % dtype_name), results)
+    with open(os.path.join(out_dir, "merge_cases.json"), "w") as f:
+        json.dump(manifest, f, indent=1)
+    print("wrote %d merge reference cases to %s" % (len(manifest), out_dir))
+
+
+if __name__ == "__main__":
+    {"write": write}[sys.argv[1]](sys.argv[2])
