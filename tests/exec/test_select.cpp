@@ -1,0 +1,79 @@
+#include <algorithm>
+#include <cmath>
+#include <limits>
+#include <numeric>
+#include <vector>
+
+#include <catch2/catch.hpp>
+
+#include "alloy/exec/select.hpp"
+#include "tensor_builders.hpp"
+
+using namespace alloy;
+
+namespace {
+
+bit_mask band(const std::vector<float>& values, std::size_t first, std::size_t last, int threads = 0) {
+  const const_tensor_view view(std::span<const float>(values), shape{static_cast<std::int64_t>(values.size())});
+  const const_tensor_view inputs[] = {view};
+  return rank_band_mask(cpu_backend{threads}, inputs, values.size(), [](const float* v, std::size_t) { return v[0]; },
+                        first, last);
+}
+
+}  // namespace
+
+TEST_CASE("the k-th largest magnitude is exact", "[exec][select]") {
+  std::vector<float> values{3, -7, 1, 7, -2, 0, 5};
+  const const_tensor_view view(std::span<const float>(values), shape{7});
+  CHECK(kth_largest_magnitude(cpu_backend{}, view, 1) == 7.0f);
+  CHECK(kth_largest_magnitude(cpu_backend{}, view, 2) == 7.0f);
+  CHECK(kth_largest_magnitude(cpu_backend{}, view, 3) == 5.0f);
+  CHECK(kth_largest_magnitude(cpu_backend{}, view, 7) == 0.0f);
+  CHECK_THROWS_AS(kth_largest_magnitude(cpu_backend{}, view, 8), error);
+}
+
+TEST_CASE("a band mask keeps exactly its ranks, ties by position", "[exec][select]") {
+  //                           0  1   2  3  4   5  6
+  const std::vector<float> v{2, -5, 2, 1, 5, -2, 0};
+  // rank order: 1 (|-5|, first), 4, 0, 2, 5 (the 2s by position), 3, 6
+  const auto top3 = band(v, 0, 3);
+  CHECK(top3.count() == 3);
+  CHECK(top3.test(1));
+  CHECK(top3.test(4));
+  CHECK(top3.test(0));
+  CHECK_FALSE(top3.test(2));
+  const auto middle = band(v, 2, 5);  // positions 2..4: elements 0, 2, 5
+  CHECK(middle.count() == 3);
+  CHECK((middle.test(0) && middle.test(2) && middle.test(5)));
+  CHECK(band(v, 0, 0).count() == 0);
+  CHECK(band(v, 0, 7).count() == 7);
+  CHECK(band(v, 3, 100).count() == 4);
+}
+
+TEST_CASE("band masks agree with a full sort on large tensors with many ties", "[exec][select]") {
+  // bf16-like data: few distinct magnitudes, spanning several chunks of the backend.
+  const std::size_t n = cpu_backend::chunk_elements * 3 + 1234;
+  std::vector<float> v(n);
+  for (std::size_t i = 0; i < n; ++i) v[i] = static_cast<float>(static_cast<int>((i * 2654435761u) % 61) - 30) / 8.0f;
+  std::vector<std::size_t> order(n);
+  std::iota(order.begin(), order.end(), 0);
+  std::stable_sort(order.begin(), order.end(), [&](std::size_t a, std::size_t b) { return std::fabs(v[a]) > std::fabs(v[b]); });
+  for (auto [first, last] : {std::pair<std::size_t, std::size_t>{0, n / 3}, {n / 10, n / 2}, {17, n - 5}}) {
+    std::vector<bool> want(n);
+    for (std::size_t r = first; r < last; ++r) want[order[r]] = true;
+    for (int threads : {1, 2}) {
+      const auto mask = band(v, first, last, threads);
+      std::size_t wrong = 0;
+      for (std::size_t i = 0; i < n; ++i) wrong += mask.test(i) != want[i] ? 1u : 0u;
+      CHECK(wrong == 0);
+      CHECK(mask.count() == last - first);
+    }
+  }
+}
+
+TEST_CASE("NaN ranks as the largest magnitude", "[exec][select]") {
+  const std::vector<float> v{1, std::numeric_limits<float>::quiet_NaN(), -3};
+  const auto top1 = band(v, 0, 1);
+  CHECK(top1.test(1));
+  CHECK(top1.count() == 1);
+}

@@ -1,0 +1,68 @@
+#include <vector>
+
+#include <catch2/catch.hpp>
+
+#include "alloy/merge/continual_merger.hpp"
+#include "tensor_builders.hpp"
+
+using namespace alloy;
+using alloy::testing::insert_values;
+using alloy::testing::values_of;
+
+namespace {
+memory_store single(const std::vector<float>& values) {
+  memory_store store;
+  insert_values(store, "lora.A", values, shape{static_cast<std::int64_t>(values.size())});
+  return store;
+}
+}  // namespace
+
+TEST_CASE("the running mean weighs every task equally", "[merge][continual]") {
+  continual_merger merger(single({0, 0, 0}));
+  const std::vector<std::vector<float>> tasks{{3, 0, 6}, {0, 3, 0}, {6, 6, 3}};
+  for (const auto& values : tasks) {
+    memory_store task = merger.begin_task();
+    CHECK(values_of(task.view("lora.A")) == values_of(merger.global().view("lora.A")));  // T starts as G
+    const tensor_view t = task.mutable_view("lora.A");
+    for (std::size_t i = 0; i < values.size(); ++i) t.as<float>()[i] = values[i];
+    merger.end_task(task);
+  }
+  CHECK(merger.tasks() == 3);
+  const auto g = values_of(merger.global().view("lora.A"));
+  CHECK(g[0] == Approx(3));
+  CHECK(g[1] == Approx(3));
+  CHECK(g[2] == Approx(3));
+}
+
+TEST_CASE("a fixed weight averages G and T", "[merge][continual]") {
+  continual_options options;
+  options.merge_rule = continual_rule::fixed_weight;
+  options.fixed_weight = 0.5;
+  continual_merger merger(single({2, 2}), options);
+  merger.end_task(single({4, 0}));
+  CHECK(values_of(merger.global().view("lora.A")) == std::vector<float>{3, 1});
+  merger.end_task(single({1, 1}));
+  CHECK(values_of(merger.global().view("lora.A")) == std::vector<float>{2, 1});
+}
+
+TEST_CASE("a policy merges task vectors relative to the initial weights", "[merge][continual]") {
+  continual_options options;
+  options.merge_rule = continual_rule::policy;
+  options.policy = magmax_merge{1.0};
+  continual_merger merger(single({0, 0, 0}), options);
+  merger.end_task(single({1, -2, 0.5f}));  // the first task becomes G
+  CHECK(values_of(merger.global().view("lora.A")) == std::vector<float>{1, -2, 0.5f});
+  merger.end_task(single({-3, 1, 0.25f}));  // MagMax of the task vectors from G0 = 0
+  CHECK(values_of(merger.global().view("lora.A")) == std::vector<float>{-3, -2, 0.5f});
+}
+
+TEST_CASE("the continual merger names a tensor the task lacks", "[merge][continual]") {
+  continual_merger merger(single({0}));
+  memory_store other;
+  insert_values(other, "lora.B", {1}, shape{1});
+  CHECK_THROWS_WITH(merger.end_task(other), Catch::Contains("'lora.A'"));
+  continual_options bad;
+  bad.merge_rule = continual_rule::fixed_weight;
+  bad.fixed_weight = 2;
+  CHECK_THROWS_AS(continual_merger(single({0}), bad), error);
+}

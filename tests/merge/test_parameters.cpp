@@ -1,0 +1,107 @@
+#include <catch2/catch.hpp>
+
+#include "alloy/merge/merge_recipe.hpp"
+#include "tensor_builders.hpp"
+
+using namespace alloy;
+
+TEST_CASE("parameter settings: scalars, gradients and filters as mergekit evaluates them", "[merge][parameters]") {
+  CHECK(parameter_setting(0.5).evaluate("any", 0.3) == 0.5);
+  const auto gradient = parameter_setting::gradient({0.0, 1.0, 0.5});
+  CHECK(gradient.evaluate("x", 0.0) == 0.0);
+  CHECK(gradient.evaluate("x", 0.25) == Approx(0.5));
+  CHECK(gradient.evaluate("x", 0.5) == Approx(1.0));
+  CHECK(gradient.evaluate("x", 0.75) == Approx(0.75));
+  CHECK(gradient.evaluate("x", 1.0) == Approx(0.5));
+  const auto conditional = parameter_setting::conditional(
+      {{"self_attn", {0.8}}, {"mlp", {0.2, 0.6}}, {std::nullopt, {0.5}}});
+  CHECK(conditional.evaluate("model.layers.3.self_attn.q_proj.weight", 0.1) == 0.8);
+  CHECK(conditional.evaluate("model.layers.3.mlp.up_proj.weight", 0.5) == Approx(0.4));
+  CHECK(conditional.evaluate("lm_head.weight", 0.5) == 0.5);
+  const auto only_attention = parameter_setting::conditional({{"self_attn", {0.8}}});
+  CHECK_FALSE(only_attention.evaluate("lm_head.weight", 0).has_value());
+  const auto star = parameter_setting::conditional({{"*", {0.3}}});
+  CHECK(star.evaluate("anything", 0) == 0.3);
+}
+
+TEST_CASE("layer depth places layers evenly and other tensors at the ends", "[merge][parameters]") {
+  CHECK(layer_index("model.layers.12.mlp.up_proj.weight") == 12u);
+  CHECK(layer_index("vision_model.encoder.layers.0.self_attn.k_proj.bias") == 0u);
+  CHECK_FALSE(layer_index("lm_head.weight").has_value());
+  CHECK(layer_depth("model.layers.0.x", 5) == 0.0);
+  CHECK(layer_depth("model.layers.2.x", 5) == 0.5);
+  CHECK(layer_depth("model.layers.4.x", 5) == 1.0);
+  CHECK(layer_depth("model.embed_tokens.weight", 5) == 0.0);
+  CHECK(layer_depth("model.norm.weight", 5) == 1.0);
+  const std::vector<std::string> names{"model.embed_tokens.weight", "model.layers.0.w", "model.layers.7.w", "lm_head.weight"};
+  CHECK(count_layers(names) == 8u);
+}
+
+TEST_CASE("recipes resolve model, then top-level, then default values", "[merge][recipe]") {
+  memory_store store;
+  testing::insert_values(store, "base", {0, 0}, shape{2});
+  testing::insert_values(store, "m0", {1, 1}, shape{2});
+  testing::insert_values(store, "m1", {3, 3}, shape{2});
+  const const_tensor_view models[] = {store.view("m0"), store.view("m1")};
+  merge_recipe recipe;
+  recipe.method = "task_arithmetic";
+  recipe.parameters = {{"weight", parameter_setting(0.5)}, {"lambda", parameter_setting(2.0)}};
+  recipe.model_parameters = {{{"weight", parameter_setting(1.0)}}, {}};
+  recipe.validate();
+  const tensor_view out = store.insert("out", dtype::f32, shape{2});
+  merge_tensor(recipe, cpu_backend{}, "w", 0.0, store.view("base"), models, out);
+  // weights 1 (model's own) and 0.5 (top level): 2 * (1 * 1 + 0.5 * 3) = 5
+  CHECK(testing::values_of(out) == std::vector<float>{5, 5});
+}
+
+TEST_CASE("recipes refuse unknown methods and parameters, and missing required ones", "[merge][recipe]") {
+  merge_recipe recipe;
+  recipe.method = "frankenmerge";
+  CHECK_THROWS_WITH(recipe.validate(), Catch::Contains("unknown merge method 'frankenmerge'") && Catch::Contains("ties"));
+  recipe.method = "ties";
+  recipe.parameters = {{"densty", parameter_setting(0.5)}};
+  CHECK_THROWS_WITH(recipe.validate(), Catch::Contains("unknown parameter 'densty'"));
+  recipe.parameters = {{"density", parameter_setting(std::nan(""))}};
+  CHECK_THROWS_WITH(recipe.validate(), Catch::Contains("not a finite number"));
+  recipe.parameters = {};
+  recipe.model_parameters = {{{"lambda", parameter_setting(1.0)}}};
+  CHECK_THROWS_WITH(recipe.validate(), Catch::Contains("top level"));
+  recipe.model_parameters = {{}};
+  recipe.consensus = "majority";
+  CHECK_THROWS_WITH(recipe.validate(), Catch::Contains("'sum' or 'count'"));
+  recipe.consensus.clear();
+  recipe.validate();
+
+  memory_store store;
+  testing::insert_values(store, "base", {0, 0}, shape{2});
+  const const_tensor_view models[] = {testing::insert_values(store, "m", {1, 1}, shape{2})};
+  const tensor_view out = store.insert("out", dtype::f32, shape{2});
+  CHECK_THROWS_WITH(merge_tensor(recipe, cpu_backend{}, "layer.w", 0.0, store.view("base"), models, out),
+                    Catch::Contains("required parameter 'weight'") && Catch::Contains("model 0") &&
+                        Catch::Contains("layer.w"));
+}
+
+TEST_CASE("merge_stores merges every tensor and names a missing one", "[merge][recipe]") {
+  memory_store base, a, b;
+  testing::insert_values(base, "model.layers.0.w", {0, 0}, shape{2});
+  testing::insert_values(base, "model.layers.1.w", {0, 0}, shape{2});
+  testing::insert_values(a, "model.layers.0.w", {1, 2}, shape{2});
+  testing::insert_values(a, "model.layers.1.w", {1, 2}, shape{2});
+  testing::insert_values(b, "model.layers.0.w", {3, 4}, shape{2});
+  testing::insert_values(b, "model.layers.1.w", {3, 4}, shape{2});
+  merge_recipe recipe;
+  recipe.method = "task_arithmetic";
+  // A gradient over depth: layer 0 gets weight 0, layer 1 weight 1.
+  recipe.parameters = {{"weight", parameter_setting::gradient({0.0, 1.0})}};
+  recipe.model_parameters = {{}, {}};
+  const std::vector<memory_store> models{a, b};
+  const auto merged = merge_stores(recipe, cpu_backend{}, &base, std::span<const memory_store>(models));
+  CHECK(testing::values_of(merged.view("model.layers.0.w")) == std::vector<float>{0, 0});
+  CHECK(testing::values_of(merged.view("model.layers.1.w")) == std::vector<float>{4, 6});
+
+  memory_store partial;
+  testing::insert_values(partial, "model.layers.0.w", {1, 2}, shape{2});
+  const std::vector<memory_store> broken{a, partial};
+  CHECK_THROWS_WITH(merge_stores(recipe, cpu_backend{}, &base, std::span<const memory_store>(broken)),
+                    Catch::Contains("'model.layers.1.w'") && Catch::Contains("model 1"));
+}
