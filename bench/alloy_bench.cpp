@@ -1,17 +1,21 @@
-// alloy's benchmarks. Every throughput is also reported as a ratio to a copy of the same number
-// of bytes measured in this process (`vs_copy`), so figures compare across machines.
-//
-// Today: dtype conversion of whole tensors (the store layer's contribution to a merge). The merge
-// policies add their own benchmarks here.
+// alloy's benchmarks. Every throughput is also reported as a ratio to a baseline measured in this
+// process: a memcpy of the same number of bytes (`vs_copy`) for conversions, a STREAM-like triad
+// a = b + s c on the same thread count (`vs_triad`) for merges, so figures compare across machines.
+// Bytes count the minimum traffic: every input read once, the output written once.
 
 #include <algorithm>
 #include <chrono>
 #include <cstring>
+#include <map>
+#include <string>
+#include <string_view>
 #include <vector>
 
 #include <benchmark/benchmark.h>
 
 #include "alloy/core/convert.hpp"
+#include "alloy/merge/registry.hpp"
+#include "alloy/store/memory_store.hpp"
 
 namespace {
 
@@ -63,7 +67,88 @@ void BM_copy(benchmark::State& state) {
   state.SetBytesProcessed(static_cast<std::int64_t>(2 * count * sizeof(float)) * state.iterations());
 }
 
+// Bytes per second of a = b + s c over float arrays of `count` elements (3 arrays of traffic).
+double measure_triad_bandwidth(std::size_t count, int threads) {
+  std::vector<float> a(count), b(count, 1.0f), c(count, 2.0f);
+  const alloy::cpu_backend backend{threads};
+  double best = 0;
+  for (int run = 0; run < 7; ++run) {
+    const auto start = std::chrono::steady_clock::now();
+    alloy::for_each_chunk(backend, count, [&](std::size_t, std::size_t begin, std::size_t end) {
+      for (std::size_t i = begin; i < end; ++i) a[i] = b[i] + 3.0f * c[i];
+    });
+    benchmark::DoNotOptimize(a.data());
+    const std::chrono::duration<double> elapsed = std::chrono::steady_clock::now() - start;
+    best = std::max(best, 12.0 * static_cast<double>(count) / elapsed.count());
+  }
+  return best;
+}
+
+std::map<int, double> triad_bytes_per_second;  // by thread count
+
+alloy::merge_policy policy_named(std::string_view name) {
+  const auto& method = alloy::find_merge_method(name);
+  return method.make([&](std::string_view parameter) {
+    if (parameter == "t") return 0.5;
+    return *method.find(parameter)->default_value;
+  }, "");
+}
+
+// args: elements, models, dtype (0 f32, 1 bf16), threads
+void BM_merge(benchmark::State& state, std::string_view method) {
+  const auto count = static_cast<std::int64_t>(state.range(0));
+  const auto models = static_cast<std::size_t>(state.range(1));
+  const alloy::dtype type = state.range(2) == 0 ? alloy::dtype::f32 : alloy::dtype::bf16;
+  const int threads = static_cast<int>(state.range(3));
+  alloy::memory_store store;
+  const auto fill = [&](alloy::tensor_view view, unsigned seed) {
+    std::vector<float> values(static_cast<std::size_t>(count));
+    for (std::size_t i = 0; i < values.size(); ++i) values[i] = static_cast<float>((i * 2654435761u + seed * 97u) % 1000) * 1e-3f - 0.5f;
+    alloy::convert(alloy::const_tensor_view(std::span<const float>(values), alloy::shape{count}), view);
+  };
+  fill(store.insert("base", type, {count}), 0);
+  std::vector<alloy::const_tensor_view> views;
+  for (std::size_t i = 0; i < models; ++i) {
+    std::string name = std::to_string(i);
+    fill(store.insert(name, type, {count}), static_cast<unsigned>(i + 1));
+    views.push_back(store.view(name));
+  }
+  const alloy::tensor_view out = store.insert("out", type, {count});
+  std::vector<alloy::model_parameters> parameters(models, alloy::model_parameters{1.0 / static_cast<double>(models), 0.3});
+  const auto policy = policy_named(method);
+  const bool uses_base = std::visit([](const auto& p) { return p.needs_base(); }, policy);
+  const alloy::merge_inputs inputs{"bench.weight", store.view("base"), views, parameters};
+  const alloy::cpu_backend backend{threads};
+  for (auto _ : state) {
+    alloy::merge_with(policy, backend, inputs, out);
+    benchmark::ClobberMemory();
+  }
+  const double bytes = static_cast<double>(count) * static_cast<double>(alloy::size_of(type)) *
+                       static_cast<double>(models + (uses_base ? 1 : 0) + 1);
+  state.SetBytesProcessed(static_cast<std::int64_t>(bytes) * state.iterations());
+  auto& triad = triad_bytes_per_second[threads];
+  if (triad == 0) triad = measure_triad_bandwidth(static_cast<std::size_t>(count), threads);
+  state.counters["vs_triad"] = benchmark::Counter(bytes / triad * static_cast<double>(state.iterations()),
+                                                  benchmark::Counter::kIsRate);
+}
+
+void merge_arguments(benchmark::internal::Benchmark* b) {
+  b->ArgNames({"elements", "models", "bf16", "threads"});
+  for (int threads : {1, 2}) {
+    for (int models : {2, 4}) {
+      for (int bf16 : {0, 1}) b->Args({1 << 24, models, bf16, threads});
+    }
+  }
+  b->Unit(benchmark::kMillisecond)->UseRealTime();
+}
+
 }  // namespace
+
+BENCHMARK_CAPTURE(BM_merge, linear, "linear")->Apply(merge_arguments);
+BENCHMARK_CAPTURE(BM_merge, task_arithmetic, "task_arithmetic")->Apply(merge_arguments);
+BENCHMARK_CAPTURE(BM_merge, ties, "ties")->Apply(merge_arguments);
+BENCHMARK_CAPTURE(BM_merge, dare_ties, "dare_ties")->Apply(merge_arguments);
+BENCHMARK_CAPTURE(BM_merge, magmax, "magmax")->Apply(merge_arguments);
 
 BENCHMARK(BM_copy)->Arg(1 << 24);
 BENCHMARK_TEMPLATE(BM_convert, float, alloy::bfloat16)->Arg(1 << 24);

@@ -17,7 +17,8 @@ using alloy::testing::values_of;
 namespace {
 struct affine_kernel {
   float a, b;
-  float operator()(const float* v, std::size_t) const { return a * v[0] + b * v[1]; }
+  template <class Values>
+  float operator()(const Values& v, std::size_t) const { return a * v[0] + b * v[1]; }
 };
 }  // namespace
 

@@ -16,7 +16,7 @@ namespace {
 bit_mask band(const std::vector<float>& values, std::size_t first, std::size_t last, int threads = 0) {
   const const_tensor_view view(std::span<const float>(values), shape{static_cast<std::int64_t>(values.size())});
   const const_tensor_view inputs[] = {view};
-  return rank_band_mask(cpu_backend{threads}, inputs, values.size(), [](const float* v, std::size_t) { return v[0]; },
+  return rank_band_mask(cpu_backend{threads}, inputs, values.size(), [](const auto& v, std::size_t) { return v[0]; },
                         first, last);
 }
 

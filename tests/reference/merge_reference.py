@@ -47,7 +47,7 @@ def stream_key(seed, name, model):
 def uniform01(key, counters):
     counters = np.asarray(counters, dtype=np.uint64)
     with np.errstate(over="ignore"):
-        bits = mix64(np.uint64(key) ^ mix64(counters + np.uint64(0x9E3779B97F4A7C15)))
+        bits = mix64(np.uint64(key) + (counters + np.uint64(1)) * np.uint64(0x9E3779B97F4A7C15))
     return (bits >> np.uint64(40)).astype(np.float32) * np.float32(1.0 / 16777216.0)
 
 

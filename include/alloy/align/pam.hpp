@@ -47,7 +47,8 @@ struct pam_report {
 struct pam_reset_kernel {
   const std::uint64_t* reset_bits = nullptr;
   bool to_global = false;
-  ALLOY_HD float operator()(const float* values, std::size_t index) const {
+  template <class Values>
+  ALLOY_HD float operator()(const Values& values, std::size_t index) const {
     if ((reset_bits[index >> 6] >> (index & 63)) & 1u) return to_global ? values[0] : 0.0f;
     return values[1];
   }
@@ -75,7 +76,7 @@ class pam_aligner {
       const auto keep = static_cast<std::size_t>(options_.p * static_cast<double>(g.numel()));
       top_.insert_or_assign(std::string(name),
                             rank_band_mask(options_.backend, inputs, g.numel(),
-                                           [](const float* v, std::size_t) { return v[0]; }, 0, keep));
+                                           [](const auto& v, std::size_t) { return v[0]; }, 0, keep));
     }
   }
 
@@ -98,9 +99,13 @@ class pam_aligner {
       }
       const const_tensor_view inputs[] = {g, t};
       bit_mask reset(g.numel());
-      for_each_element(options_.backend, inputs, g.numel(), [&](std::size_t) {
-        return [&](const float* v, std::size_t i) {
-          if (top.test(i) && ((v[0] > 0 && v[1] < 0) || (v[0] < 0 && v[1] > 0))) reset.set(i);
+      for_each_block(options_.backend, inputs, g.numel(), [&](std::size_t) {
+        return [&](const float* const* columns, std::size_t count, std::size_t first) {
+          for (std::size_t j = 0; j < count; ++j) {
+            const float gv = columns[0][j];
+            const float tv = columns[1][j];
+            if (top.test(first + j) && ((gv > 0 && tv < 0) || (gv < 0 && tv > 0))) reset.set(first + j);
+          }
         };
       });
       const std::size_t count = reset.count();

@@ -5,14 +5,16 @@
 // block of 512 elements per input), the kernel computes in f32 from those values, and the
 // result is rounded once into the output dtype. The kernel is a small ALLOY_HD function object:
 //
-//   float operator()(const float* values, std::size_t index) const
+//   template <class Values> float operator()(const Values& values, std::size_t index) const
 //
 // where values[i] is input i at element `index` (the flat row-major position, which random
-// policies use as a counter). The same kernel object runs unchanged in the CUDA backend.
+// policies use as a counter). Values is whatever the backend indexes cheaply (a strided view
+// into the CPU backend's block, registers on a GPU); the same kernel runs unchanged on both.
 
 #include <cstddef>
 #include <cstring>
 #include <span>
+#include <type_traits>
 #include <vector>
 
 #include "alloy/core/dtype.hpp"
@@ -85,36 +87,71 @@ inline void check_computable(const_tensor_view view, std::string_view role) {
 
 }  // namespace detail
 
-// Block-wise traversal of k inputs in f32: calls visit(values, index) for every element, with
-// values[i] = input i at that element, and visits chunks in parallel. `Visitor` is created per
-// chunk by `make_visitor(chunk_index)` so that reductions can keep per-chunk state.
+// Block-wise traversal of k inputs in f32, chunks in parallel. For each chunk, make_visitor(chunk)
+// creates a visitor (so reductions keep per-chunk state); the visitor is called as
+// visit(columns, count, first) with columns[i] pointing at `count` f32 values of input i, for
+// elements [first, first + count). Loops over a block vectorise; nothing is called per element.
 template <class MakeVisitor>
-void for_each_element(const cpu_backend& backend, std::span<const const_tensor_view> inputs,
-                      std::size_t elements, MakeVisitor&& make_visitor) {
+void for_each_block(const cpu_backend& backend, std::span<const const_tensor_view> inputs, std::size_t elements,
+                    MakeVisitor&& make_visitor) {
   for (const auto& input : inputs) {
     detail::check_computable(input, "an input tensor");
     if (input.numel() != elements) {
-      detail::fail(error_code::shape_mismatch, "input of shape ", input.shape(), " has ",
-                   input.numel(), " elements, expected ", elements);
+      detail::fail(error_code::shape_mismatch, "input of shape ", input.shape(), " has ", input.numel(),
+                   " elements, expected ", elements);
     }
   }
   const std::size_t k = inputs.size();
   for_each_chunk(backend, elements, [&](std::size_t chunk, std::size_t begin, std::size_t end) {
     auto visit = make_visitor(chunk);
-    std::vector<float> columns(k * detail::block_elements);
-    std::vector<float> values(k == 0 ? 1 : k);
+    std::vector<float> storage(k * detail::block_elements);
+    std::vector<const float*> columns(k == 0 ? 1 : k);
+    for (std::size_t i = 0; i < k; ++i) columns[i] = storage.data() + i * detail::block_elements;
     for (std::size_t block = begin; block < end; block += detail::block_elements) {
       const std::size_t count = std::min(detail::block_elements, end - block);
       for (std::size_t i = 0; i < k; ++i) {
-        detail::load_block(inputs[i], block, count, columns.data() + i * detail::block_elements);
+        detail::load_block(inputs[i], block, count, storage.data() + i * detail::block_elements);
       }
-      for (std::size_t j = 0; j < count; ++j) {
-        for (std::size_t i = 0; i < k; ++i) values[i] = columns[i * detail::block_elements + j];
-        visit(static_cast<const float*>(values.data()), block + j);
-      }
+      visit(static_cast<const float* const*>(columns.data()), count, block);
     }
   });
 }
+
+namespace detail {
+// Input i at one element of a block: what a kernel's values[i] reads, without gathering.
+// size() is the number of inputs; kernels loop to it.
+struct block_values {
+  const float* first;
+  std::size_t count;
+  ALLOY_HD float operator[](std::size_t input) const { return first[input * block_elements]; }
+  [[nodiscard]] ALLOY_HD std::size_t size() const { return count; }
+};
+// The same with the input count known at compile time, so that a kernel's loop over inputs
+// unrolls and the loop over elements vectorises.
+template <std::size_t Count>
+struct fixed_block_values {
+  const float* first;
+  ALLOY_HD float operator[](std::size_t input) const { return first[input * block_elements]; }
+  [[nodiscard]] static constexpr std::size_t size() { return Count; }
+};
+
+template <class Kernel, class MakeValues>
+void elementwise_blocks(const cpu_backend& backend, tensor_view output, std::span<const const_tensor_view> inputs,
+                        const Kernel& kernel, const MakeValues& make_values) {
+  const std::size_t k = inputs.size();
+  for_each_chunk(backend, output.numel(), [&](std::size_t, std::size_t begin, std::size_t end) {
+    std::vector<float> columns(k * block_elements);
+    alignas(64) float results[block_elements];
+    for (std::size_t block = begin; block < end; block += block_elements) {
+      const std::size_t count = std::min(block_elements, end - block);
+      for (std::size_t i = 0; i < k; ++i) load_block(inputs[i], block, count, columns.data() + i * block_elements);
+      const float* column = columns.data();
+      for (std::size_t j = 0; j < count; ++j) results[j] = kernel(make_values(column + j), block + j);
+      store_block(output, block, count, results);
+    }
+  });
+}
+}  // namespace detail
 
 // output[index] = kernel(values, index) for every element, rounded once into output's dtype.
 template <class Kernel>
@@ -132,22 +169,24 @@ void elementwise(const cpu_backend& backend, tensor_view output,
   }
   const std::size_t k = inputs.size();
   for (const auto& input : inputs) detail::check_computable(input, "an input tensor");
-  for_each_chunk(backend, output.numel(), [&](std::size_t, std::size_t begin, std::size_t end) {
-    std::vector<float> columns(k * detail::block_elements);
-    std::vector<float> values(k == 0 ? 1 : k);
-    float results[detail::block_elements];
-    for (std::size_t block = begin; block < end; block += detail::block_elements) {
-      const std::size_t count = std::min(detail::block_elements, end - block);
-      for (std::size_t i = 0; i < k; ++i) {
-        detail::load_block(inputs[i], block, count, columns.data() + i * detail::block_elements);
-      }
-      for (std::size_t j = 0; j < count; ++j) {
-        for (std::size_t i = 0; i < k; ++i) values[i] = columns[i * detail::block_elements + j];
-        results[j] = kernel(static_cast<const float*>(values.data()), block + j);
-      }
-      detail::store_block(output, block, count, results);
-    }
-  });
+  const auto run = [&]<std::size_t Count>(std::integral_constant<std::size_t, Count>) {
+    detail::elementwise_blocks(backend, output, inputs, kernel,
+                               [](const float* first) { return detail::fixed_block_values<Count>{first}; });
+  };
+  switch (k) {
+    case 1: run(std::integral_constant<std::size_t, 1>{}); return;
+    case 2: run(std::integral_constant<std::size_t, 2>{}); return;
+    case 3: run(std::integral_constant<std::size_t, 3>{}); return;
+    case 4: run(std::integral_constant<std::size_t, 4>{}); return;
+    case 5: run(std::integral_constant<std::size_t, 5>{}); return;
+    case 6: run(std::integral_constant<std::size_t, 6>{}); return;
+    case 7: run(std::integral_constant<std::size_t, 7>{}); return;
+    case 8: run(std::integral_constant<std::size_t, 8>{}); return;
+    case 9: run(std::integral_constant<std::size_t, 9>{}); return;
+    default:
+      detail::elementwise_blocks(backend, output, inputs, kernel,
+                                 [k](const float* first) { return detail::block_values{first, k}; });
+  }
 }
 
 }  // namespace alloy

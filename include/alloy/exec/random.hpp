@@ -33,9 +33,10 @@ constexpr std::uint64_t random_stream_key(std::uint64_t seed, std::string_view t
   return mix64(mix64(seed ^ 0x9e3779b97f4a7c15ull) ^ fnv1a64(tensor_name)) + model_index * 0x9e3779b97f4a7c15ull;
 }
 
-// A uniform number in [0, 1) with 24 random bits (exactly representable in float).
+// A uniform number in [0, 1) with 24 random bits (exactly representable in float): SplitMix64's
+// output at position `counter` of the stream that starts at `stream_key`.
 ALLOY_HD ALLOY_ALWAYS_INLINE float uniform01(std::uint64_t stream_key, std::uint64_t counter) noexcept {
-  const std::uint64_t bits = mix64(stream_key ^ mix64(counter + 0x9e3779b97f4a7c15ull));
+  const std::uint64_t bits = mix64(stream_key + (counter + 1) * 0x9e3779b97f4a7c15ull);
   return static_cast<float>(bits >> 40) * (1.0f / 16777216.0f);
 }
 

@@ -19,10 +19,11 @@ template <class Accumulate>
 std::vector<double> reduce_sums(const cpu_backend& backend, std::span<const const_tensor_view> inputs,
                                 std::size_t elements, std::size_t terms, const Accumulate& accumulate) {
   std::vector<std::vector<double>> partial(cpu_backend::chunk_count(elements));
-  for_each_element(backend, inputs, elements, [&](std::size_t chunk) {
+  for_each_block(backend, inputs, elements, [&](std::size_t chunk) {
     partial[chunk].assign(terms, 0.0);
-    return [sums = partial[chunk].data(), &accumulate](const float* values, std::size_t index) {
-      accumulate(values, index, sums);
+    return [sums = partial[chunk].data(), &accumulate, &inputs](const float* const* columns, std::size_t count,
+                                                       std::size_t first) {
+      for (std::size_t j = 0; j < count; ++j) accumulate(detail::block_values{columns[0] + j, inputs.size()}, first + j, sums);
     };
   });
   std::vector<double> total(terms, 0.0);
@@ -35,7 +36,7 @@ std::vector<double> reduce_sums(const cpu_backend& backend, std::span<const cons
 template <std::size_t N, class Term>
 std::array<double, N> reduce_sum(const cpu_backend& backend, std::span<const const_tensor_view> inputs,
                                  std::size_t elements, const Term& term) {
-  const auto sums = reduce_sums(backend, inputs, elements, N, [&term](const float* values, std::size_t index, double* out) {
+  const auto sums = reduce_sums(backend, inputs, elements, N, [&term](const auto& values, std::size_t index, double* out) {
     const std::array<double, N> t = term(values, index);
     for (std::size_t n = 0; n < N; ++n) out[n] += t[n];
   });
@@ -46,21 +47,21 @@ std::array<double, N> reduce_sum(const cpu_backend& backend, std::span<const con
 
 inline double sum(const cpu_backend& backend, const_tensor_view x) {
   const const_tensor_view inputs[] = {x};
-  return reduce_sum<1>(backend, inputs, x.numel(), [](const float* v, std::size_t) {
+  return reduce_sum<1>(backend, inputs, x.numel(), [](const auto& v, std::size_t) {
     return std::array<double, 1>{v[0]};
   })[0];
 }
 
 inline double dot(const cpu_backend& backend, const_tensor_view x, const_tensor_view y) {
   const const_tensor_view inputs[] = {x, y};
-  return reduce_sum<1>(backend, inputs, x.numel(), [](const float* v, std::size_t) {
+  return reduce_sum<1>(backend, inputs, x.numel(), [](const auto& v, std::size_t) {
     return std::array<double, 1>{static_cast<double>(v[0]) * static_cast<double>(v[1])};
   })[0];
 }
 
 inline double squared_norm(const cpu_backend& backend, const_tensor_view x) {
   const const_tensor_view inputs[] = {x};
-  return reduce_sum<1>(backend, inputs, x.numel(), [](const float* v, std::size_t) {
+  return reduce_sum<1>(backend, inputs, x.numel(), [](const auto& v, std::size_t) {
     return std::array<double, 1>{static_cast<double>(v[0]) * static_cast<double>(v[0])};
   })[0];
 }

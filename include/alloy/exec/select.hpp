@@ -8,6 +8,7 @@
 // "Keep positions [first, last)" keeps exactly last - first elements of that order.
 
 #include <algorithm>
+#include <array>
 #include <bit>
 #include <cmath>
 #include <cstddef>
@@ -19,6 +20,7 @@
 
 #include "alloy/core/config.hpp"
 #include "alloy/core/error.hpp"
+#include "alloy/core/half.hpp"
 #include "alloy/core/tensor_view.hpp"
 #include "alloy/exec/cpu_backend.hpp"
 #include "alloy/exec/elementwise.hpp"
@@ -66,9 +68,10 @@ class bit_mask {
 
 namespace detail {
 
+// |value| with the sign bit cleared (so -0 ranks as 0), and NaN as +infinity.
 ALLOY_HD ALLOY_ALWAYS_INLINE float rank_magnitude(float value) noexcept {
-  const float magnitude = value < 0 ? -value : value;
-  return magnitude != magnitude ? std::numeric_limits<float>::infinity() : magnitude;
+  const std::uint32_t bits = float_bits(value) & 0x7fffffffu;
+  return bits_float(bits > 0x7f800000u ? 0x7f800000u : bits);
 }
 
 // The boundary before position `position` of the rank order: element e is before it when
@@ -94,14 +97,80 @@ inline float kth_largest(std::span<float> magnitudes, std::size_t k) {
   return *nth;
 }
 
+namespace detail {
+
+// The element at `position` (0-based) of the descending order of magnitudes, by a parallel radix
+// select on the magnitudes' bit patterns (non-negative floats order like their bits): three
+// histogram passes of 11, 11 and 10 bits, each over the elements that share the prefix found so
+// far. No copy of the tensor, no sort, O(n); the last pass's per-chunk counts of the selected
+// value give every chunk's count of ties before it, for exact tie handling.
+struct radix_selection {
+  float threshold = 0.0f;
+  std::size_t greater = 0;                     // elements strictly above the threshold
+  std::vector<std::size_t> ties_before_chunk;  // per chunk: elements equal to it in earlier chunks
+};
+
+template <class Value>
+radix_selection select_descending(const cpu_backend& backend, std::span<const const_tensor_view> inputs,
+                                  std::size_t elements, const Value& value, std::size_t position) {
+  const std::size_t chunks = cpu_backend::chunk_count(elements);
+  std::uint32_t prefix = 0;
+  std::uint32_t prefix_mask = 0;
+  std::size_t remaining = position;
+  radix_selection result;
+  constexpr int shifts[3] = {21, 10, 0};
+  constexpr int widths[3] = {11, 11, 10};
+  std::vector<std::uint32_t> histogram;
+  for (int pass = 0; pass < 3; ++pass) {
+    const int shift = shifts[pass];
+    const std::uint32_t bins = 1u << widths[pass];
+    histogram.assign(chunks * bins, 0);
+    for_each_block(backend, inputs, elements, [&](std::size_t chunk) {
+      return [&, counts = histogram.data() + chunk * bins](const float* const* columns, std::size_t count,
+                                                            std::size_t offset) {
+        for (std::size_t j = 0; j < count; ++j) {
+          const std::uint32_t key = std::bit_cast<std::uint32_t>(rank_magnitude(value(block_values{columns[0] + j, inputs.size()}, offset + j)));
+          if ((key & prefix_mask) == prefix) ++counts[(key >> shift) & (bins - 1)];
+        }
+      };
+    });
+    std::uint32_t chosen = 0;
+    for (std::uint32_t bin = bins; bin-- > 0;) {
+      std::size_t total = 0;
+      for (std::size_t c = 0; c < chunks; ++c) total += histogram[c * bins + bin];
+      if (remaining < total) {
+        chosen = bin;
+        break;
+      }
+      remaining -= total;
+      result.greater += total;
+    }
+    prefix |= chosen << shift;
+    prefix_mask |= (bins - 1) << shift;
+    if (pass == 2) {
+      result.ties_before_chunk.assign(chunks, 0);
+      std::size_t running = 0;
+      for (std::size_t c = 0; c < chunks; ++c) {
+        result.ties_before_chunk[c] = running;
+        running += histogram[c * bins + chosen];
+      }
+    }
+  }
+  result.threshold = std::bit_cast<float>(prefix);
+  return result;
+}
+
+}  // namespace detail
+
 // The k-th largest magnitude of a tensor's elements (k >= 1).
 inline float kth_largest_magnitude(const cpu_backend& backend, const_tensor_view tensor, std::size_t k) {
-  std::vector<float> magnitudes(tensor.numel());
+  if (k == 0 || k > tensor.numel()) {
+    detail::fail(error_code::invalid_argument, "k = ", k, " is outside [1, ", tensor.numel(), "]");
+  }
   const const_tensor_view inputs[] = {tensor};
-  for_each_element(backend, inputs, tensor.numel(), [&](std::size_t) {
-    return [&magnitudes](const float* v, std::size_t i) { magnitudes[i] = detail::rank_magnitude(v[0]); };
-  });
-  return kth_largest(magnitudes, k);
+  return detail::select_descending(backend, inputs, tensor.numel(), [](const auto& v, std::size_t) { return v[0]; },
+                                   k - 1)
+      .threshold;
 }
 
 // Keeps the elements whose rank position lies in [first, last), where the ranked quantity is
@@ -114,75 +183,45 @@ bit_mask rank_band_mask(const cpu_backend& backend, std::span<const const_tensor
   if (first == 0 && last == elements) return bit_mask(elements, true);
   if (first == last) return bit_mask(elements, false);
 
-  std::vector<float> magnitudes(elements);
-  for_each_element(backend, inputs, elements, [&](std::size_t) {
-    return [&](const float* v, std::size_t i) { magnitudes[i] = detail::rank_magnitude(value(v, i)); };
-  });
-
   detail::rank_boundary bounds[2];
   const std::size_t positions[2] = {first, last};
   for (int b = 0; b < 2; ++b) {
-    bounds[b].position = positions[b];
-    bounds[b].nothing = positions[b] == 0;
-    bounds[b].everything = positions[b] >= elements;
-  }
-  // Thresholds: select the larger position first; nth_element leaves everything before it
-  // larger or equal, so the smaller position's selection can run on that prefix.
-  if (!bounds[1].everything) bounds[1].threshold = kth_largest(magnitudes, bounds[1].position);
-  if (!bounds[0].nothing) {
-    const std::size_t prefix = bounds[1].everything ? elements : bounds[1].position;
-    bounds[0].threshold = kth_largest(std::span<float>(magnitudes.data(), prefix), bounds[0].position);
-  }
-
-  // Count, per chunk, elements above and equal to each threshold (in index order).
-  const std::size_t chunks = cpu_backend::chunk_count(elements);
-  std::vector<std::size_t> greater[2] = {std::vector<std::size_t>(chunks), std::vector<std::size_t>(chunks)};
-  std::vector<std::size_t> equal[2] = {std::vector<std::size_t>(chunks), std::vector<std::size_t>(chunks)};
-  for_each_element(backend, inputs, elements, [&](std::size_t chunk) {
-    return [&, chunk](const float* v, std::size_t i) {
-      const float m = detail::rank_magnitude(value(v, i));
-      for (int b = 0; b < 2; ++b) {
-        greater[b][chunk] += m > bounds[b].threshold ? 1 : 0;
-        equal[b][chunk] += m == bounds[b].threshold ? 1 : 0;
-      }
-    };
-  });
-  for (int b = 0; b < 2; ++b) {
-    std::size_t total_greater = 0;
-    for (std::size_t c = 0; c < chunks; ++c) total_greater += greater[b][c];
-    bounds[b].ties_before = bounds[b].position > total_greater ? bounds[b].position - total_greater : 0;
-    bounds[b].ties_before_chunk.assign(chunks, 0);
-    std::size_t running = 0;
-    for (std::size_t c = 0; c < chunks; ++c) {
-      bounds[b].ties_before_chunk[c] = running;
-      running += equal[b][c];
-    }
+    auto& bound = bounds[b];
+    bound.position = positions[b];
+    bound.nothing = positions[b] == 0;
+    bound.everything = positions[b] >= elements;
+    if (bound.nothing || bound.everything) continue;
+    // The boundary sits before position P: the element at P - 1 is the last one before it.
+    auto selection = detail::select_descending(backend, inputs, elements, value, bound.position - 1);
+    bound.threshold = selection.threshold;
+    bound.ties_before = bound.position - selection.greater;
+    bound.ties_before_chunk = std::move(selection.ties_before_chunk);
   }
 
   bit_mask mask(elements);
-  for_each_element(backend, inputs, elements, [&](std::size_t chunk) {
-    struct state {
-      std::size_t ties_seen[2];
+  for_each_block(backend, inputs, elements, [&](std::size_t chunk) {
+    const auto ties_at = [&](int b) {
+      return bounds[b].ties_before_chunk.empty() ? std::size_t{0} : bounds[b].ties_before_chunk[chunk];
     };
-    return [&, s = state{{bounds[0].ties_before_chunk[chunk], bounds[1].ties_before_chunk[chunk]}}](
-               const float* v, std::size_t i) mutable {
-      const float m = detail::rank_magnitude(value(v, i));
-      bool before[2];
-      for (int b = 0; b < 2; ++b) {
-        const auto& bound = bounds[b];
-        if (bound.nothing) {
-          before[b] = false;
-        } else if (bound.everything) {
-          before[b] = true;
-        } else if (m > bound.threshold) {
-          before[b] = true;
-        } else if (m == bound.threshold) {
-          before[b] = s.ties_seen[b]++ < bound.ties_before;
-        } else {
-          before[b] = false;
+    return [&, ties_seen = std::array<std::size_t, 2>{ties_at(0), ties_at(1)}](
+               const float* const* columns, std::size_t count, std::size_t offset) mutable {
+      for (std::size_t j = 0; j < count; ++j) {
+        const float m = detail::rank_magnitude(value(detail::block_values{columns[0] + j, inputs.size()}, offset + j));
+        bool before[2];
+        for (int b = 0; b < 2; ++b) {
+          const auto& bound = bounds[b];
+          if (bound.nothing) {
+            before[b] = false;
+          } else if (bound.everything || m > bound.threshold) {
+            before[b] = true;
+          } else if (m == bound.threshold) {
+            before[b] = ties_seen[static_cast<std::size_t>(b)]++ < bound.ties_before;
+          } else {
+            before[b] = false;
+          }
         }
+        if (before[1] && !before[0]) mask.set(offset + j);
       }
-      if (before[1] && !before[0]) mask.set(i);
     };
   });
   return mask;

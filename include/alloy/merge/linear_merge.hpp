@@ -14,13 +14,13 @@
 namespace alloy {
 
 struct weighted_sum_kernel {
-  const float* weights = nullptr;
-  std::size_t count = 0;
+  const float* weights = nullptr;  // one per input
   float scale = 1.0f;
 
-  ALLOY_HD float operator()(const float* values, std::size_t) const {
+  template <class Values>
+  ALLOY_HD float operator()(const Values& values, std::size_t) const {
     float total = 0.0f;
-    for (std::size_t i = 0; i < count; ++i) total += weights[i] * values[i];
+    for (std::size_t i = 0; i < values.size(); ++i) total += weights[i] * values[i];
     return total * scale;
   }
 };
@@ -40,7 +40,7 @@ struct linear_merge {
       total += p.weight;
     }
     const double divisor = normalize && total != 0.0 ? total : 1.0;
-    const weighted_sum_kernel kernel{weights.data(), weights.size(), static_cast<float>(1.0 / divisor)};
+    const weighted_sum_kernel kernel{weights.data(), static_cast<float>(1.0 / divisor)};
     elementwise(backend, output, in.models, kernel);
   }
 };

@@ -14,14 +14,14 @@
 namespace alloy {
 
 struct magmax_kernel {
-  std::size_t count = 0;
   float lambda = 1.0f;
 
-  ALLOY_HD float operator()(const float* values, std::size_t) const {
+  template <class Values>
+  ALLOY_HD float operator()(const Values& values, std::size_t) const {
     float chosen = 0.0f;
     float largest = -1.0f;
-    for (std::size_t i = 0; i < count; ++i) {
-      const float d = values[1 + i] - values[0];
+    for (std::size_t i = 1; i < values.size(); ++i) {
+      const float d = values[i] - values[0];
       const float magnitude = d < 0 ? -d : d;
       if (magnitude > largest) {
         largest = magnitude;
@@ -43,7 +43,7 @@ struct magmax_merge {
     detail::check_finite(name(), in.name, "lambda", lambda);
     std::vector<const_tensor_view> inputs{*in.base};
     inputs.insert(inputs.end(), in.models.begin(), in.models.end());
-    elementwise(backend, output, inputs, magmax_kernel{in.models.size(), static_cast<float>(lambda)});
+    elementwise(backend, output, inputs, magmax_kernel{static_cast<float>(lambda)});
   }
 };
 

@@ -18,12 +18,12 @@
 namespace alloy {
 
 struct interpolate_mean_kernel {
-  std::size_t count = 0;
   float t = 0.0f;
-  ALLOY_HD float operator()(const float* values, std::size_t) const {
+  template <class Values>
+  ALLOY_HD float operator()(const Values& values, std::size_t) const {
     float mean = 0.0f;
-    for (std::size_t i = 0; i < count; ++i) mean += values[1 + i];
-    mean /= static_cast<float>(count);
+    for (std::size_t i = 1; i < values.size(); ++i) mean += values[i];
+    mean /= static_cast<float>(values.size() - 1);
     return t * mean + (1.0f - t) * values[0];
   }
 };
@@ -39,7 +39,7 @@ struct model_stock_merge {
     inputs.insert(inputs.end(), in.models.begin(), in.models.end());
     // Gram matrix of the offsets, upper triangle: k (k + 1) / 2 sums in one pass.
     const std::size_t terms = k * (k + 1) / 2;
-    const auto gram = reduce_sums(backend, inputs, output.numel(), terms, [k](const float* v, std::size_t, double* sums) {
+    const auto gram = reduce_sums(backend, inputs, output.numel(), terms, [k](const auto& v, std::size_t, double* sums) {
       std::size_t at = 0;
       for (std::size_t i = 0; i < k; ++i) {
         const double oi = static_cast<double>(v[1 + i]) - static_cast<double>(v[0]);
@@ -61,7 +61,7 @@ struct model_stock_merge {
     const double cosine = cosine_sum / static_cast<double>(pairs);
     const double n = static_cast<double>(k);
     const double t = n * cosine / (1.0 + (n - 1.0) * cosine);
-    elementwise(backend, output, inputs, interpolate_mean_kernel{k, static_cast<float>(t)});
+    elementwise(backend, output, inputs, interpolate_mean_kernel{static_cast<float>(t)});
   }
 };
 

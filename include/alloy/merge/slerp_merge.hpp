@@ -20,7 +20,8 @@ namespace alloy {
 struct two_term_kernel {
   float a = 0.0f;
   float b = 0.0f;
-  ALLOY_HD float operator()(const float* values, std::size_t) const { return a * values[0] + b * values[1]; }
+  template <class Values>
+  ALLOY_HD float operator()(const Values& values, std::size_t) const { return a * values[0] + b * values[1]; }
 };
 
 struct slerp_merge {
@@ -37,7 +38,7 @@ struct slerp_merge {
                    in.models.size(), " models for tensor ", detail::quoted{in.name});
     }
     const const_tensor_view pair[] = {*in.base, in.models[0]};
-    const auto sums = reduce_sum<3>(backend, pair, output.numel(), [](const float* v, std::size_t) {
+    const auto sums = reduce_sum<3>(backend, pair, output.numel(), [](const auto& v, std::size_t) {
       const double x = v[0];
       const double y = v[1];
       return std::array<double, 3>{x * x, y * y, x * y};

@@ -67,19 +67,21 @@ struct task_vector_term {
 
 // The per-element math of steps 2-5; values[0] is the base, values[1 + i] model i.
 struct task_vector_kernel {
-  const task_vector_term* terms = nullptr;
-  std::size_t count = 0;
+  const task_vector_term* terms = nullptr;  // one per model: values.size() - 1
   sign_consensus consensus = sign_consensus::none;
   bool normalize = false;
   float lambda = 1.0f;
 
-  [[nodiscard]] ALLOY_HD float weighted_delta(const float* values, std::size_t i, std::size_t index) const {
+  template <class Values>
+  [[nodiscard]] ALLOY_HD float weighted_delta(const Values& values, std::size_t i, std::size_t index) const {
     const task_vector_term& term = terms[i];
     if (!term.keeps(index)) return 0.0f;
     return term.weight * ((values[1 + i] - values[0]) * term.scale);
   }
 
-  ALLOY_HD float operator()(const float* values, std::size_t index) const {
+  template <class Values>
+  ALLOY_HD float operator()(const Values& values, std::size_t index) const {
+    const std::size_t count = values.size() - 1;
     float mixed = 0.0f;
     float divisor = 0.0f;
     if (consensus == sign_consensus::none) {
@@ -89,16 +91,21 @@ struct task_vector_kernel {
       }
       if (divisor < 1e-8f && divisor > -1e-8f) divisor = 1.0f;
     } else {
+      // Weighted deltas are computed once (random masks hash per call); models beyond the
+      // buffer are recomputed in the second loop.
+      constexpr std::size_t buffered = 16;
+      float e[buffered];
       float election = 0.0f;
       for (std::size_t i = 0; i < count; ++i) {
-        const float e = weighted_delta(values, i, index);
-        election += consensus == sign_consensus::sum ? e : static_cast<float>((e > 0) - (e < 0));
+        const float ei = weighted_delta(values, i, index);
+        if (i < buffered) e[i] = ei;
+        election += consensus == sign_consensus::sum ? ei : static_cast<float>((ei > 0) - (ei < 0));
       }
       const bool positive = election >= 0.0f;
       for (std::size_t i = 0; i < count; ++i) {
-        const float e = weighted_delta(values, i, index);
-        if (positive ? e > 0.0f : e < 0.0f) {
-          mixed += e;
+        const float ei = i < buffered ? e[i] : weighted_delta(values, i, index);
+        if (positive ? ei > 0.0f : ei < 0.0f) {
+          mixed += ei;
           divisor += terms[i].weight;
         }
       }
@@ -143,7 +150,7 @@ class task_vector_merge {
     for (std::size_t i = 0; i < k; ++i) {
       terms[i] = prepare_term(backend, in, i, masks[i]);
     }
-    const task_vector_kernel kernel{terms.data(), k, consensus, normalize, static_cast<float>(lambda)};
+    const task_vector_kernel kernel{terms.data(), consensus, normalize, static_cast<float>(lambda)};
     elementwise(backend, output, inputs, kernel);
   }
 
@@ -155,7 +162,7 @@ class task_vector_merge {
     term.weight = static_cast<float>(p.weight);
     const std::size_t n = in.base->numel();
     const const_tensor_view pair[] = {*in.base, in.models[model]};
-    const auto delta = [](const float* v, std::size_t) { return v[1] - v[0]; };
+    const auto delta = [](const auto& v, std::size_t) { return v[1] - v[0]; };
     if (sparsify == sparsification::none) return term;
 
     detail::check_unit_interval(method, in.name, "density", p.density);
@@ -193,7 +200,7 @@ class task_vector_merge {
     term.bits = mask.words();
     if (rescale) {
       // Match the L1 norm of the full task vector (mergekit's rescaling for non-random masks).
-      const auto norms = reduce_sum<2>(backend, pair, n, [&mask, &delta](const float* v, std::size_t i) {
+      const auto norms = reduce_sum<2>(backend, pair, n, [&mask, &delta](const auto& v, std::size_t i) {
         const double d = std::fabs(static_cast<double>(delta(v, i)));
         return std::array<double, 2>{d, mask.test(i) ? d : 0.0};
       });
