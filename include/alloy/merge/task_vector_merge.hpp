@@ -31,6 +31,7 @@
 #include "alloy/exec/random.hpp"
 #include "alloy/exec/reduce.hpp"
 #include "alloy/exec/select.hpp"
+#include "alloy/merge/linear_merge.hpp"
 #include "alloy/merge/merge_inputs.hpp"
 
 namespace alloy {
@@ -149,6 +150,22 @@ class task_vector_merge {
     std::vector<bit_mask> masks(k);
     for (std::size_t i = 0; i < k; ++i) {
       terms[i] = prepare_term(backend, in, i, masks[i]);
+    }
+    const bool dense = std::all_of(terms.begin(), terms.end(), [](const task_vector_term& t) {
+      return t.rule == task_vector_term::keep_rule::all;
+    });
+    if (dense && consensus == sign_consensus::none) {
+      // Without masks or election the merge is linear in its inputs:
+      //   b + c sum_i w_i (m_i - b) = (1 - c sum_i w_i) b + sum_i c w_i m_i,  c = lambda / divisor,
+      // which runs as a vectorised weighted sum.
+      double weight_sum = 0.0;
+      for (const auto& t : terms) weight_sum += static_cast<double>(t.weight);
+      const double divisor = normalize && std::fabs(weight_sum) >= 1e-8 ? weight_sum : 1.0;
+      const double c = lambda / divisor;
+      std::vector<float> coefficients{static_cast<float>(1.0 - c * weight_sum)};
+      for (const auto& t : terms) coefficients.push_back(static_cast<float>(c * static_cast<double>(t.weight)));
+      elementwise(backend, output, inputs, weighted_sum_kernel{coefficients.data(), 1.0f});
+      return;
     }
     const task_vector_kernel kernel{terms.data(), consensus, normalize, static_cast<float>(lambda)};
     elementwise(backend, output, inputs, kernel);
