@@ -9,6 +9,7 @@
 // the parameter, the model and the tensor; an unknown parameter name is an error too.
 
 #include <cstddef>
+#include <cstring>
 #include <map>
 #include <optional>
 #include <span>
@@ -30,10 +31,10 @@ namespace alloy {
 using parameter_map = std::map<std::string, parameter_setting, std::less<>>;
 
 struct merge_recipe {
-  std::string method;
-  parameter_map parameters;                   // top level
-  std::vector<parameter_map> model_parameters;  // one map per model (the base excluded)
-  std::string consensus;                      // TIES family: "sum" (default) or "count"
+  std::string method{};
+  parameter_map parameters{};                   // top level
+  std::vector<parameter_map> model_parameters{};  // one map per model (the base excluded)
+  std::string consensus{};                      // TIES family: "sum" (default) or "count"
 
   // Checks names and ranges that do not depend on the tensor: the method exists, every
   // parameter is one it defines, every number is finite.
@@ -125,10 +126,11 @@ inline void merge_tensor(const merge_recipe& recipe, const cpu_backend& backend,
 
 // Merges whole stores into a new memory store, tensor by tensor in the order of the base (or of
 // the first model). Every model must hold every tensor with the same shape. The output dtype is
-// the base's (or the first model's) unless `output_dtype` says otherwise.
-template <parameter_store Base, parameter_store Model>
+// the base's (or the first model's) unless `output_dtype` says otherwise. Tensors of integer or
+// boolean dtype are copied unchanged when all models hold the same values, refused otherwise.
+template <parameter_store Base, parameter_store Model, std::size_t Extent>
 memory_store merge_stores(const merge_recipe& recipe, const cpu_backend& backend, const Base* base,
-                          std::span<const Model> models, std::optional<dtype> output_dtype = std::nullopt) {
+                          std::span<const Model, Extent> models, std::optional<dtype> output_dtype = std::nullopt) {
   recipe.validate();
   const method_definition& def = find_merge_method(recipe.method);
   if (def.needs_base && base == nullptr) {
@@ -150,7 +152,21 @@ memory_store merge_stores(const merge_recipe& recipe, const cpu_backend& backend
     }
     const std::optional<const_tensor_view> base_view =
         base != nullptr && def.needs_base ? std::optional<const_tensor_view>(base->view(name)) : std::nullopt;
-    const const_tensor_view reference = base_view ? *base_view : views.front();
+    const const_tensor_view reference = base != nullptr ? base->view(name) : views.front();
+    if (!is_mergeable(reference.dtype())) {
+      // Integer and boolean buffers (position ids, masks) are not weights: they are kept as they
+      // are, provided every model agrees on them.
+      for (std::size_t i = 0; i < views.size(); ++i) {
+        const bool same = views[i].dtype() == reference.dtype() && views[i].shape() == reference.shape() &&
+                          std::memcmp(views[i].data(), reference.data(), reference.byte_size()) == 0;
+        if (!same) {
+          detail::fail(error_code::invalid_argument, recipe.method, ": tensor ", detail::quoted{name}, " of dtype ",
+                       reference.dtype(), " cannot be merged and differs in model ", i);
+        }
+      }
+      merged.insert(std::string(name), reference);
+      continue;
+    }
     tensor_view out = merged.insert(std::string(name), output_dtype.value_or(reference.dtype()), reference.shape());
     merge_tensor(recipe, backend, name, layer_depth(name, layers), base_view, views, out);
   }
