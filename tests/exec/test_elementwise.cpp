@@ -81,3 +81,17 @@ TEST_CASE("the random stream is a pure function of seed, name, model and index",
   }
   CHECK(mean / n == Approx(0.5).margin(0.005));
 }
+
+TEST_CASE("an exception inside a parallel loop reaches the caller", "[exec][parallel]") {
+  const std::size_t n = cpu_backend::chunk_elements * 4;
+  CHECK_THROWS_WITH(for_each_chunk(cpu_backend{2}, n,
+                                   [](std::size_t chunk, std::size_t, std::size_t) {
+                                     if (chunk == 2) throw std::runtime_error("chunk 2 failed");
+                                   }),
+                    "chunk 2 failed");
+  CHECK_THROWS_WITH(for_each_index(cpu_backend{2}, 10,
+                                   [](std::size_t i) {
+                                     if (i == 7) throw std::runtime_error("index 7 failed");
+                                   }),
+                    "index 7 failed");
+}

@@ -88,7 +88,9 @@ class pam_aligner {
   template <parameter_store Global, mutable_parameter_store Task>
   pam_report align(const Global& global, Task& task, const reset_callback& on_reset = {}) const {
     pam_report report;
-    for (const auto& [name, top] : top_) {
+    for (const auto& entry : top_) {
+      const std::string& name = entry.first;
+      const bit_mask& top = entry.second;  // (a named reference: lambdas cannot capture bindings in clang 14)
       const const_tensor_view g = global.view(name);
       const auto found = task.find_mutable(name);
       if (!found) detail::fail(error_code::not_found, "pam: the task weights lack tensor ", detail::quoted{name});

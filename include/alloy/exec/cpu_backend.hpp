@@ -7,6 +7,7 @@
 #include <algorithm>
 #include <cstddef>
 #include <cstdint>
+#include <exception>
 
 #if defined(_OPENMP)
 #include <omp.h>
@@ -35,11 +36,38 @@ struct cpu_backend {
   }
 };
 
-// Calls body(chunk_index, begin, end) for every chunk of [0, elements), in parallel.
+namespace detail {
+// An exception must not leave an OpenMP region (that terminates the program): the first one
+// thrown by any iteration is kept and rethrown after the loop.
+class first_exception {
+ public:
+  template <class Body>
+  void run(Body&& body) noexcept {
+    try {
+      body();
+    } catch (...) {
+#if defined(_OPENMP)
+#pragma omp critical(alloy_first_exception)
+#endif
+      if (!error_) error_ = std::current_exception();
+    }
+  }
+  void rethrow() const {
+    if (error_) std::rethrow_exception(error_);
+  }
+
+ private:
+  std::exception_ptr error_;
+};
+}  // namespace detail
+
+// Calls body(chunk_index, begin, end) for every chunk of [0, elements), in parallel. An exception
+// from any chunk is rethrown once all chunks have finished.
 template <class Body>
 void for_each_chunk(const cpu_backend& backend, std::size_t elements, Body&& body) {
   const auto chunks = static_cast<std::int64_t>(cpu_backend::chunk_count(elements));
   if (chunks == 0) return;
+  detail::first_exception error;
 #if defined(_OPENMP)
   const int threads = static_cast<int>(std::min<std::int64_t>(backend.thread_count(), chunks));
 #pragma omp parallel for schedule(dynamic, 1) num_threads(threads)
@@ -49,21 +77,24 @@ void for_each_chunk(const cpu_backend& backend, std::size_t elements, Body&& bod
   for (std::int64_t chunk = 0; chunk < chunks; ++chunk) {
     const std::size_t begin = static_cast<std::size_t>(chunk) * cpu_backend::chunk_elements;
     const std::size_t end = std::min(elements, begin + cpu_backend::chunk_elements);
-    body(static_cast<std::size_t>(chunk), begin, end);
+    error.run([&] { body(static_cast<std::size_t>(chunk), begin, end); });
   }
+  error.rethrow();
 }
 
 // Calls body(index) for every index in [0, count), in parallel (rows of a matrix, models, ...).
 template <class Body>
 void for_each_index(const cpu_backend& backend, std::size_t count, Body&& body) {
   const auto total = static_cast<std::int64_t>(count);
+  detail::first_exception error;
 #if defined(_OPENMP)
   const int threads = static_cast<int>(std::max<std::int64_t>(1, std::min<std::int64_t>(backend.thread_count(), total)));
 #pragma omp parallel for schedule(dynamic, 1) num_threads(threads)
 #else
   (void)backend;
 #endif
-  for (std::int64_t index = 0; index < total; ++index) body(static_cast<std::size_t>(index));
+  for (std::int64_t index = 0; index < total; ++index) error.run([&] { body(static_cast<std::size_t>(index)); });
+  error.rethrow();
 }
 
 }  // namespace alloy

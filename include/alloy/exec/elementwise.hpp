@@ -132,7 +132,7 @@ template <std::size_t Count>
 struct fixed_block_values {
   const float* first;
   ALLOY_HD float operator[](std::size_t input) const { return first[input * block_elements]; }
-  [[nodiscard]] static constexpr std::size_t size() { return Count; }
+  [[nodiscard]] ALLOY_HD static constexpr std::size_t size() { return Count; }
 };
 
 template <class Kernel, class MakeValues>

@@ -48,7 +48,7 @@ std::array<double, N> reduce_sum(const cpu_backend& backend, std::span<const con
 inline double sum(const cpu_backend& backend, const_tensor_view x) {
   const const_tensor_view inputs[] = {x};
   return reduce_sum<1>(backend, inputs, x.numel(), [](const auto& v, std::size_t) {
-    return std::array<double, 1>{v[0]};
+    return std::array<double, 1>{static_cast<double>(v[0])};
   })[0];
 }
 

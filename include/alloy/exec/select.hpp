@@ -34,7 +34,7 @@ class bit_mask {
   explicit bit_mask(std::size_t size, bool value = false)
       : words_((size + 63) / 64, value ? ~std::uint64_t{0} : 0), size_(size) {}
 
-  [[nodiscard]] ALLOY_HD bool test(std::size_t index) const noexcept {
+  [[nodiscard]] bool test(std::size_t index) const noexcept {  // device code reads words()
     return (words_[index >> 6] >> (index & 63)) & 1u;
   }
   void set(std::size_t index) noexcept { words_[index >> 6] |= std::uint64_t{1} << (index & 63); }

@@ -19,11 +19,12 @@ namespace alloy {
 
 struct interpolate_mean_kernel {
   float t = 0.0f;
+  float inverse_models = 1.0f;  // 1 / number of models
   template <class Values>
   ALLOY_HD float operator()(const Values& values, std::size_t) const {
     float mean = 0.0f;
     for (std::size_t i = 1; i < values.size(); ++i) mean += values[i];
-    mean /= static_cast<float>(values.size() - 1);
+    mean *= inverse_models;
     return t * mean + (1.0f - t) * values[0];
   }
 };
@@ -61,7 +62,7 @@ struct model_stock_merge {
     const double cosine = cosine_sum / static_cast<double>(pairs);
     const double n = static_cast<double>(k);
     const double t = n * cosine / (1.0 + (n - 1.0) * cosine);
-    elementwise(backend, output, inputs, interpolate_mean_kernel{static_cast<float>(t)});
+    elementwise(backend, output, inputs, interpolate_mean_kernel{static_cast<float>(t), static_cast<float>(1.0 / n)});
   }
 };
 

@@ -39,8 +39,8 @@ struct slerp_merge {
     }
     const const_tensor_view pair[] = {*in.base, in.models[0]};
     const auto sums = reduce_sum<3>(backend, pair, output.numel(), [](const auto& v, std::size_t) {
-      const double x = v[0];
-      const double y = v[1];
+      const auto x = static_cast<double>(v[0]);
+      const auto y = static_cast<double>(v[1]);
       return std::array<double, 3>{x * x, y * y, x * y};
     });
     constexpr double eps = 1e-8;
