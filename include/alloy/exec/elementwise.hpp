@@ -138,17 +138,12 @@ struct fixed_block_values {
 template <class Kernel, class MakeValues>
 void elementwise_blocks(const cpu_backend& backend, tensor_view output, std::span<const const_tensor_view> inputs,
                         const Kernel& kernel, const MakeValues& make_values) {
-  const std::size_t k = inputs.size();
-  for_each_chunk(backend, output.numel(), [&](std::size_t, std::size_t begin, std::size_t end) {
-    std::vector<float> columns(k * block_elements);
-    alignas(64) float results[block_elements];
-    for (std::size_t block = begin; block < end; block += block_elements) {
-      const std::size_t count = std::min(block_elements, end - block);
-      for (std::size_t i = 0; i < k; ++i) load_block(inputs[i], block, count, columns.data() + i * block_elements);
-      const float* column = columns.data();
-      for (std::size_t j = 0; j < count; ++j) results[j] = kernel(make_values(column + j), block + j);
-      store_block(output, block, count, results);
-    }
+  for_each_block(backend, inputs, output.numel(), [&](std::size_t) {
+    return [&](const float* const* columns, std::size_t count, std::size_t first) {
+      alignas(64) float results[block_elements];
+      for (std::size_t j = 0; j < count; ++j) results[j] = kernel(make_values(columns[0] + j), first + j);
+      store_block(output, first, count, results);
+    };
   });
 }
 }  // namespace detail
@@ -157,18 +152,15 @@ void elementwise_blocks(const cpu_backend& backend, tensor_view output, std::spa
 template <class Kernel>
 void elementwise(const cpu_backend& backend, tensor_view output,
                  std::span<const const_tensor_view> inputs, const Kernel& kernel) {
+  // Inputs are checked by for_each_block. Writing a block happens after reading it, so the output
+  // may be one of the inputs, provided it has the same dtype.
   detail::check_computable(output, "the output tensor");
   for (const auto& input : inputs) {
-    if (input.numel() != output.numel()) {
-      detail::fail(error_code::shape_mismatch, "input of shape ", input.shape(),
-                   " does not match the output's shape ", output.shape());
-    }
     if (input.data() != nullptr && input.data() == output.data() && input.dtype() != output.dtype()) {
       detail::fail(error_code::invalid_argument, "an input aliases the output with another dtype");
     }
   }
   const std::size_t k = inputs.size();
-  for (const auto& input : inputs) detail::check_computable(input, "an input tensor");
   const auto run = [&]<std::size_t Count>(std::integral_constant<std::size_t, Count>) {
     detail::elementwise_blocks(backend, output, inputs, kernel,
                                [](const float* first) { return detail::fixed_block_values<Count>{first}; });
