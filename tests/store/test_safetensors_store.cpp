@@ -95,6 +95,9 @@ TEST_CASE("broken indexes are refused with the shard and tensor named", "[store]
   expect(R"({"weight_map":{"a":"model-00009-of-00009.safetensors"}})", "model-00009-of-00009");
   expect(R"({"weight_map":{"a":"../outside.safetensors"}})", "outside the index's folder");
   expect(R"({"weight_map":{"a":"/etc/passwd"}})", "outside the index's folder");
+  expect(R"({"weight_map":{"a":"model-00001-of-00002.safetensors","a":"model-00002-of-00002.safetensors"}})",
+         "duplicate key 'a'");
+  expect(R"({"weight_map":{"a":"."}})", "not a regular file");
   // The index names a tensor that its shard does not hold.
   expect(R"({"weight_map":{"a":"model-00001-of-00002.safetensors","c":"model-00001-of-00002.safetensors","b":"model-00002-of-00002.safetensors"}})",
          "'c'");

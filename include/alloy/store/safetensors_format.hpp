@@ -79,7 +79,7 @@ struct duplicate_key_guard {
       const auto& key = parsed.get_ref<const std::string&>();
       if (!open_objects.back().insert(key).second) {
         fail(error_code::format, *where, ": duplicate ", depth == 1 ? "tensor name " : "key ",
-             quoted{key}, " in the header");
+             quoted{key});
       }
     }
     return true;

@@ -64,7 +64,8 @@ class safetensors_store {
       std::ifstream in(index_path, std::ios::binary);
       if (!in) detail::fail(error_code::not_found, "cannot open index ", where);
       try {
-        index = nlohmann::json::parse(in);
+        // A tensor listed twice in weight_map is ambiguous: refuse it rather than keep the last.
+        index = nlohmann::json::parse(in, detail::duplicate_key_guard{{}, &where});
       } catch (const nlohmann::json::exception& e) {
         detail::fail(error_code::format, where, ": not valid JSON: ", e.what());
       }
