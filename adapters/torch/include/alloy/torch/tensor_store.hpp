@@ -1,0 +1,124 @@
+#pragma once
+// LibTorch tensors as an alloy parameter store, without copies: a module's named parameters (or
+// any name -> tensor list) become a mutable_parameter_store whose views point at the tensors'
+// own memory, so alloy's merges and PAM alignment write into the model in place.
+//
+// Views need contiguous CPU tensors of a dtype alloy knows; anything else is refused by name
+// (call .contiguous() or .cpu() first, or take a snapshot with alloy::copy_store). The store
+// holds references to the tensors (shared storage), so they outlive it safely.
+
+#include <torch/torch.h>
+
+#include <optional>
+#include <string>
+#include <string_view>
+#include <utility>
+#include <vector>
+
+#include "alloy/core/error.hpp"
+#include "alloy/core/tensor_view.hpp"
+#include "alloy/store/name_index.hpp"
+#include "alloy/store/parameter_store.hpp"
+
+namespace alloy::torch_adapter {
+
+inline std::optional<dtype> dtype_of(const ::torch::Tensor& tensor) {
+  switch (tensor.scalar_type()) {
+    case ::torch::kFloat64: return dtype::f64;
+    case ::torch::kFloat32: return dtype::f32;
+    case ::torch::kFloat16: return dtype::f16;
+    case ::torch::kBFloat16: return dtype::bf16;
+    case ::torch::kInt64: return dtype::i64;
+    case ::torch::kInt32: return dtype::i32;
+    case ::torch::kInt16: return dtype::i16;
+    case ::torch::kInt8: return dtype::i8;
+    case ::torch::kUInt8: return dtype::u8;
+    case ::torch::kBool: return dtype::boolean;
+    default: return std::nullopt;
+  }
+}
+
+class tensor_store {
+ public:
+  tensor_store() = default;
+
+  // The tensors under the given names, in that order.
+  explicit tensor_store(std::vector<std::pair<std::string, ::torch::Tensor>> tensors) {
+    for (auto& [name, tensor] : tensors) add(std::move(name), std::move(tensor));
+  }
+
+  // A module's parameters (recursively, with their dotted names), optionally its buffers too.
+  static tensor_store from_module(const ::torch::nn::Module& module, bool include_buffers = false) {
+    tensor_store store;
+    for (const auto& item : module.named_parameters(/*recurse=*/true)) store.add(item.key(), item.value());
+    if (include_buffers) {
+      for (const auto& item : module.named_buffers(/*recurse=*/true)) store.add(item.key(), item.value());
+    }
+    return store;
+  }
+
+  void add(std::string name, ::torch::Tensor tensor) {
+    if (!tensor.defined()) detail::fail(error_code::invalid_argument, "tensor ", detail::quoted{name}, " is undefined");
+    index_.add(std::move(name), "a torch tensor_store");
+    tensors_.push_back(std::move(tensor));
+  }
+
+  [[nodiscard]] const std::vector<std::string>& names() const noexcept { return index_.names(); }
+  [[nodiscard]] std::size_t size() const noexcept { return index_.size(); }
+  [[nodiscard]] bool contains(std::string_view name) const { return index_.find(name).has_value(); }
+
+  [[nodiscard]] std::optional<const_tensor_view> find(std::string_view name) const {
+    const auto position = index_.find(name);
+    if (!position) return std::nullopt;
+    return const_tensor_view(view_of(*position));
+  }
+  [[nodiscard]] const_tensor_view view(std::string_view name) const {
+    if (auto found = find(name)) return *found;
+    detail::fail_missing_tensor(name, "a torch tensor_store");
+  }
+  [[nodiscard]] std::optional<tensor_view> find_mutable(std::string_view name) {
+    const auto position = index_.find(name);
+    if (!position) return std::nullopt;
+    return view_of(*position);
+  }
+  [[nodiscard]] tensor_view mutable_view(std::string_view name) {
+    if (auto found = find_mutable(name)) return *found;
+    detail::fail_missing_tensor(name, "a torch tensor_store");
+  }
+
+  // The tensor itself (for optimizer state, devices, autograd).
+  [[nodiscard]] const ::torch::Tensor& tensor(std::string_view name) const {
+    const auto position = index_.find(name);
+    if (!position) detail::fail_missing_tensor(name, "a torch tensor_store");
+    return tensors_[*position];
+  }
+
+ private:
+  [[nodiscard]] tensor_view view_of(std::size_t position) const {
+    const ::torch::Tensor& t = tensors_[position];
+    const std::string& name = index_.names()[position];
+    if (!t.device().is_cpu()) {
+      detail::fail(error_code::invalid_argument, "tensor ", detail::quoted{name}, " is on ", t.device().str(),
+                   "; alloy's CPU backend views CPU tensors only (the CUDA backend is separate)");
+    }
+    if (!t.is_contiguous()) {
+      detail::fail(error_code::invalid_argument, "tensor ", detail::quoted{name},
+                   " is not contiguous; views need contiguous memory (call .contiguous())");
+    }
+    const auto type = dtype_of(t);
+    if (!type) {
+      detail::fail(error_code::dtype_mismatch, "tensor ", detail::quoted{name}, " has torch dtype ",
+                   std::string(c10::toString(t.scalar_type())), ", which alloy does not map");
+    }
+    std::vector<shape::extent_type> extents(t.sizes().begin(), t.sizes().end());
+    // Parameters require grad; writing through the view is like writing under torch::NoGradGuard.
+    return {static_cast<std::byte*>(t.data_ptr()), *type, shape(std::span<const shape::extent_type>(extents))};
+  }
+
+  detail::name_index index_;
+  std::vector<::torch::Tensor> tensors_;
+};
+
+static_assert(mutable_parameter_store<tensor_store>);
+
+}  // namespace alloy::torch_adapter
