@@ -24,6 +24,7 @@
 #include "alloy/merge/slerp_merge.hpp"
 #include "alloy/merge/task_vector_merge.hpp"
 #include "alloy/align/pam.hpp"
+#include "alloy/align/regularizers.hpp"
 #include "alloy/store/file_io.hpp"
 #include "alloy/store/memory_store.hpp"
 #include "alloy/store/name_index.hpp"

@@ -24,6 +24,7 @@
 #include "alloy/exec/cpu_backend.hpp"
 #include "alloy/exec/elementwise.hpp"
 #include "alloy/exec/select.hpp"
+#include "alloy/align/regularizers.hpp"
 #include "alloy/store/parameter_store.hpp"
 
 namespace alloy {
@@ -68,16 +69,7 @@ class pam_aligner {
   // Computes the top-p masks of G for the task that starts now.
   template <parameter_store Global>
   void set_global(const Global& global) {
-    top_.clear();
-    for (const auto& name : global.names()) {
-      const const_tensor_view g = global.view(name);
-      if (!is_mergeable(g.dtype())) continue;  // integer buffers carry no weights to align
-      const const_tensor_view inputs[] = {g};
-      const auto keep = static_cast<std::size_t>(options_.p * static_cast<double>(g.numel()));
-      top_.insert_or_assign(std::string(name),
-                            rank_band_mask(options_.backend, inputs, g.numel(),
-                                           [](const auto& v, std::size_t) { return v[0]; }, 0, keep));
-    }
+    top_ = top_magnitude_masks(options_.backend, global, options_.p);
   }
 
   // Counts an optimizer step; true when alignment is due (every K-th step).
@@ -126,7 +118,7 @@ class pam_aligner {
 
  private:
   pam_options options_;
-  std::map<std::string, bit_mask, std::less<>> top_;
+  tensor_masks top_;
   std::size_t steps_ = 0;
 };
 
