@@ -28,6 +28,7 @@
 #include "alloy/store/file_io.hpp"
 #include "alloy/store/memory_store.hpp"
 #include "alloy/store/name_index.hpp"
+#include "alloy/store/named_store.hpp"
 #include "alloy/store/parameter_store.hpp"
 #include "alloy/store/safetensors_format.hpp"
 #include "alloy/store/safetensors_store.hpp"

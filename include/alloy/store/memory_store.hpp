@@ -14,12 +14,12 @@
 
 #include "alloy/core/error.hpp"
 #include "alloy/core/tensor_view.hpp"
-#include "alloy/store/name_index.hpp"
+#include "alloy/store/named_store.hpp"
 #include "alloy/store/parameter_store.hpp"
 
 namespace alloy {
 
-class memory_store {
+class memory_store : public named_store<memory_store> {
  public:
   static constexpr std::size_t alignment = 64;  // a cache line and any SIMD width alloy uses
 
@@ -54,26 +54,15 @@ class memory_store {
     return target;
   }
 
-  [[nodiscard]] const std::vector<std::string>& names() const noexcept { return index_.names(); }
-  [[nodiscard]] std::size_t size() const noexcept { return index_.size(); }
-  [[nodiscard]] bool contains(std::string_view name) const { return index_.find(name).has_value(); }
-
   [[nodiscard]] std::optional<const_tensor_view> find(std::string_view name) const {
     if (auto position = index_.find(name)) return const_tensor_view(at(*position));
     return std::nullopt;
-  }
-  [[nodiscard]] const_tensor_view view(std::string_view name) const {
-    if (auto found = find(name)) return *found;
-    detail::fail_missing_tensor(name, "a memory_store");
   }
   [[nodiscard]] std::optional<tensor_view> find_mutable(std::string_view name) {
     if (auto position = index_.find(name)) return at(*position);
     return std::nullopt;
   }
-  [[nodiscard]] tensor_view mutable_view(std::string_view name) {
-    if (auto found = find_mutable(name)) return *found;
-    detail::fail_missing_tensor(name, "a memory_store");
-  }
+  [[nodiscard]] static std::string_view description() noexcept { return "a memory_store"; }
 
  private:
   struct aligned_delete {
@@ -93,7 +82,6 @@ class memory_store {
     return {buffers_[position].get(), dtypes_[position], shapes_[position]};
   }
 
-  detail::name_index index_;
   std::vector<buffer> buffers_;
   std::vector<dtype> dtypes_;
   std::vector<shape> shapes_;

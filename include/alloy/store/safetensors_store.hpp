@@ -21,7 +21,7 @@
 #include "alloy/core/error.hpp"
 #include "alloy/core/tensor_view.hpp"
 #include "alloy/store/file_io.hpp"
-#include "alloy/store/name_index.hpp"
+#include "alloy/store/named_store.hpp"
 #include "alloy/store/parameter_store.hpp"
 #include "alloy/store/safetensors_format.hpp"
 
@@ -30,7 +30,7 @@ namespace alloy {
 inline constexpr std::string_view safetensors_single_file_name = "model.safetensors";
 inline constexpr std::string_view safetensors_index_file_name = "model.safetensors.index.json";
 
-class safetensors_store {
+class safetensors_store : public named_store<safetensors_store> {
  public:
   struct shard {
     mapped_file file;
@@ -104,10 +104,6 @@ class safetensors_store {
     return store;
   }
 
-  [[nodiscard]] const std::vector<std::string>& names() const noexcept { return index_.names(); }
-  [[nodiscard]] std::size_t size() const noexcept { return index_.size(); }
-  [[nodiscard]] bool contains(std::string_view name) const { return index_.find(name).has_value(); }
-
   [[nodiscard]] std::optional<const_tensor_view> find(std::string_view name) const {
     const auto position = index_.find(name);
     if (!position) return std::nullopt;
@@ -117,11 +113,6 @@ class safetensors_store {
     return const_tensor_view(owner.file.bytes().data() + owner.header.data_offset + entry.begin,
                              entry.spec.dtype, entry.spec.shape);
   }
-  [[nodiscard]] const_tensor_view view(std::string_view name) const {
-    if (auto found = find(name)) return *found;
-    detail::fail_missing_tensor(name, description_);
-  }
-
   // The file that holds `name`.
   [[nodiscard]] const std::filesystem::path& file_of(std::string_view name) const {
     const auto position = index_.find(name);
@@ -223,7 +214,6 @@ class safetensors_store {
 
   std::string description_;
   std::vector<shard> shards_;
-  detail::name_index index_;
   std::vector<std::pair<std::size_t, std::size_t>> locations_;  // per name: shard, entry
 };
 

@@ -17,7 +17,7 @@
 
 #include "alloy/core/error.hpp"
 #include "alloy/core/tensor_view.hpp"
-#include "alloy/store/name_index.hpp"
+#include "alloy/store/named_store.hpp"
 #include "alloy/store/parameter_store.hpp"
 
 namespace alloy::torch_adapter {
@@ -38,7 +38,7 @@ inline std::optional<dtype> dtype_of(const ::torch::Tensor& tensor) {
   }
 }
 
-class tensor_store {
+class tensor_store : public named_store<tensor_store> {
  public:
   tensor_store() = default;
 
@@ -63,28 +63,17 @@ class tensor_store {
     tensors_.push_back(std::move(tensor));
   }
 
-  [[nodiscard]] const std::vector<std::string>& names() const noexcept { return index_.names(); }
-  [[nodiscard]] std::size_t size() const noexcept { return index_.size(); }
-  [[nodiscard]] bool contains(std::string_view name) const { return index_.find(name).has_value(); }
-
   [[nodiscard]] std::optional<const_tensor_view> find(std::string_view name) const {
     const auto position = index_.find(name);
     if (!position) return std::nullopt;
     return const_tensor_view(view_of(*position));
-  }
-  [[nodiscard]] const_tensor_view view(std::string_view name) const {
-    if (auto found = find(name)) return *found;
-    detail::fail_missing_tensor(name, "a torch tensor_store");
   }
   [[nodiscard]] std::optional<tensor_view> find_mutable(std::string_view name) {
     const auto position = index_.find(name);
     if (!position) return std::nullopt;
     return view_of(*position);
   }
-  [[nodiscard]] tensor_view mutable_view(std::string_view name) {
-    if (auto found = find_mutable(name)) return *found;
-    detail::fail_missing_tensor(name, "a torch tensor_store");
-  }
+  [[nodiscard]] static std::string_view description() noexcept { return "a torch tensor_store"; }
 
   // The tensor itself (for optimizer state, devices, autograd).
   [[nodiscard]] const ::torch::Tensor& tensor(std::string_view name) const {
@@ -115,7 +104,6 @@ class tensor_store {
     return {static_cast<std::byte*>(t.data_ptr()), *type, shape(std::span<const shape::extent_type>(extents))};
   }
 
-  detail::name_index index_;
   std::vector<::torch::Tensor> tensors_;
 };
 

@@ -18,12 +18,12 @@
 #include "alloy/core/dtype.hpp"
 #include "alloy/core/error.hpp"
 #include "alloy/core/tensor_view.hpp"
-#include "alloy/store/name_index.hpp"
+#include "alloy/store/named_store.hpp"
 #include "alloy/store/parameter_store.hpp"
 
 namespace alloy::xtensor_adapter {
 
-class xtensor_store {
+class xtensor_store : public named_store<xtensor_store> {
  public:
   // Adds a named container or adaptor (xt::xarray, xt::xtensor, xt::adapt(...)).
   template <class Expression>
@@ -54,18 +54,10 @@ class xtensor_store {
     shapes_.push_back(dims);
   }
 
-  [[nodiscard]] const std::vector<std::string>& names() const noexcept { return index_.names(); }
-  [[nodiscard]] std::size_t size() const noexcept { return index_.size(); }
-  [[nodiscard]] bool contains(std::string_view name) const { return index_.find(name).has_value(); }
-
   [[nodiscard]] std::optional<const_tensor_view> find(std::string_view name) const {
     const auto position = index_.find(name);
     if (!position) return std::nullopt;
     return const_tensor_view(data_[*position], dtypes_[*position], shapes_[*position]);
-  }
-  [[nodiscard]] const_tensor_view view(std::string_view name) const {
-    if (auto found = find(name)) return *found;
-    detail::fail_missing_tensor(name, "an xtensor_store");
   }
   [[nodiscard]] std::optional<tensor_view> find_mutable(std::string_view name) {
     const auto position = index_.find(name);
@@ -75,13 +67,9 @@ class xtensor_store {
     }
     return tensor_view(data_[*position], dtypes_[*position], shapes_[*position]);
   }
-  [[nodiscard]] tensor_view mutable_view(std::string_view name) {
-    if (auto found = find_mutable(name)) return *found;
-    detail::fail_missing_tensor(name, "an xtensor_store");
-  }
+  [[nodiscard]] static std::string_view description() noexcept { return "an xtensor_store"; }
 
  private:
-  detail::name_index index_;
   std::vector<std::byte*> data_;
   std::vector<bool> read_only_;
   std::vector<dtype> dtypes_;
