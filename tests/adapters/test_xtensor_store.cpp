@@ -4,7 +4,9 @@
 #include <catch2/catch.hpp>
 #include <xtensor/xadapt.hpp>
 #include <xtensor/xarray.hpp>
+#include <xtensor/xmath.hpp>
 #include <xtensor/xtensor.hpp>
+#include <xtensor/xview.hpp>
 
 #include "alloy/merge/registry.hpp"
 #include "alloy/xtensor/xtensor_store.hpp"
@@ -77,4 +79,18 @@ TEST_CASE("column-major and strided xtensor expressions are refused by name", "[
   xt::xarray<float> fine = {1, 2};
   store.add("w", fine);
   CHECK_THROWS_WITH(store.add("w", fine), Catch::Contains("duplicate"));
+}
+
+TEST_CASE("a container that reallocates is viewed where it is now", "[adapters][xtensor]") {
+  xt::xtensor<float, 2> w = {{1, 2}, {3, 4}};
+  xtensor_store store;
+  store.add("w", w);
+  // xtensor evaluates `w -= expression` into a temporary and swaps it in when the expression may
+  // alias w: the buffer moves.
+  w -= xt::sum(xt::view(w, xt::all(), xt::all(), xt::newaxis()) * xt::xtensor<float, 1>{1, 1}, {2});
+  w = xt::xtensor<float, 2>{{1, 2, 3}, {4, 5, 6}, {7, 8, 9}};
+  const const_tensor_view now = store.view("w");
+  CHECK(now.data() == reinterpret_cast<const std::byte*>(w.data()));
+  CHECK(now.shape() == shape{3, 3});
+  CHECK(now.as<float>()[8] == 9.0f);
 }

@@ -50,7 +50,7 @@ TEST_CASE("PAM can reset to G's value", "[align][pam]") {
   CHECK(values_of(task.view("w")) == std::vector<float>{5, -4, 3, -1});
 }
 
-TEST_CASE("PAM with p = 0 changes nothing; p = 1 leaves no conflict where G is non-zero", "[align][pam]") {
+TEST_CASE("PAM with p = 0 changes nothing, and p = 1 leaves no conflict where G is non-zero", "[align][pam]") {
   const std::size_t n = cpu_backend::chunk_elements + 500;
   auto g_values = random_values(n, 7);
   for (std::size_t i = 0; i < n; i += 11) g_values[i] = 0;

@@ -16,12 +16,16 @@ if(MODE STREQUAL "find_package")
     message(FATAL_ERROR "alloyConfigVersion.cmake was not installed")
   endif()
   run("${CMAKE_COMMAND}" -S "${consumer}" -B "${WORK_DIR}/build"
-      -DCMAKE_CXX_COMPILER=${CXX_COMPILER} -DCMAKE_PREFIX_PATH=${WORK_DIR}/prefix)
+      -DCMAKE_CXX_COMPILER=${CXX_COMPILER} -DCMAKE_PREFIX_PATH=${WORK_DIR}/prefix -DREQUIRE_ADAPTERS=${REQUIRE_ADAPTERS})
 else()
   run("${CMAKE_COMMAND}" -S "${consumer}" -B "${WORK_DIR}/build"
       -DCMAKE_CXX_COMPILER=${CXX_COMPILER} -DALLOY_AS_SUBDIRECTORY=ON
-      -DALLOY_SOURCE_DIR=${ALLOY_SOURCE_DIR} -DALLOY_WITH_CUDA=OFF -DALLOY_WITH_TORCH=OFF)
+      -DALLOY_SOURCE_DIR=${ALLOY_SOURCE_DIR} -DALLOY_WITH_CUDA=OFF -DALLOY_WITH_TORCH=OFF
+      -DREQUIRE_ADAPTERS=${REQUIRE_ADAPTERS})
 endif()
 run("${CMAKE_COMMAND}" --build "${WORK_DIR}/build")
 run("${WORK_DIR}/build/consumer")
+if(REQUIRE_ADAPTERS)
+  run("${WORK_DIR}/build/consumer_adapters")
+endif()
 file(REMOVE_RECURSE "${WORK_DIR}")

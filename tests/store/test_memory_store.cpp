@@ -3,6 +3,7 @@
 
 #include <catch2/catch.hpp>
 
+#include "alloy/core/convert.hpp"
 #include "alloy/store/memory_store.hpp"
 #include "store_conformance.hpp"
 
@@ -50,4 +51,30 @@ TEST_CASE("memory_store copies are deep and moves keep views valid", "[store][me
   const auto* data = store.view("w").data();
   memory_store moved = std::move(store);
   CHECK(moved.view("w").data() == data);
+}
+
+TEST_CASE("assign copies a store into another's tensors, converting floats, all or nothing", "[store][memory]") {
+  memory_store source;
+  auto w = source.insert("w", dtype::f32, {2, 2}).as<float>();
+  w[0] = 1.5f;
+  w[3] = -2.0f;
+  memory_store target;
+  target.insert("w", dtype::bf16, {2, 2});
+  target.insert("untouched", dtype::f32, {1}).as<float>()[0] = 9.0f;
+  assign(target, source);
+  CHECK(load_as_float(target.view("w"), 0) == 1.5f);
+  CHECK(load_as_float(target.view("w"), 3) == -2.0f);
+  CHECK(target.view("untouched").as<float>()[0] == 9.0f);
+
+  w[0] = 4.0f;
+  memory_store changed = source;
+  changed.insert("z", dtype::f32, {1});
+  CHECK_THROWS_WITH(assign(target, changed), Catch::Contains("'z'"));
+  CHECK(load_as_float(target.view("w"), 0) == 1.5f);  // nothing written
+  memory_store misshapen;
+  misshapen.insert("w", dtype::f32, {4});
+  CHECK_THROWS_WITH(assign(target, misshapen), Catch::Contains("'w'") && Catch::Contains("[4]"));
+  memory_store integers;
+  integers.insert("w", dtype::i64, {2, 2});
+  CHECK_THROWS_WITH(assign(target, integers), Catch::Contains("'w'") && Catch::Contains("I64"));
 }

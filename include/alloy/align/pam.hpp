@@ -55,9 +55,52 @@ struct pam_reset_kernel {
   }
 };
 
+using pam_reset_callback = std::function<void(std::string_view tensor, const bit_mask& reset)>;
+
+// One alignment pass, the step PAM repeats: inside the given top-p masks of G, resets T where its
+// sign opposes G's (to zero or to G), and reports the counts. Hands each tensor's reset mask to
+// `on_reset`. pam_aligner calls it with masks it keeps per task; adapters call it directly.
+template <parameter_store Global, mutable_parameter_store Task>
+pam_report align_signs(const cpu_backend& backend, const Global& global, Task& task, const tensor_masks& top_masks,
+                       pam_reset reset_mode, const pam_reset_callback& on_reset = {}) {
+  pam_report report;
+  for (const auto& entry : top_masks) {
+    const std::string& name = entry.first;
+    const bit_mask& top = entry.second;  // (a named reference: lambdas cannot capture bindings in clang 14)
+    const const_tensor_view g = global.view(name);
+    const auto found = task.find_mutable(name);
+    if (!found) detail::fail(error_code::not_found, "pam: the task weights lack tensor ", detail::quoted{name});
+    const tensor_view t = *found;
+    if (!(t.shape() == g.shape()) || top.size() != g.numel()) {
+      detail::fail(error_code::shape_mismatch, "pam: tensor ", detail::quoted{name}, " has shape ", t.shape(),
+                   " in the task weights but ", g.shape(), " in the global weights (and ", top.size(),
+                   " entries in its mask)");
+    }
+    const const_tensor_view inputs[] = {g, t};
+    bit_mask reset(g.numel());
+    for_each_block(backend, inputs, g.numel(), [&](std::size_t) {
+      return [&](const float* const* columns, std::size_t count, std::size_t first) {
+        for (std::size_t j = 0; j < count; ++j) {
+          const float gv = columns[0][j];
+          const float tv = columns[1][j];
+          if (top.test(first + j) && ((gv > 0 && tv < 0) || (gv < 0 && tv > 0))) reset.set(first + j);
+        }
+      };
+    });
+    const std::size_t count = reset.count();
+    report.reset_per_tensor.emplace(name, count);
+    report.total_reset += count;
+    report.total_considered += top.count();
+    if (count == 0) continue;
+    elementwise(backend, t, inputs, pam_reset_kernel{reset.words(), reset_mode == pam_reset::to_global});
+    if (on_reset) on_reset(name, reset);
+  }
+  return report;
+}
+
 class pam_aligner {
  public:
-  using reset_callback = std::function<void(std::string_view tensor, const bit_mask& reset)>;
+  using reset_callback = pam_reset_callback;
 
   explicit pam_aligner(pam_options options = {}) : options_(options) {
     if (!(options_.p >= 0.0 && options_.p <= 1.0)) {
@@ -79,40 +122,11 @@ class pam_aligner {
   // set_global (its values are read for reset-to-global and for signs).
   template <parameter_store Global, mutable_parameter_store Task>
   pam_report align(const Global& global, Task& task, const reset_callback& on_reset = {}) const {
-    pam_report report;
-    for (const auto& entry : top_) {
-      const std::string& name = entry.first;
-      const bit_mask& top = entry.second;  // (a named reference: lambdas cannot capture bindings in clang 14)
-      const const_tensor_view g = global.view(name);
-      const auto found = task.find_mutable(name);
-      if (!found) detail::fail(error_code::not_found, "pam: the task weights lack tensor ", detail::quoted{name});
-      const tensor_view t = *found;
-      if (!(t.shape() == g.shape())) {
-        detail::fail(error_code::shape_mismatch, "pam: tensor ", detail::quoted{name}, " has shape ", t.shape(),
-                     " in the task weights but ", g.shape(), " in the global weights");
-      }
-      const const_tensor_view inputs[] = {g, t};
-      bit_mask reset(g.numel());
-      for_each_block(options_.backend, inputs, g.numel(), [&](std::size_t) {
-        return [&](const float* const* columns, std::size_t count, std::size_t first) {
-          for (std::size_t j = 0; j < count; ++j) {
-            const float gv = columns[0][j];
-            const float tv = columns[1][j];
-            if (top.test(first + j) && ((gv > 0 && tv < 0) || (gv < 0 && tv > 0))) reset.set(first + j);
-          }
-        };
-      });
-      const std::size_t count = reset.count();
-      report.reset_per_tensor.emplace(name, count);
-      report.total_reset += count;
-      report.total_considered += top.count();
-      if (count == 0) continue;
-      elementwise(options_.backend, t, inputs, pam_reset_kernel{reset.words(), options_.reset == pam_reset::to_global});
-      if (on_reset) on_reset(name, reset);
-    }
-    return report;
+    return align_signs(options_.backend, global, task, top_, options_.reset, on_reset);
   }
 
+  // The top-p masks of the current task's G.
+  [[nodiscard]] const tensor_masks& top_masks() const noexcept { return top_; }
   [[nodiscard]] const pam_options& options() const noexcept { return options_; }
   [[nodiscard]] std::size_t steps() const noexcept { return steps_; }
 

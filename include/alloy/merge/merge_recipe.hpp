@@ -17,6 +17,7 @@
 #include <string_view>
 #include <vector>
 
+#include "alloy/core/convert.hpp"
 #include "alloy/core/error.hpp"
 #include "alloy/core/tensor_view.hpp"
 #include "alloy/exec/cpu_backend.hpp"
@@ -124,30 +125,25 @@ inline void merge_tensor(const merge_recipe& recipe, const cpu_backend& backend,
   merge_with(policy, backend, merge_inputs{name, base, models, per_model}, output);
 }
 
-// Merges whole stores into a new memory store, tensor by tensor in the order of the base (or of
-// the first model). Every model must hold every tensor with the same shape. The output dtype is
-// the base's (or the first model's) unless `output_dtype` says otherwise. Tensors of integer or
-// boolean dtype are copied unchanged when all models hold the same values, refused otherwise.
-template <parameter_store Base, parameter_store Model, std::size_t Extent>
-memory_store merge_stores(const merge_recipe& recipe, const cpu_backend& backend, const Base* base,
-                          std::span<const Model, Extent> models, std::optional<dtype> output_dtype = std::nullopt) {
+namespace detail {
+
+// The traversal both merge_stores and merge_stores_into share: for each tensor, in the order of
+// the base (or of the first model), gathers every model's view and merges into
+// `output_for(name, reference)`, a view with the reference's shape.
+template <parameter_store Base, parameter_store Model, std::size_t Extent, class OutputFor>
+void merge_each_tensor(const merge_recipe& recipe, const cpu_backend& backend, const Base* base,
+                       std::span<const Model, Extent> models, OutputFor&& output_for) {
   recipe.validate();
   const method_definition& def = find_merge_method(recipe.method);
-  if (def.needs_base && base == nullptr) {
-    detail::fail(error_code::invalid_argument, recipe.method, " needs a base model");
-  }
-  if (models.empty()) detail::fail(error_code::invalid_argument, recipe.method, ": no models to merge");
+  if (def.needs_base && base == nullptr) fail(error_code::invalid_argument, recipe.method, " needs a base model");
+  if (models.empty()) fail(error_code::invalid_argument, recipe.method, ": no models to merge");
   const auto& names = base != nullptr ? base->names() : models.front().names();
   const std::size_t layers = count_layers(names);
-  memory_store merged;
   std::vector<const_tensor_view> views(models.size());
   for (const auto& name : names) {
     for (std::size_t i = 0; i < models.size(); ++i) {
       const auto found = models[i].find(name);
-      if (!found) {
-        detail::fail(error_code::not_found, recipe.method, ": tensor ", detail::quoted{name},
-                     " is missing from model ", i);
-      }
+      if (!found) fail(error_code::not_found, recipe.method, ": tensor ", quoted{name}, " is missing from model ", i);
       views[i] = *found;
     }
     const std::optional<const_tensor_view> base_view =
@@ -160,17 +156,59 @@ memory_store merge_stores(const merge_recipe& recipe, const cpu_backend& backend
         const bool same = views[i].dtype() == reference.dtype() && views[i].shape() == reference.shape() &&
                           std::memcmp(views[i].data(), reference.data(), reference.byte_size()) == 0;
         if (!same) {
-          detail::fail(error_code::invalid_argument, recipe.method, ": tensor ", detail::quoted{name}, " of dtype ",
-                       reference.dtype(), " cannot be merged and differs in model ", i);
+          fail(error_code::invalid_argument, recipe.method, ": tensor ", quoted{name}, " of dtype ", reference.dtype(),
+               " cannot be merged and differs in model ", i);
         }
       }
-      merged.insert(std::string(name), reference);
+      const tensor_view out = output_for(std::string_view(name), reference);
+      if (out.dtype() != reference.dtype()) {
+        fail(error_code::dtype_mismatch, recipe.method, ": tensor ", quoted{name}, " is ", reference.dtype(),
+             " in the models but ", out.dtype(), " in the output");
+      }
+      if (out.data() != reference.data()) convert(reference, out);
       continue;
     }
-    tensor_view out = merged.insert(std::string(name), output_dtype.value_or(reference.dtype()), reference.shape());
-    merge_tensor(recipe, backend, name, layer_depth(name, layers), base_view, views, out);
+    merge_tensor(recipe, backend, name, layer_depth(name, layers), base_view, views,
+                 output_for(std::string_view(name), reference));
   }
+}
+
+}  // namespace detail
+
+// Merges whole stores into a new memory store, tensor by tensor in the order of the base (or of
+// the first model). Every model must hold every tensor with the same shape. The output dtype is
+// the base's (or the first model's) unless `output_dtype` says otherwise. Tensors of integer or
+// boolean dtype are copied unchanged when all models hold the same values, refused otherwise.
+template <parameter_store Base, parameter_store Model, std::size_t Extent>
+memory_store merge_stores(const merge_recipe& recipe, const cpu_backend& backend, const Base* base,
+                          std::span<const Model, Extent> models, std::optional<dtype> output_dtype = std::nullopt) {
+  memory_store merged;
+  detail::merge_each_tensor(recipe, backend, base, models, [&](std::string_view name, const_tensor_view reference) {
+    const dtype type = is_mergeable(reference.dtype()) ? output_dtype.value_or(reference.dtype()) : reference.dtype();
+    return merged.insert(std::string(name), type, reference.shape());
+  });
   return merged;
+}
+
+// Merges whole stores into an existing one, in place: a torch module's parameters, Eigen
+// matrices, a file-backed store. `output` must hold every merged tensor with the same shape; its
+// dtypes may differ (the merge computes in f32 and rounds once into them). The output may be one
+// of the models only for element-wise methods (linear, task arithmetic, MagMax, SLERP), whose
+// every output element depends on the same element of the inputs alone.
+template <parameter_store Base, parameter_store Model, std::size_t Extent, mutable_parameter_store Output>
+void merge_stores_into(const merge_recipe& recipe, const cpu_backend& backend, const Base* base,
+                       std::span<const Model, Extent> models, Output& output) {
+  detail::merge_each_tensor(recipe, backend, base, models, [&](std::string_view name, const_tensor_view reference) {
+    const auto found = output.find_mutable(name);
+    if (!found) {
+      detail::fail(error_code::not_found, recipe.method, ": the output has no tensor ", detail::quoted{name});
+    }
+    if (!(found->shape() == reference.shape())) {
+      detail::fail(error_code::shape_mismatch, recipe.method, ": tensor ", detail::quoted{name}, " has shape ",
+                   reference.shape(), " in the models but ", found->shape(), " in the output");
+    }
+    return *found;
+  });
 }
 
 }  // namespace alloy

@@ -10,8 +10,10 @@
 #include <optional>
 #include <string>
 #include <string_view>
+#include <utility>
 #include <vector>
 
+#include "alloy/core/convert.hpp"
 #include "alloy/core/error.hpp"
 #include "alloy/core/tensor_view.hpp"
 #include "alloy/store/named_store.hpp"
@@ -95,6 +97,31 @@ memory_store copy_store(const S& source) {
   memory_store copy;
   for (const auto& name : source.names()) copy.insert(std::string(name), source.view(name));
   return copy;
+}
+
+// Copies every tensor of `source` into the tensor of the same name in `target`, converting
+// floating dtypes (the weights a task starts from, written into a model's own storage). Tensors of
+// `target` that `source` lacks are left alone; a tensor `target` lacks, or whose shape differs, is
+// an error named before anything is written.
+template <mutable_parameter_store Target, parameter_store Source>
+void assign(Target& target, const Source& source) {
+  std::vector<std::pair<const_tensor_view, tensor_view>> pairs;
+  for (const auto& name : source.names()) {
+    const auto found = target.find_mutable(name);
+    if (!found) detail::fail(error_code::not_found, "assign: the target has no tensor ", detail::quoted{name});
+    const const_tensor_view from = source.view(name);
+    if (!(found->shape() == from.shape())) {
+      detail::fail(error_code::shape_mismatch, "assign: tensor ", detail::quoted{name}, " has shape ", from.shape(),
+                   " in the source but ", found->shape(), " in the target");
+    }
+    const auto convertible = [](dtype type) { return is_mergeable(type) || type == dtype::f64; };
+    if (from.dtype() != found->dtype() && !(convertible(from.dtype()) && convertible(found->dtype()))) {
+      detail::fail(error_code::dtype_mismatch, "assign: tensor ", detail::quoted{name}, " is ", from.dtype(),
+                   " in the source but ", found->dtype(), " in the target");
+    }
+    pairs.emplace_back(from, *found);
+  }
+  for (const auto& [from, to] : pairs) convert(from, to);
 }
 
 }  // namespace alloy

@@ -38,6 +38,22 @@ inline std::optional<dtype> dtype_of(const ::torch::Tensor& tensor) {
   }
 }
 
+inline shape shape_of(const ::torch::Tensor& tensor) {
+  std::vector<shape::extent_type> extents(tensor.sizes().begin(), tensor.sizes().end());
+  return shape(std::span<const shape::extent_type>(extents));
+}
+
+// A module's parameters (recursively, with their dotted names), then its buffers if asked.
+inline std::vector<std::pair<std::string, ::torch::Tensor>> named_tensors(const ::torch::nn::Module& module,
+                                                                          bool include_buffers = false) {
+  std::vector<std::pair<std::string, ::torch::Tensor>> tensors;
+  for (const auto& item : module.named_parameters(/*recurse=*/true)) tensors.emplace_back(item.key(), item.value());
+  if (include_buffers) {
+    for (const auto& item : module.named_buffers(/*recurse=*/true)) tensors.emplace_back(item.key(), item.value());
+  }
+  return tensors;
+}
+
 class tensor_store : public named_store<tensor_store> {
  public:
   tensor_store() = default;
@@ -49,12 +65,7 @@ class tensor_store : public named_store<tensor_store> {
 
   // A module's parameters (recursively, with their dotted names), optionally its buffers too.
   static tensor_store from_module(const ::torch::nn::Module& module, bool include_buffers = false) {
-    tensor_store store;
-    for (const auto& item : module.named_parameters(/*recurse=*/true)) store.add(item.key(), item.value());
-    if (include_buffers) {
-      for (const auto& item : module.named_buffers(/*recurse=*/true)) store.add(item.key(), item.value());
-    }
-    return store;
+    return tensor_store(named_tensors(module, include_buffers));
   }
 
   void add(std::string name, ::torch::Tensor tensor) {
@@ -99,9 +110,8 @@ class tensor_store : public named_store<tensor_store> {
       detail::fail(error_code::dtype_mismatch, "tensor ", detail::quoted{name}, " has torch dtype ",
                    std::string(c10::toString(t.scalar_type())), ", which alloy does not map");
     }
-    std::vector<shape::extent_type> extents(t.sizes().begin(), t.sizes().end());
     // Parameters require grad; writing through the view is like writing under torch::NoGradGuard.
-    return {static_cast<std::byte*>(t.data_ptr()), *type, shape(std::span<const shape::extent_type>(extents))};
+    return {static_cast<std::byte*>(t.data_ptr()), *type, shape_of(t)};
   }
 
   std::vector<::torch::Tensor> tensors_;

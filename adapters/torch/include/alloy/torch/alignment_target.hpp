@@ -1,0 +1,108 @@
+#pragma once
+// What a task's weights align to, placed on the model's device once per task: G (in f32, the
+// compute dtype), the top-p masks of G by magnitude (alloy's exact selection, ties broken by
+// position, as the CPU aligner uses), and optionally the initial weights G0 (for cosine
+// alignment). The PAM aligner and the differentiable regularizers of this adapter read it.
+
+#include <torch/torch.h>
+
+#include <cstdint>
+#include <optional>
+#include <string>
+#include <string_view>
+#include <vector>
+
+#include "alloy/align/regularizers.hpp"
+#include "alloy/core/error.hpp"
+#include "alloy/exec/cpu_backend.hpp"
+#include "alloy/exec/select.hpp"
+#include "alloy/store/name_index.hpp"
+#include "alloy/store/parameter_store.hpp"
+#include "alloy/torch/transfer.hpp"
+
+namespace alloy::torch_adapter {
+
+// A bit mask as a bool tensor of the given sizes on the given device.
+inline ::torch::Tensor to_bool_tensor(const bit_mask& mask, at::IntArrayRef sizes,
+                                      ::torch::Device device = ::torch::kCPU) {
+  ::torch::Tensor out = ::torch::empty({static_cast<std::int64_t>(mask.size())}, ::torch::kBool);
+  bool* data = out.data_ptr<bool>();
+  for (std::size_t i = 0; i < mask.size(); ++i) data[i] = mask.test(i);
+  return out.view(sizes).to(device);
+}
+
+class alignment_target {
+ public:
+  // G's floating tensors with their top-p masks (p = 0: empty masks, for L2 and cosine only).
+  template <parameter_store Global>
+  alignment_target(const Global& global, double p, ::torch::Device device, const cpu_backend& backend = {})
+      : alignment_target(global, top_magnitude_masks(backend, global, p), device) {}
+
+  // The same from masks already computed (pam_aligner::top_masks of the core aligner).
+  template <parameter_store Global>
+  alignment_target(const Global& global, tensor_masks masks, ::torch::Device device)
+      : masks_(std::move(masks)), device_(device) {
+    for (const auto& entry : masks_) {
+      const std::string& name = entry.first;
+      const const_tensor_view g = global.view(name);
+      if (entry.second.size() != g.numel()) {
+        alloy::detail::fail(error_code::shape_mismatch, "alignment target: the mask of ", alloy::detail::quoted{name},
+                            " has ", entry.second.size(), " entries but the tensor has ", g.numel());
+      }
+      index_.add(name, "an alignment target");
+      const auto sizes = sizes_of(g.shape());
+      global_.push_back(from_view(g).to(device, ::torch::kFloat32, /*non_blocking=*/false, /*copy=*/true));
+      top_.push_back(to_bool_tensor(entry.second, sizes, device));
+    }
+  }
+
+  // Adds the initial weights G0 (before the first task), for cosine alignment.
+  template <parameter_store Initial>
+  alignment_target& set_initial(const Initial& initial) {
+    std::vector<::torch::Tensor> tensors;
+    for (std::size_t i = 0; i < names().size(); ++i) {
+      const const_tensor_view g0 = initial.view(names()[i]);
+      if (!(shape_of(global_[i]) == g0.shape())) {
+        alloy::detail::fail(error_code::shape_mismatch, "alignment target: tensor ", alloy::detail::quoted{names()[i]},
+                            " has shape ", g0.shape(), " in G0 but ", shape_of(global_[i]), " in G");
+      }
+      tensors.push_back(from_view(g0).to(device_, ::torch::kFloat32, false, true));
+    }
+    initial_ = std::move(tensors);
+    return *this;
+  }
+
+  [[nodiscard]] const std::vector<std::string>& names() const noexcept { return index_.names(); }
+  [[nodiscard]] ::torch::Device device() const noexcept { return device_; }
+  [[nodiscard]] bool has_initial() const noexcept { return initial_.has_value(); }
+  [[nodiscard]] const tensor_masks& masks() const noexcept { return masks_; }
+
+  [[nodiscard]] const ::torch::Tensor& global(std::string_view name) const { return global_[position(name)]; }
+  [[nodiscard]] const ::torch::Tensor& top(std::string_view name) const { return top_[position(name)]; }
+  [[nodiscard]] const ::torch::Tensor& initial(std::string_view name) const {
+    if (!initial_) alloy::detail::fail(error_code::invalid_argument, "alignment target: G0 was not set (set_initial)");
+    return (*initial_)[position(name)];
+  }
+
+  // G's tensors as a store (zero-copy views of the f32 copies; CPU targets only).
+  [[nodiscard]] tensor_store global_store() const {
+    std::vector<std::pair<std::string, ::torch::Tensor>> tensors;
+    for (std::size_t i = 0; i < names().size(); ++i) tensors.emplace_back(names()[i], global_[i]);
+    return tensor_store(std::move(tensors));
+  }
+
+ private:
+  [[nodiscard]] std::size_t position(std::string_view name) const {
+    const auto found = index_.find(name);
+    if (!found) alloy::detail::fail_missing_tensor(name, "the alignment target");
+    return *found;
+  }
+
+  tensor_masks masks_;
+  ::torch::Device device_;
+  alloy::detail::name_index index_;
+  std::vector<::torch::Tensor> global_, top_;
+  std::optional<std::vector<::torch::Tensor>> initial_;
+};
+
+}  // namespace alloy::torch_adapter
