@@ -42,6 +42,11 @@ struct mnist_split {
   image_set train, test;
 
   static mnist_split load(const std::filesystem::path& file) {
+    if (!std::filesystem::exists(file)) {
+      alloy::detail::fail(alloy::error_code::not_found, "no MNIST at ", file.string(),
+                          ": run scripts/demo.sh once, or scripts/fetch_data.sh and then "
+                          "prepare_datasets DATA_DIR, or give the datasets folder as the first argument");
+    }
     const auto store = alloy::safetensors_store::open(file);
     const auto images = store.view("images").as<std::uint8_t>();
     const auto labels = store.view("labels").as<std::int64_t>();

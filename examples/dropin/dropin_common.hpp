@@ -4,6 +4,7 @@
 
 #include <cstdio>
 #include <cstdlib>
+#include <exception>
 #include <string>
 #include <vector>
 
@@ -107,6 +108,24 @@ void print_comparison(Run&& run) {
   }
   std::printf("mean accuracy after the last task: fine-tuning only %.1f%%, alloy merging %.1f%%, "
               "alloy merging + PAM %.1f%%\n", mean_of(plain.back()), mean_of(merging.back()), mean_of(with_alloy.back()));
+}
+
+// A drop-in program's main: parses the options, loads the tasks, runs the three methods and prints
+// the comparison. `describe(options)` names the model and optimizer; `run(tasks, options, method)`
+// is the program's own training loop.
+template <class Describe, class Run>
+int run_dropin(const char* program, int argc, char** argv, Describe&& describe, Run&& run) {
+  const dropin_options options = parse_dropin_options(program, argc, argv);
+  try {
+    const task_sequence tasks = load_tasks(options);
+    std::printf("%s: %s, %s, %d epoch(s) per task\n", program, tasks.description.c_str(), describe(options).c_str(),
+                options.epochs);
+    print_comparison([&](method how) { return run(tasks, options, how); });
+    return 0;
+  } catch (const std::exception& e) {
+    std::fprintf(stderr, "%s: %s\n", program, e.what());
+    return 1;
+  }
 }
 
 }  // namespace alloy_examples

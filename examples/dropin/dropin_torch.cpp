@@ -14,7 +14,6 @@
 #include <torch/torch.h>
 
 #include <cstdio>
-#include <exception>
 #include <memory>
 
 #include "alloy/torch.hpp"
@@ -83,15 +82,7 @@ accuracy_rows run(const task_sequence& tasks, const dropin_options& options, met
 }  // namespace
 
 int main(int argc, char** argv) {
-  const dropin_options options = parse_dropin_options("dropin_torch", argc, argv);
-  try {
-    const task_sequence tasks = load_tasks(options);
-    std::printf("dropin_torch: %s, MLP 784-128-10, %s, %d epoch(s) per task\n", tasks.description.c_str(),
-                options.optimizer == "adam" ? "Adam 1e-3" : "SGD 0.01 momentum 0.9", options.epochs);
-    print_comparison([&](method how) { return run(tasks, options, how); });
-    return 0;
-  } catch (const std::exception& e) {
-    std::fprintf(stderr, "dropin_torch: %s\n", e.what());
-    return 1;
-  }
+  return run_dropin("dropin_torch", argc, argv, [](const dropin_options& o) {
+        return std::string("MLP 784-128-10, ") + (o.optimizer == "adam" ? "Adam 1e-3" : "SGD 0.01 momentum 0.9");
+      }, run);
 }

@@ -18,7 +18,6 @@
 
 #include <algorithm>
 #include <cstdio>
-#include <exception>
 #include <numeric>
 #include <random>
 
@@ -121,15 +120,5 @@ accuracy_rows run(const task_sequence& tasks, const dropin_options& options, met
 }  // namespace
 
 int main(int argc, char** argv) {
-  const dropin_options options = parse_dropin_options("dropin_xtensor", argc, argv);
-  try {
-    const task_sequence tasks = load_tasks(options);
-    std::printf("dropin_xtensor: %s, softmax regression, SGD 0.05, %d epoch(s) per task\n", tasks.description.c_str(),
-                options.epochs);
-    print_comparison([&](method how) { return run(tasks, options, how); });
-    return 0;
-  } catch (const std::exception& e) {
-    std::fprintf(stderr, "dropin_xtensor: %s\n", e.what());
-    return 1;
-  }
+  return run_dropin("dropin_xtensor", argc, argv, [](const dropin_options&) { return std::string("softmax regression, SGD 0.05"); }, run);
 }

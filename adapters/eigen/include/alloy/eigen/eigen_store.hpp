@@ -26,7 +26,7 @@
 #include "alloy/core/dtype.hpp"
 #include "alloy/core/error.hpp"
 #include "alloy/core/tensor_view.hpp"
-#include "alloy/store/named_store.hpp"
+#include "alloy/store/borrowed_store.hpp"
 #include "alloy/store/parameter_store.hpp"
 
 namespace alloy {
@@ -38,7 +38,7 @@ static_assert(sizeof(Eigen::half) == 2 && sizeof(Eigen::bfloat16) == 2);
 
 namespace alloy::eigen_adapter {
 
-class eigen_store : public named_store<eigen_store> {
+class eigen_store : public borrowed_store<eigen_store> {
  public:
   // Adds a named matrix, array, vector or Map. Const objects (and Maps of const data) are read-only.
   template <class Derived>
@@ -65,56 +65,30 @@ class eigen_store : public named_store<eigen_store> {
   template <class Derived>
   void add_transposed(std::string name, const Eigen::DenseBase<Derived>&& object) = delete;
 
-  [[nodiscard]] std::optional<const_tensor_view> find(std::string_view name) const {
-    const auto position = index_.find(name);
-    if (!position) return std::nullopt;
-    return const_tensor_view(view_of(*position));
-  }
-  [[nodiscard]] std::optional<tensor_view> find_mutable(std::string_view name) {
-    const auto position = index_.find(name);
-    if (!position) return std::nullopt;
-    if (entries_[*position].read_only) {
-      detail::fail(error_code::invalid_argument, "Eigen object ", detail::quoted{name}, " was added as const");
-    }
-    return view_of(*position);
-  }
   [[nodiscard]] static std::string_view description() noexcept { return "an eigen_store"; }
 
  private:
   enum class layout : bool { natural, transposed };
 
-  struct entry {
-    void* object;
-    tensor_view (*locate)(void* object, dtype type, layout chosen);  // data and shape as they are now
-    dtype type;
-    layout chosen;
-    bool read_only;
-  };
-
   // The shape an object is viewed with (validated for its layout by add_object).
-  template <class Object>
-  static shape shape_of(const Object& object, layout chosen) {
+  template <layout chosen, class Object>
+  static shape shape_of(const Object& object) {
     const auto rows = static_cast<shape::extent_type>(object.rows());
     const auto cols = static_cast<shape::extent_type>(object.cols());
     if constexpr (Object::IsVectorAtCompileTime) return shape{static_cast<shape::extent_type>(object.size())};
     return chosen == layout::transposed ? shape{cols, rows} : shape{rows, cols};
   }
 
-  template <class Object>
-  static tensor_view locate(void* object, dtype type, layout chosen) {
+  template <class Object, layout chosen>
+  static located locate(void* object) {
     auto& o = *static_cast<Object*>(object);
-    if constexpr (!Object::IsRowMajor && !Object::IsVectorAtCompileTime) {
-      if (chosen == layout::natural && o.rows() > 1 && o.cols() > 1) {  // added as one row or column, since resized
+    if constexpr (!Object::IsRowMajor && !Object::IsVectorAtCompileTime && chosen == layout::natural) {
+      if (o.rows() > 1 && o.cols() > 1) {  // added as one row or column, since resized
         detail::fail(error_code::invalid_argument, "an Eigen object of an eigen_store is now a column-major ", o.rows(),
                      "x", o.cols(), " matrix; add such matrices with add_transposed() or declare them Eigen::RowMajor");
       }
     }
-    return {const_cast<std::byte*>(reinterpret_cast<const std::byte*>(o.data())), type, shape_of(o, chosen)};
-  }
-
-  [[nodiscard]] tensor_view view_of(std::size_t position) const {
-    const entry& e = entries_[position];
-    return e.locate(e.object, e.type, e.chosen);
+    return {const_cast<std::byte*>(reinterpret_cast<const std::byte*>(o.data())), shape_of<chosen>(o)};
   }
 
   template <class Object>
@@ -149,14 +123,12 @@ class eigen_store : public named_store<eigen_store> {
                    " transpose; declare it Eigen::RowMajor to view it as [", rows, ", ", cols,
                    "], or add it with add_transposed() to view it as [", cols, ", ", rows, "]");
     }
-    index_.add(std::move(name), "an eigen_store");
     // Maps of const data (Eigen::Map<const Eigen::MatrixXf>) are not lvalues: read-only too.
     const bool read_only = const_object || !bool(Object::Flags & Eigen::LvalueBit);
-    entries_.push_back({const_cast<void*>(static_cast<const void*>(&object)), &locate<Object>, dtype_of_v<scalar>,
-                        requested, read_only});
+    add_borrowed(std::move(name), &object,
+                 transposed ? &locate<Object, layout::transposed> : &locate<Object, layout::natural>,
+                 dtype_of_v<scalar>, read_only);
   }
-
-  std::vector<entry> entries_;
 };
 
 static_assert(mutable_parameter_store<eigen_store>);

@@ -21,12 +21,12 @@
 #include "alloy/core/dtype.hpp"
 #include "alloy/core/error.hpp"
 #include "alloy/core/tensor_view.hpp"
-#include "alloy/store/named_store.hpp"
+#include "alloy/store/borrowed_store.hpp"
 #include "alloy/store/parameter_store.hpp"
 
 namespace alloy::xtensor_adapter {
 
-class xtensor_store : public named_store<xtensor_store> {
+class xtensor_store : public borrowed_store<xtensor_store> {
  public:
   // Adds a named container or adaptor (xt::xarray, xt::xtensor, a variable holding xt::adapt(...)).
   template <class Expression>
@@ -48,40 +48,14 @@ class xtensor_store : public named_store<xtensor_store> {
       }
       expected *= dims[axis];
     }
-    index_.add(std::move(name), "an xtensor_store");
     constexpr bool read_only =
         std::is_const_v<Expression> || std::is_const_v<std::remove_reference_t<decltype(*expression.data())>>;
-    entries_.push_back({const_cast<void*>(static_cast<const void*>(&expression)), &resolve<Expression>,
-                        dtype_of_v<value_type>, read_only});
+    add_borrowed(std::move(name), &expression, &locate<Expression>, dtype_of_v<value_type>, read_only);
   }
 
-  [[nodiscard]] std::optional<const_tensor_view> find(std::string_view name) const {
-    const auto position = index_.find(name);
-    if (!position) return std::nullopt;
-    return const_tensor_view(view_of(*position));
-  }
-  [[nodiscard]] std::optional<tensor_view> find_mutable(std::string_view name) {
-    const auto position = index_.find(name);
-    if (!position) return std::nullopt;
-    if (entries_[*position].read_only) {
-      detail::fail(error_code::invalid_argument, "xtensor expression ", detail::quoted{name}, " was added as const");
-    }
-    return view_of(*position);
-  }
   [[nodiscard]] static std::string_view description() noexcept { return "an xtensor_store"; }
 
  private:
-  struct located {
-    std::byte* data;
-    shape dims;
-  };
-  struct entry {
-    void* expression;
-    located (*locate)(void* expression);  // the data pointer and shape as they are now
-    dtype type;
-    bool read_only;
-  };
-
   template <class Expression>
   static shape shape_of(const Expression& expression) {
     std::array<shape::extent_type, shape::max_rank> extents{};
@@ -97,18 +71,10 @@ class xtensor_store : public named_store<xtensor_store> {
   }
 
   template <class Expression>
-  static located resolve(void* expression) {
+  static located locate(void* expression) {
     auto& e = *static_cast<Expression*>(expression);
     return {const_cast<std::byte*>(reinterpret_cast<const std::byte*>(e.data())), shape_of(e)};
   }
-
-  [[nodiscard]] tensor_view view_of(std::size_t position) const {
-    const entry& e = entries_[position];
-    const located now = e.locate(e.expression);
-    return tensor_view(now.data, e.type, now.dims);
-  }
-
-  std::vector<entry> entries_;
 };
 
 static_assert(mutable_parameter_store<xtensor_store>);
