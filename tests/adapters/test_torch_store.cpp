@@ -8,6 +8,7 @@
 
 #include "alloy/merge/merge_recipe.hpp"
 #include "alloy/merge/registry.hpp"
+#include "alloy/torch/merge.hpp"
 #include "alloy/torch/transfer.hpp"
 #include "alloy/torch/tensor_store.hpp"
 #include "store_conformance.hpp"
@@ -128,4 +129,43 @@ TEST_CASE("merge_stores_into merges checkpoints into a module in place", "[adapt
   CHECK(::torch::allclose(out->weight, expected, 1e-5, 1e-6));
   CHECK(::torch::allclose(out->bias, base->bias + 0.8 * (0.5 * (a->bias - base->bias) + 1.5 * (b->bias - base->bias)),
                           1e-5, 1e-6));
+}
+
+namespace {
+// A module whose weight is a non-contiguous view: alloy cannot view it in place, as with CUDA.
+struct strided_module : ::torch::nn::Module {
+  strided_module() { weight = register_parameter("weight", ::torch::zeros({4, 6}).t()); }
+  ::torch::Tensor weight;
+};
+}  // namespace
+
+TEST_CASE("merge_into merges in place, or through host memory where tensors cannot be viewed", "[adapters][torch]") {
+  ::torch::manual_seed(9);
+  memory_store a, b;
+  const auto fill = [](memory_store& s, float scale) {
+    auto w = s.insert("weight", dtype::f32, {6, 4}).as<float>();
+    for (std::size_t i = 0; i < w.size(); ++i) w[i] = scale * (static_cast<float>(i) - 10.0f);
+  };
+  fill(a, 1.0f);
+  fill(b, -0.5f);
+  const std::array models{a, b};
+  const merge_recipe magmax{.method = "magmax", .model_parameters = {{}, {}}};
+  memory_store base;
+  base.insert("weight", dtype::f32, {6, 4});
+
+  strided_module staged;
+  REQUIRE_FALSE(torch_adapter::viewable_in_place(staged));
+  torch_adapter::merge_into(staged, magmax, cpu_backend{}, &base, std::span(models));
+  memory_store expected = copy_store(a);
+  merge_stores_into(magmax, cpu_backend{}, &base, std::span(models), expected);
+  // MagMax keeps, per entry, the task vector of largest magnitude: here always model a's.
+  CHECK(::torch::equal(staged.weight.detach().contiguous(), torch_adapter::from_view(expected.view("weight"))));
+  CHECK(::torch::equal(staged.weight.detach().contiguous(), torch_adapter::from_view(a.view("weight"))));
+
+  ::torch::nn::Linear direct(4, 6);
+  REQUIRE(torch_adapter::viewable_in_place(*direct));
+  const void* memory = direct->weight.data_ptr();
+  torch_adapter::merge_into(*direct, magmax, cpu_backend{}, &base, std::span(models));
+  CHECK(direct->weight.data_ptr() == memory);  // in place
+  CHECK(::torch::equal(direct->weight.detach(), torch_adapter::from_view(expected.view("weight"))));
 }

@@ -4,6 +4,7 @@
 
 #include "alloy/alloy.hpp"
 #include "alloy/torch/alignment_target.hpp"
+#include "alloy/torch/merge.hpp"
 #include "alloy/torch/pam.hpp"
 #include "alloy/torch/regularizers.hpp"
 #include "alloy/torch/tensor_store.hpp"
