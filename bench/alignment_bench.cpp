@@ -5,15 +5,11 @@
 //                        optimizer state reset, by alloy's CPU kernels or by torch operations;
 //                        PAM runs every K steps, so its share of training is this / K
 //   regularized_step     the same training step with l2_pull + sign_agreement added to the loss
-// Counter `vs_step`: time per iteration divided by the baseline step's.
+// docs/benchmarks.md divides each time by BM_train_step's of the same width, from the same run.
 
 #include <torch/torch.h>
 
-#include <algorithm>
-#include <chrono>
-#include <map>
 #include <memory>
-#include <vector>
 
 #include <benchmark/benchmark.h>
 
@@ -48,32 +44,9 @@ struct setup {
   }
 };
 
-// Seconds per plain training step for this width, measured once per process (median of 9 x 20 steps).
-double step_seconds(std::int64_t hidden) {
-  static std::map<std::int64_t, double> cache;
-  if (auto it = cache.find(hidden); it != cache.end()) return it->second;
-  setup s(hidden);
-  for (int i = 0; i < 20; ++i) s.step();
-  std::vector<double> runs;
-  for (int run = 0; run < 9; ++run) {
-    const auto start = std::chrono::steady_clock::now();
-    for (int i = 0; i < 20; ++i) s.step();
-    runs.push_back(std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count() / 20);
-  }
-  std::nth_element(runs.begin(), runs.begin() + 4, runs.end());
-  return cache[hidden] = runs[4];
-}
-
-void report(benchmark::State& state, std::int64_t hidden) {
-  // (iterations / elapsed / step)^-1: wall seconds per iteration over the baseline step's.
-  state.counters["vs_step"] = benchmark::Counter(step_seconds(hidden), benchmark::Counter::kIsIterationInvariantRate |
-                                                                           benchmark::Counter::kInvert);
-}
-
 void BM_train_step(benchmark::State& state) {
   setup s(state.range(0));
   for (auto _ : state) s.step();
-  report(state, state.range(0));
 }
 
 void BM_pam_align(benchmark::State& state, ta::align_engine engine) {
@@ -82,14 +55,12 @@ void BM_pam_align(benchmark::State& state, ta::align_engine engine) {
   ta::pam_aligner aligner({.p = 0.5, .every = 1}, engine);
   aligner.set_global(s.global);
   for (auto _ : state) benchmark::DoNotOptimize(aligner.align(*s.model, s.optimizer.get()).total_reset);
-  report(state, state.range(0));
 }
 
 void BM_regularized_step(benchmark::State& state) {
   setup s(state.range(0));
   const ta::alignment_target target(s.global, 0.5, ::torch::kCPU);
   for (auto _ : state) s.step(ta::l2_pull(*s.model, target, 1e-3) + ta::sign_agreement(*s.model, target, 1e-3));
-  report(state, state.range(0));
 }
 
 }  // namespace

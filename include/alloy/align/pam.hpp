@@ -11,8 +11,10 @@
 // an optional callback so that optimizer state at those entries can be reset too (the default the
 // paper implies: a reset weight should not keep the momentum that pushed it across).
 
+#include <algorithm>
 #include <cstddef>
 #include <cstdint>
+#include <cstring>
 #include <functional>
 #include <map>
 #include <string>
@@ -44,7 +46,15 @@ struct pam_report {
   std::size_t total_considered = 0;  // entries inside the top-p masks
 };
 
-// Per element: values[0] = G, values[1] = T; reset T where the mask bit is set.
+// True where T's sign opposes G's (both non-zero; NaN never conflicts): the entries PAM resets.
+ALLOY_HD ALLOY_ALWAYS_INLINE bool sign_conflict(float g, float t) noexcept {
+  const int g_sign = (g > 0.0f) - (g < 0.0f);  // integer signs: exact, and the loop vectorises
+  const int t_sign = (t > 0.0f) - (t < 0.0f);
+  return g_sign * t_sign < 0;
+}
+
+// Per element: values[0] = G, values[1] = T; reset T where the mask bit is set. (The form a
+// device backend applies; the CPU pass below fuses it with the conflict test.)
 struct pam_reset_kernel {
   const std::uint64_t* reset_bits = nullptr;
   bool to_global = false;
@@ -78,13 +88,39 @@ pam_report align_signs(const cpu_backend& backend, const Global& global, Task& t
     }
     const const_tensor_view inputs[] = {g, t};
     bit_mask reset(g.numel());
+    const bool to_global = reset_mode == pam_reset::to_global;
+    // One pass: each block of G and T is read once, 64 elements decide one word of the reset mask
+    // (blocks start on word boundaries), and a block of T is written back only where it changed.
     for_each_block(backend, inputs, g.numel(), [&](std::size_t) {
       return [&](const float* const* columns, std::size_t count, std::size_t first) {
-        for (std::size_t j = 0; j < count; ++j) {
-          const float gv = columns[0][j];
-          const float tv = columns[1][j];
-          if (top.test(first + j) && ((gv > 0 && tv < 0) || (gv < 0 && tv > 0))) reset.set(first + j);
+        const float* gv = columns[0];
+        const float* tv = columns[1];
+        alignas(64) std::uint8_t hit[detail::block_elements];
+        for (std::size_t j = 0; j < count; ++j) hit[j] = sign_conflict(gv[j], tv[j]);
+        for (std::size_t j = count; j < (count + 63) / 64 * 64; ++j) hit[j] = 0;
+        bool changed = false;
+        std::uint64_t block_words[detail::block_elements / 64] = {};
+        for (std::size_t start = 0; start < count; start += 64) {
+          // Eight 0/1 bytes into eight bits at once: the multiply gathers byte i's low bit into bit 56 + i.
+          std::uint64_t conflicts = 0;
+          for (std::size_t byte = 0; byte < 64; byte += 8) {
+            std::uint64_t eight;
+            std::memcpy(&eight, hit + start + byte, 8);
+            conflicts |= ((eight * 0x0102040810204080ull) >> 56) << byte;
+          }
+          const std::size_t word = (first + start) >> 6;
+          conflicts &= top.word(word);
+          reset.set_word(word, conflicts);
+          block_words[start >> 6] = conflicts;
+          changed = changed || conflicts != 0;
         }
+        if (!changed) return;
+        alignas(64) float updated[detail::block_elements];
+        for (std::size_t j = 0; j < count; ++j) {
+          const bool reset_here = (block_words[j >> 6] >> (j & 63)) & 1u;
+          updated[j] = reset_here ? (to_global ? gv[j] : 0.0f) : tv[j];
+        }
+        detail::store_block(t, first, count, updated);  // T's own values round-trip exactly
       };
     });
     const std::size_t count = reset.count();
@@ -92,7 +128,6 @@ pam_report align_signs(const cpu_backend& backend, const Global& global, Task& t
     report.total_reset += count;
     report.total_considered += top.count();
     if (count == 0) continue;
-    elementwise(backend, t, inputs, pam_reset_kernel{reset.words(), reset_mode == pam_reset::to_global});
     if (on_reset) on_reset(name, reset);
   }
   return report;

@@ -38,6 +38,9 @@ class bit_mask {
     return (words_[index >> 6] >> (index & 63)) & 1u;
   }
   void set(std::size_t index) noexcept { words_[index >> 6] |= std::uint64_t{1} << (index & 63); }
+  // Whole words, for loops that decide 64 elements at a time.
+  [[nodiscard]] std::uint64_t word(std::size_t index) const noexcept { return words_[index]; }
+  void set_word(std::size_t index, std::uint64_t bits) noexcept { words_[index] = bits; }
   [[nodiscard]] std::size_t size() const noexcept { return size_; }
   [[nodiscard]] const std::uint64_t* words() const noexcept { return words_.data(); }
   [[nodiscard]] std::size_t count() const noexcept {

@@ -6,7 +6,9 @@
 
 #include <torch/torch.h>
 
+#include <array>
 #include <cstdint>
+#include <cstring>
 #include <optional>
 #include <string>
 #include <string_view>
@@ -25,9 +27,22 @@ namespace alloy::torch_adapter {
 // A bit mask as a bool tensor of the given sizes on the given device.
 inline ::torch::Tensor to_bool_tensor(const bit_mask& mask, at::IntArrayRef sizes,
                                       ::torch::Device device = ::torch::kCPU) {
+  // Eight bits at a time: a table holds, for each byte value, the eight 0/1 bytes it expands to.
+  static const auto expand = [] {
+    std::array<std::uint64_t, 256> table{};
+    for (std::uint64_t byte = 0; byte < 256; ++byte) {
+      for (std::uint64_t bit = 0; bit < 8; ++bit) table[byte] |= ((byte >> bit) & 1u) << (8 * bit);
+    }
+    return table;
+  }();
   ::torch::Tensor out = ::torch::empty({static_cast<std::int64_t>(mask.size())}, ::torch::kBool);
-  bool* data = out.data_ptr<bool>();
-  for (std::size_t i = 0; i < mask.size(); ++i) data[i] = mask.test(i);
+  auto* data = reinterpret_cast<std::uint8_t*>(out.data_ptr<bool>());
+  const std::size_t whole = mask.size() / 8;
+  for (std::size_t i = 0; i < whole; ++i) {
+    const auto byte = static_cast<std::uint8_t>(mask.word(i / 8) >> (8 * (i % 8)));
+    std::memcpy(data + 8 * i, &expand[byte], 8);
+  }
+  for (std::size_t i = 8 * whole; i < mask.size(); ++i) data[i] = mask.test(i) ? 1 : 0;
   return out.view(sizes).to(device);
 }
 
@@ -53,6 +68,10 @@ class alignment_target {
       const auto sizes = sizes_of(g.shape());
       global_.push_back(from_view(g).to(device, ::torch::kFloat32, /*non_blocking=*/false, /*copy=*/true));
       top_.push_back(to_bool_tensor(entry.second, sizes, device));
+      // Computed once per task for the regularizers, so that a training step multiplies by them
+      // instead of converting the mask and taking signs again.
+      top_weight_.push_back(top_.back().to(::torch::kFloat32));
+      opposition_weight_.push_back(-global_.back().sign() * top_weight_.back());
     }
   }
 
@@ -79,6 +98,11 @@ class alignment_target {
 
   [[nodiscard]] const ::torch::Tensor& global(std::string_view name) const { return global_[position(name)]; }
   [[nodiscard]] const ::torch::Tensor& top(std::string_view name) const { return top_[position(name)]; }
+  // The top-p mask as 0/1 floats, and -sign(G) on it (0 elsewhere): the regularizers' factors.
+  [[nodiscard]] const ::torch::Tensor& top_weight(std::string_view name) const { return top_weight_[position(name)]; }
+  [[nodiscard]] const ::torch::Tensor& opposition_weight(std::string_view name) const {
+    return opposition_weight_[position(name)];
+  }
   [[nodiscard]] const ::torch::Tensor& initial(std::string_view name) const {
     if (!initial_) alloy::detail::fail(error_code::invalid_argument, "alignment target: G0 was not set (set_initial)");
     return (*initial_)[position(name)];
@@ -101,7 +125,7 @@ class alignment_target {
   tensor_masks masks_;
   ::torch::Device device_;
   alloy::detail::name_index index_;
-  std::vector<::torch::Tensor> global_, top_;
+  std::vector<::torch::Tensor> global_, top_, top_weight_, opposition_weight_;
   std::optional<std::vector<::torch::Tensor>> initial_;
 };
 

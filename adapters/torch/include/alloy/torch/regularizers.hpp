@@ -45,9 +45,10 @@ template <class Fn>
 inline ::torch::Tensor l2_pull(const ::torch::nn::Module& module, const alignment_target& target, double strength,
                                bool top_only = false) {
   return detail::sum_over_target("l2_pull", module, target, [&](const ::torch::Tensor& t, const std::string& name) {
-    ::torch::Tensor squares = (t - target.global(name)).square();
-    if (top_only) squares = squares * target.top(name);
-    return 0.5 * strength * squares.sum();
+    if (!top_only) {  // one fused kernel forward and backward
+      return (0.5 * strength) * ::torch::mse_loss(t, target.global(name), at::Reduction::Sum);
+    }
+    return (0.5 * strength) * ((t - target.global(name)).square() * target.top_weight(name)).sum();
   });
 }
 
@@ -55,8 +56,8 @@ inline ::torch::Tensor l2_pull(const ::torch::nn::Module& module, const alignmen
 inline ::torch::Tensor sign_agreement(const ::torch::nn::Module& module, const alignment_target& target,
                                       double strength) {
   return detail::sum_over_target("sign_agreement", module, target, [&](const ::torch::Tensor& t, const std::string& name) {
-    const ::torch::Tensor opposition = -target.global(name).sign() * t;
-    return strength * (::torch::relu(opposition) * target.top(name)).sum();
+    // relu(-sign(G) T) on the mask equals relu(w T) with w = -sign(G) there and 0 elsewhere.
+    return strength * ::torch::relu(target.opposition_weight(name) * t).sum();
   });
 }
 
