@@ -10,6 +10,7 @@
 #include "alloy/torch/transfer.hpp"
 
 using namespace alloy;
+using alloy::torch_adapter::align_engine;
 using alloy::torch_adapter::alignment_target;
 using alloy::torch_adapter::from_view;
 using alloy::torch_adapter::snapshot;
@@ -28,11 +29,11 @@ memory_store zeros_like(const memory_store& store) {
   return zeros;
 }
 
-void check_gradients(::torch::nn::Sequential& model, const memory_store& closed_form) {
+void check_gradients(::torch::nn::Sequential& model, const memory_store& closed_form, double scale = 1.0) {
   for (const auto& item : model->named_parameters()) {
     INFO(item.key());
     REQUIRE(item.value().grad().defined());
-    const ::torch::Tensor want = from_view(closed_form.view(item.key()));
+    const ::torch::Tensor want = scale * from_view(closed_form.view(item.key()));
     CHECK(::torch::allclose(item.value().grad(), want, 1e-4, 1e-6));
   }
 }
@@ -45,26 +46,30 @@ TEST_CASE("torch l2_pull and sign_agreement: autograd equals the closed form", "
   const alignment_target target(global, 0.3, ::torch::kCPU);
   const memory_store task_weights = snapshot(*task);
 
+  for (const auto engine : {align_engine::alloy_cpu, align_engine::torch_ops})
   for (const bool top_only : {false, true}) {
-    INFO("top_only " << top_only);
+    INFO("top_only " << top_only << ", engine " << static_cast<int>(engine));
     task->zero_grad();
-    const ::torch::Tensor value = torch_adapter::l2_pull(*task, target, 0.7, top_only);
-    value.backward();
+    const ::torch::Tensor value = torch_adapter::l2_pull(*task, target, 0.7, top_only, engine);
+    (3 * value).backward();  // the chain rule through the penalty: gradients scale with the loss
     memory_store gradient = zeros_like(task_weights);
     const double want = alloy::l2_pull(cpu_backend{}, global, task_weights, gradient, 0.7,
                                        top_only ? &target.masks() : nullptr);
     CHECK(value.item<double>() == Approx(want).epsilon(1e-5));
-    check_gradients(task, gradient);
+    check_gradients(task, gradient, 3.0);
   }
 
-  task->zero_grad();
-  const ::torch::Tensor value = torch_adapter::sign_agreement(*task, target, 1.3);
-  value.backward();
-  memory_store gradient = zeros_like(task_weights);
-  const double want = alloy::sign_agreement(cpu_backend{}, global, task_weights, gradient, 1.3, target.masks());
-  REQUIRE(want > 0);
-  CHECK(value.item<double>() == Approx(want).epsilon(1e-5));
-  check_gradients(task, gradient);
+  for (const auto engine : {align_engine::alloy_cpu, align_engine::torch_ops}) {
+    INFO("engine " << static_cast<int>(engine));
+    task->zero_grad();
+    const ::torch::Tensor value = torch_adapter::sign_agreement(*task, target, 1.3, engine);
+    value.backward();
+    memory_store gradient = zeros_like(task_weights);
+    const double want = alloy::sign_agreement(cpu_backend{}, global, task_weights, gradient, 1.3, target.masks());
+    REQUIRE(want > 0);
+    CHECK(value.item<double>() == Approx(want).epsilon(1e-5));
+    check_gradients(task, gradient);
+  }
 }
 
 TEST_CASE("torch cosine_alignment: autograd equals the closed form, zero updates contribute nothing",
@@ -76,21 +81,43 @@ TEST_CASE("torch cosine_alignment: autograd equals the closed form, zero updates
   target.set_initial(initial);
   const memory_store task_weights = snapshot(*task);
 
-  const ::torch::Tensor value = torch_adapter::cosine_alignment(*task, target, 2.0);
-  value.backward();
-  memory_store gradient = zeros_like(task_weights);
-  const double want = alloy::cosine_alignment(cpu_backend{}, global, task_weights, initial, gradient, 2.0);
-  CHECK(value.item<double>() == Approx(want).epsilon(1e-5));
-  check_gradients(task, gradient);
+  for (const auto engine : {align_engine::alloy_cpu, align_engine::torch_ops}) {
+    INFO("engine " << static_cast<int>(engine));
+    task->zero_grad();
+    const ::torch::Tensor value = torch_adapter::cosine_alignment(*task, target, 2.0, engine);
+    value.backward();
+    memory_store gradient = zeros_like(task_weights);
+    const double want = alloy::cosine_alignment(cpu_backend{}, global, task_weights, initial, gradient, 2.0);
+    CHECK(value.item<double>() == Approx(want).epsilon(1e-5));
+    check_gradients(task, gradient);
 
-  // G == G0 (the first task): the angle is undefined everywhere; value and gradient are zero, not NaN.
-  alignment_target first(initial, 0.0, ::torch::kCPU);
-  first.set_initial(initial);
-  task->zero_grad();
-  const ::torch::Tensor none = torch_adapter::cosine_alignment(*task, first, 2.0);
-  none.backward();
-  CHECK(none.item<double>() == 0.0);
-  for (const auto& p : task->parameters()) CHECK(p.grad().abs().sum().item<float>() == 0.0f);
+    // G == G0 (the first task): the angle is undefined everywhere; value and gradient are zero, not NaN.
+    alignment_target first(initial, 0.0, ::torch::kCPU);
+    first.set_initial(initial);
+    task->zero_grad();
+    const ::torch::Tensor none = torch_adapter::cosine_alignment(*task, first, 2.0, engine);
+    none.backward();
+    CHECK(none.item<double>() == 0.0);
+    for (const auto& p : task->parameters()) CHECK(p.grad().abs().sum().item<float>() == 0.0f);
+  }
+}
+
+TEST_CASE("the closed-form engine differentiates bf16 parameters into bf16 gradients",
+          "[adapters][torch][regularizers]") {
+  auto task = model_with_seed(8);
+  task->to(::torch::kBFloat16);
+  const memory_store global = snapshot(*model_with_seed(9));
+  const alignment_target target(global, 0.5, ::torch::kCPU);
+  const memory_store task_weights = snapshot(*task);
+  torch_adapter::l2_pull(*task, target, 1.0, true, align_engine::alloy_cpu).backward();
+  memory_store gradient = zeros_like(task_weights);
+  alloy::l2_pull(cpu_backend{}, global, task_weights, gradient, 1.0, &target.masks());
+  for (const auto& item : task->named_parameters()) {
+    INFO(item.key());
+    REQUIRE(item.value().grad().scalar_type() == ::torch::kBFloat16);
+    const ::torch::Tensor want = from_view(gradient.view(item.key())).to(::torch::kBFloat16);
+    CHECK(::torch::equal(item.value().grad(), want));
+  }
 }
 
 TEST_CASE("torch regularizers refuse a missing G0 or a module without the target's tensors",
@@ -99,6 +126,7 @@ TEST_CASE("torch regularizers refuse a missing G0 or a module without the target
   memory_store global = snapshot(*model_with_seed(7));
   const alignment_target target(global, 0.5, ::torch::kCPU);
   CHECK_THROWS_WITH(torch_adapter::cosine_alignment(*task, target, 1.0), Catch::Contains("G0"));
+  CHECK_THROWS_WITH(torch_adapter::cosine_alignment(*task, target, 1.0, align_engine::torch_ops), Catch::Contains("G0"));
   global.insert("head.weight", dtype::f32, {2, 2});
   const alignment_target bigger(global, 0.5, ::torch::kCPU);
   CHECK_THROWS_WITH(torch_adapter::l2_pull(*task, bigger, 1.0), Catch::Contains("'head.weight'"));

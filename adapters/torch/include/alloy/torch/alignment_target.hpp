@@ -24,6 +24,12 @@
 
 namespace alloy::torch_adapter {
 
+enum class align_engine : std::uint8_t {
+  automatic,  // alloy's CPU kernels for CPU targets, torch operations otherwise
+  alloy_cpu,  // alloy's CPU kernels on the parameters' memory
+  torch_ops,  // torch operations on the parameters' device
+};
+
 // A bit mask as a bool tensor of the given sizes on the given device.
 inline ::torch::Tensor to_bool_tensor(const bit_mask& mask, at::IntArrayRef sizes,
                                       ::torch::Device device = ::torch::kCPU) {

@@ -90,12 +90,6 @@ inline void reset_optimizer_state(::torch::optim::Optimizer& optimizer, const ::
   }
 }
 
-enum class align_engine : std::uint8_t {
-  automatic,  // alloy's CPU kernels for CPU targets, torch operations otherwise
-  alloy_cpu,  // alloy's CPU kernels on the parameters' memory
-  torch_ops,  // torch operations on the parameters' device
-};
-
 // One alignment pass with torch operations, on any device: the rule of alloy::align_signs.
 inline pam_report align_signs_torch(::torch::nn::Module& module, const alignment_target& target, pam_reset mode,
                                     ::torch::optim::Optimizer* optimizer = nullptr) {
