@@ -9,11 +9,12 @@
 //
 // The sums run over the target's tensors (G's floating tensors) that the module holds by name.
 //
-// Engines: on CPU, each tensor's penalty is one autograd function whose forward runs alloy's
-// closed-form kernels (the value and the gradient, in two passes) and whose backward scales the
-// saved gradient; eager torch operations would allocate a temporary per operation and took up to
-// 2.5 training steps for an 800 k-parameter MLP (docs/benchmarks.md). On other devices (CUDA), or
-// when asked, the same formulas run as torch operations, differentiated by autograd.
+// Engines. Torch operations, differentiated by autograd, on any device (the default). Or, on CPU
+// with align_engine::alloy_cpu, one autograd function per tensor whose forward runs alloy's
+// closed-form kernels (value and gradient) and whose backward scales the saved gradient. Both are
+// tested against the closed form. The closed-form engine is not the default because it measured
+// slower: 2.1 ms against 0.64 ms for a regularized step of a 100 k-parameter MLP, 18.5 ms against
+// 7.2 ms at 800 k (docs/benchmarks.md); alloy's reductions are the part to speed up.
 
 #include <torch/torch.h>
 
@@ -63,7 +64,7 @@ inline bool use_closed_form(align_engine engine, const alignment_target& target,
     alloy::detail::fail(error_code::invalid_argument, "regularizer: the alloy_cpu engine needs contiguous CPU "
                         "f32/f16/bf16 parameters and a CPU target");
   }
-  return engine == align_engine::alloy_cpu || (engine == align_engine::automatic && viewable);
+  return engine == align_engine::alloy_cpu;  // automatic: torch operations (see the header comment)
 }
 
 // Sums, over every target tensor, closed(name) on the closed-form engine or with_ops(T as f32,
