@@ -1,0 +1,67 @@
+#pragma once
+// CLIP checkpoints as Hugging Face folders: config.json plus model.safetensors (or a sharded
+// index), read through alloy's safetensors store and written through alloy's crash-safe writer.
+// Every tensor of the model must be in the file and every tensor of the file in the model, with
+// the same shape (dtypes are converted); the only exception is the `position_ids` buffers that
+// older transformers versions saved, which this model computes instead.
+
+#include <torch/torch.h>
+
+#include <filesystem>
+#include <fstream>
+#include <string>
+
+#include "alloy/alloy.hpp"
+#include "alloy/torch/transfer.hpp"
+#include "config.hpp"
+#include "model.hpp"
+
+namespace alloy_clip {
+
+inline bool is_position_ids(std::string_view name) {
+  return name.size() >= 12 && name.substr(name.size() - 12) == "position_ids";
+}
+
+// Loads `folder`/config.json and the weights beside it into a new model.
+inline clip_model load_pretrained(const std::filesystem::path& folder) {
+  const clip_config config = clip_config::load(folder / "config.json");
+  clip_model model(config);
+  const auto weights = alloy::safetensors_store::open(folder);
+  alloy::memory_store wanted;  // the file's tensors the model has, by name (views are copied once)
+  const auto parameters = model->named_parameters(/*recurse=*/true);
+  for (const auto& name : weights.names()) {
+    if (parameters.find(name) != nullptr) {
+      wanted.insert(name, weights.view(name));
+    } else if (!is_position_ids(name)) {
+      alloy::detail::fail(alloy::error_code::invalid_argument, folder.string(), ": tensor ", alloy::detail::quoted{name},
+                          " is not a parameter of CLIPModel with this config");
+    }
+  }
+  for (const auto& item : parameters) {
+    if (!wanted.contains(item.key())) {
+      alloy::detail::fail(alloy::error_code::not_found, folder.string(), ": the checkpoint lacks tensor ",
+                          alloy::detail::quoted{item.key()});
+    }
+  }
+  alloy::torch_adapter::assign(*model, wanted);
+  return model;
+}
+
+// Writes config.json and model.safetensors into `folder` (created if missing). Each file is
+// written under a temporary name and renamed when complete.
+inline void save_pretrained(clip_model& model, const std::filesystem::path& folder) {
+  std::filesystem::create_directories(folder);
+  const std::filesystem::path config_file = folder / "config.json";
+  const std::filesystem::path partial = folder / "config.json.partial";
+  {
+    std::ofstream out(partial);
+    out << model->config.to_json().dump(2) << "\n";
+    if (!out) alloy::detail::fail(alloy::error_code::io, "cannot write ", partial.string());
+  }
+  std::filesystem::rename(partial, config_file);
+  // transformers refuses safetensors files without {"format": "pt"} in their metadata.
+  alloy::save_safetensors(folder / "model.safetensors", alloy::torch_adapter::snapshot(*model), {{"format", "pt"}},
+                          /*replace=*/true);
+}
+
+}  // namespace alloy_clip

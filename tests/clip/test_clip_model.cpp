@@ -1,0 +1,163 @@
+// The CLIP model of examples/clip_continual: Hugging Face names and shapes, config.json, checkpoint
+// round trips, and (with tests/reference/clip_reference.py) logits against an independent
+// functional PyTorch computation from the saved files.
+
+#include <torch/torch.h>
+
+#include <cstdlib>
+#include <filesystem>
+#include <fstream>
+#include <set>
+#include <string>
+
+#include <catch2/catch.hpp>
+
+#include "../../examples/clip_continual/clip/checkpoint.hpp"
+#include "test_folder.hpp"
+
+using namespace alloy_clip;
+
+namespace {
+
+clip_config tiny_config() {
+  clip_config c;
+  c.text.vocab_size = 99;
+  c.text.hidden_size = 32;
+  c.text.intermediate_size = 48;
+  c.text.num_hidden_layers = 2;
+  c.text.num_attention_heads = 4;
+  c.text.max_position_embeddings = 12;
+  c.text.eos_token_id = 98;
+  c.text.bos_token_id = 97;
+  c.vision.hidden_size = 40;
+  c.vision.intermediate_size = 56;
+  c.vision.num_hidden_layers = 3;
+  c.vision.num_attention_heads = 5;
+  c.vision.image_size = 28;
+  c.vision.patch_size = 7;
+  c.vision.num_channels = 3;
+  c.vision.hidden_act = "gelu";
+  c.projection_dim = 24;
+  return c;
+}
+
+// Fixed inputs: two images, three texts ending in the end-of-text id, padded after it with 0.
+::torch::Tensor tiny_pixels() { return ::torch::linspace(-1, 1, 2 * 3 * 28 * 28).view({2, 3, 28, 28}).sin(); }
+::torch::Tensor tiny_ids() {
+  return ::torch::tensor({97, 5, 6, 7, 98, 0, 0, 97, 40, 98, 0, 0, 97, 1, 2, 3, 4, 98}, ::torch::kInt64).view({3, 6});
+}
+
+}  // namespace
+
+TEST_CASE("CLIP's parameters have Hugging Face's names and shapes", "[clip][model]") {
+  ::torch::manual_seed(1);
+  clip_model model(tiny_config());
+  const auto parameters = model->named_parameters();
+  // Per layer: q, k, v, out projections (weight, bias), two layer norms, fc1 and fc2.
+  CHECK(parameters.size() == static_cast<std::size_t>((2 + 2 * 16 + 2) + (3 + 2 + 3 * 16 + 2) + 3));
+  const auto shape_of = [&](const std::string& name) {
+    const ::torch::Tensor* p = parameters.find(name);
+    INFO(name);
+    REQUIRE(p != nullptr);
+    return std::vector<std::int64_t>(p->sizes().begin(), p->sizes().end());
+  };
+  using sizes = std::vector<std::int64_t>;
+  CHECK(shape_of("text_model.embeddings.token_embedding.weight") == sizes{99, 32});
+  CHECK(shape_of("text_model.embeddings.position_embedding.weight") == sizes{12, 32});
+  CHECK(shape_of("text_model.encoder.layers.1.self_attn.q_proj.weight") == sizes{32, 32});
+  CHECK(shape_of("text_model.encoder.layers.1.self_attn.out_proj.bias") == sizes{32});
+  CHECK(shape_of("text_model.encoder.layers.0.mlp.fc1.weight") == sizes{48, 32});
+  CHECK(shape_of("text_model.encoder.layers.0.layer_norm2.weight") == sizes{32});
+  CHECK(shape_of("text_model.final_layer_norm.bias") == sizes{32});
+  CHECK(shape_of("vision_model.embeddings.class_embedding") == sizes{40});
+  CHECK(shape_of("vision_model.embeddings.patch_embedding.weight") == sizes{40, 3, 7, 7});
+  CHECK(shape_of("vision_model.embeddings.position_embedding.weight") == sizes{17, 40});
+  CHECK(shape_of("vision_model.pre_layrnorm.weight") == sizes{40});
+  CHECK(shape_of("vision_model.encoder.layers.2.mlp.fc2.weight") == sizes{40, 56});
+  CHECK(shape_of("vision_model.post_layernorm.bias") == sizes{40});
+  CHECK(shape_of("visual_projection.weight") == sizes{24, 40});
+  CHECK(shape_of("text_projection.weight") == sizes{24, 32});
+  CHECK(shape_of("logit_scale").empty());
+  CHECK(parameters.find("visual_projection.bias") == nullptr);
+}
+
+TEST_CASE("config.json: transformers' fields, defaults and errors that name the field", "[clip][config]") {
+  const clip_config defaults = clip_config::from_json(nlohmann::json::object());
+  CHECK(defaults.text.vocab_size == 49408);
+  CHECK(defaults.vision.patch_size == 32);
+  CHECK(defaults.projection_dim == 512);
+  const clip_config again = clip_config::from_json(tiny_config().to_json());
+  CHECK(again.to_json() == tiny_config().to_json());
+  CHECK(again.vision.hidden_act == "gelu");
+
+  nlohmann::json bad = tiny_config().to_json();
+  bad["vision_config"]["num_attention_heads"] = 3;
+  CHECK_THROWS_WITH(clip_config::from_json(bad), Catch::Contains("vision_config.hidden_size 40 is not divisible"));
+  bad = tiny_config().to_json();
+  bad["text_config"]["hidden_act"] = "relu";
+  CHECK_THROWS_WITH(clip_config::from_json(bad), Catch::Contains("text_config.hidden_act 'relu'"));
+  bad = tiny_config().to_json();
+  bad["text_config"]["vocab_size"] = "many";
+  CHECK_THROWS_WITH(clip_config::from_json(bad), Catch::Contains("'vocab_size'") && Catch::Contains("wrong type"));
+  bad = tiny_config().to_json();
+  bad["vision_config"]["image_size"] = 30;
+  CHECK_THROWS_WITH(clip_config::from_json(bad), Catch::Contains("image_size 30"));
+}
+
+TEST_CASE("a saved CLIP loads back to the same logits; mismatched checkpoints are refused", "[clip][checkpoint]") {
+  alloy::testing::test_folder folder;
+  ::torch::manual_seed(2);
+  clip_model model(tiny_config());
+  ::torch::NoGradGuard no_grad;
+  const ::torch::Tensor logits = model->forward(tiny_pixels(), tiny_ids());
+  CHECK(logits.sizes() == ::torch::IntArrayRef({2, 3}));
+  save_pretrained(model, folder.path() / "tiny");
+  clip_model loaded = load_pretrained(folder.path() / "tiny");
+  CHECK(::torch::equal(loaded->forward(tiny_pixels(), tiny_ids()), logits));
+
+  // A checkpoint of another shape names the tensor.
+  clip_config wider = tiny_config();
+  wider.projection_dim = 16;
+  clip_model other(wider);
+  save_pretrained(other, folder.path() / "other");
+  std::filesystem::copy_file(folder.path() / "tiny" / "config.json", folder.path() / "other" / "config.json",
+                             std::filesystem::copy_options::overwrite_existing);
+  CHECK_THROWS_WITH(load_pretrained(folder.path() / "other"), Catch::Contains("projection.weight"));
+}
+
+TEST_CASE("text is pooled at the end-of-text token and never sees later tokens", "[clip][model]") {
+  ::torch::manual_seed(3);
+  clip_model model(tiny_config());
+  ::torch::NoGradGuard no_grad;
+  const ::torch::Tensor ids = tiny_ids();
+  ::torch::Tensor changed = ids.clone();
+  changed.index_put_({0, 5}, 42);  // after the end-of-text token of text 0: causal mask and pooling ignore it
+  CHECK(::torch::allclose(model->text_features(ids), model->text_features(changed)));
+  changed.index_put_({0, 1}, 42);  // before it: the features change
+  CHECK_FALSE(::torch::allclose(model->text_features(ids), model->text_features(changed)));
+}
+
+// Writes a model folder, its inputs and its logits for tests/reference/clip_reference.py.
+TEST_CASE("write the CLIP reference case", "[clip][reference-writer]") {
+  const char* dir = std::getenv("ALLOY_CLIP_REFERENCE_DIR");
+  if (dir == nullptr) {
+    WARN("ALLOY_CLIP_REFERENCE_DIR is not set: nothing written");
+    return;
+  }
+  ::torch::manual_seed(4);
+  clip_model model(tiny_config());
+  {
+    ::torch::NoGradGuard no_grad;  // a non-trivial logit scale and layer norms, as after training
+    model->logit_scale.fill_(2.0);
+    for (auto& item : model->named_parameters()) {
+      if (item.key().find("norm") != std::string::npos) item.value().add_(0.1 * ::torch::randn_like(item.value()));
+    }
+  }
+  const std::filesystem::path folder(dir);
+  save_pretrained(model, folder / "model");
+  ::torch::NoGradGuard no_grad;
+  const ::torch::Tensor pixels = tiny_pixels().contiguous(), ids = tiny_ids().contiguous();
+  const ::torch::Tensor logits = model->forward(pixels, ids).contiguous();
+  const alloy::torch_adapter::tensor_store io({{"pixels", pixels}, {"ids", ids}, {"logits", logits}});
+  alloy::save_safetensors(folder / "io.safetensors", io, {}, /*replace=*/true);
+}
