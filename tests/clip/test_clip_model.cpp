@@ -13,6 +13,7 @@
 #include <catch2/catch.hpp>
 
 #include "../../examples/clip_continual/clip/checkpoint.hpp"
+#include "alloy/torch.hpp"
 #include "test_folder.hpp"
 
 using namespace alloy_clip;
@@ -160,4 +161,86 @@ TEST_CASE("write the CLIP reference case", "[clip][reference-writer]") {
   const ::torch::Tensor logits = model->forward(pixels, ids).contiguous();
   const alloy::torch_adapter::tensor_store io({{"pixels", pixels}, {"ids", ids}, {"logits", logits}});
   alloy::save_safetensors(folder / "io.safetensors", io, {}, /*replace=*/true);
+}
+
+TEST_CASE("LoRA keeps transformers' names, starts at the base model and trains only its factors", "[clip][lora]") {
+  ::torch::manual_seed(5);
+  clip_model model(tiny_config());
+  ::torch::Tensor before;
+  {
+    ::torch::NoGradGuard no_grad;
+    before = model->forward(tiny_pixels(), tiny_ids());
+  }
+  const std::size_t adapted = model->add_lora({.rank = 4, .alpha = 8.0}, {"q_proj", "v_proj", "fc1"}, true, false);
+  CHECK(adapted == 2 * 3);  // text tower only: 2 layers x 3 targets
+  const auto parameters = model->named_parameters();
+  CHECK(parameters.find("text_model.encoder.layers.0.self_attn.q_proj.weight") != nullptr);  // base names unchanged
+  const ::torch::Tensor* a = parameters.find("text_model.encoder.layers.1.mlp.fc1.lora_A.weight");
+  const ::torch::Tensor* b = parameters.find("text_model.encoder.layers.1.mlp.fc1.lora_B.weight");
+  REQUIRE(a != nullptr);
+  REQUIRE(b != nullptr);
+  CHECK(a->sizes() == ::torch::IntArrayRef({4, 32}));   // PEFT layout: A [r, in], B [out, r]
+  CHECK(b->sizes() == ::torch::IntArrayRef({48, 4}));
+  CHECK(parameters.find("vision_model.encoder.layers.0.self_attn.q_proj.lora_A.weight") == nullptr);
+  const auto trainable = model->trainable_parameters();
+  CHECK(trainable.size() == 2 * adapted);
+  for (const auto& [name, tensor] : trainable) CHECK(name.find(".lora_") != std::string::npos);
+  {
+    ::torch::NoGradGuard no_grad;
+    CHECK(::torch::equal(model->forward(tiny_pixels(), tiny_ids()), before));  // B = 0: the base model
+  }
+
+  // One step moves the LoRA factors only.
+  const alloy::memory_store frozen = alloy::torch_adapter::snapshot(*model);
+  ::torch::optim::SGD sgd(model->parameters(), ::torch::optim::SGDOptions(0.1));
+  const ::torch::Tensor target = ::torch::tensor({0, 1}, ::torch::kInt64);
+  for (int i = 0; i < 2; ++i) {
+    sgd.zero_grad();
+    ::torch::nn::functional::cross_entropy(model->forward(tiny_pixels(), tiny_ids()), target).backward();
+    sgd.step();
+  }
+  const alloy::memory_store after = alloy::torch_adapter::snapshot(*model);
+  std::size_t changed = 0;
+  for (const auto& name : after.names()) {
+    const auto x = frozen.view(name).bytes();
+    const auto y = after.view(name).bytes();
+    const bool same = std::equal(x.begin(), x.end(), y.begin(), y.end());
+    if (!same) ++changed;
+    if (name.find(".lora_") == std::string::npos) CHECK(same);
+  }
+  CHECK(changed > 0);
+
+  // Folding B A into W gives the same layer output.
+  auto layer = std::dynamic_pointer_cast<lora_linear_impl>(
+      model->named_modules()["text_model.encoder.layers.1.mlp.fc1"]);
+  REQUIRE(layer);
+  ::torch::NoGradGuard no_grad;
+  const ::torch::Tensor x = ::torch::randn({5, 32});
+  CHECK(::torch::allclose(layer->forward(x), ::torch::nn::functional::linear(x, layer->merged_weight(), layer->bias),
+                          1e-5, 1e-6));
+  CHECK_THROWS_WITH(layer->enable_lora({}), Catch::Contains("already"));
+  CHECK_THROWS_WITH(model->add_lora({}, {"no_such_layer"}), Catch::Contains("no linear layer"));
+}
+
+TEST_CASE("the LoRA factors are a parameter store that alloy merges and aligns", "[clip][lora]") {
+  ::torch::manual_seed(6);
+  clip_model model(tiny_config());
+  model->add_lora({.rank = 2, .alpha = 4.0});
+  alloy::torch_adapter::tensor_store lora(model->trainable_parameters());
+  CHECK(lora.size() == 2u * (2 + 3) * 2);  // q_proj and v_proj of 2 text and 3 vision layers, A and B
+  alloy::continual_merger merger(alloy::copy_store(lora));
+  {
+    ::torch::NoGradGuard no_grad;
+    for (auto& [name, tensor] : model->trainable_parameters()) tensor.fill_(1.0f);
+  }
+  merger.end_task(lora);  // the first task: G = T
+  alloy::torch_adapter::pam_aligner aligner({.p = 1.0});
+  aligner.set_global(merger.global());
+  {
+    ::torch::NoGradGuard no_grad;
+    for (auto& [name, tensor] : model->trainable_parameters()) tensor.fill_(-1.0f);
+  }
+  const alloy::pam_report report = aligner.align(*model);
+  CHECK(report.total_reset == alloy::total_bytes(lora) / 4);  // every entry opposed G: all reset
+  for (const auto& [name, tensor] : model->trainable_parameters()) CHECK(tensor.abs().sum().item<float>() == 0.0f);
 }

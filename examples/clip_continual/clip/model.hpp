@@ -18,11 +18,16 @@
 #include <torch/torch.h>
 
 #include <cmath>
+#include <algorithm>
 #include <cstdint>
+#include <memory>
+#include <utility>
+#include <vector>
 #include <limits>
 #include <string>
 
 #include "config.hpp"
+#include "lora.hpp"
 
 namespace alloy_clip {
 
@@ -34,10 +39,10 @@ inline ::torch::Tensor activate(const ::torch::Tensor& x, const std::string& nam
 struct attention_impl : ::torch::nn::Module {
   attention_impl(std::int64_t width, std::int64_t head_count)
       : heads(head_count),
-        q_proj(register_module("q_proj", ::torch::nn::Linear(width, width))),
-        k_proj(register_module("k_proj", ::torch::nn::Linear(width, width))),
-        v_proj(register_module("v_proj", ::torch::nn::Linear(width, width))),
-        out_proj(register_module("out_proj", ::torch::nn::Linear(width, width))) {}
+        q_proj(register_module("q_proj", lora_linear(width, width))),
+        k_proj(register_module("k_proj", lora_linear(width, width))),
+        v_proj(register_module("v_proj", lora_linear(width, width))),
+        out_proj(register_module("out_proj", lora_linear(width, width))) {}
 
   // x: [batch, tokens, width]; mask: additive, broadcastable to [batch, heads, tokens, tokens], or undefined.
   ::torch::Tensor forward(const ::torch::Tensor& x, const ::torch::Tensor& mask) {
@@ -52,19 +57,19 @@ struct attention_impl : ::torch::nn::Module {
   }
 
   std::int64_t heads;
-  ::torch::nn::Linear q_proj, k_proj, v_proj, out_proj;
+  lora_linear q_proj, k_proj, v_proj, out_proj;
 };
 TORCH_MODULE_IMPL(attention, attention_impl);
 
 struct mlp_impl : ::torch::nn::Module {
   mlp_impl(std::int64_t width, std::int64_t hidden, std::string act)
       : activation(std::move(act)),
-        fc1(register_module("fc1", ::torch::nn::Linear(width, hidden))),
-        fc2(register_module("fc2", ::torch::nn::Linear(hidden, width))) {}
+        fc1(register_module("fc1", lora_linear(width, hidden))),
+        fc2(register_module("fc2", lora_linear(hidden, width))) {}
   ::torch::Tensor forward(const ::torch::Tensor& x) { return fc2(activate(fc1(x), activation)); }
 
   std::string activation;
-  ::torch::nn::Linear fc1, fc2;
+  lora_linear fc1, fc2;
 };
 TORCH_MODULE_IMPL(mlp, mlp_impl);
 
@@ -206,6 +211,42 @@ struct clip_model_impl : ::torch::nn::Module {
         text_projection(register_module(
             "text_projection", ::torch::nn::Linear(::torch::nn::LinearOptions(c.text.hidden_size, c.projection_dim).bias(false)))),
         logit_scale(register_parameter("logit_scale", ::torch::tensor(static_cast<float>(c.logit_scale_init_value)))) {}
+
+  // Puts LoRA on the linear layers whose name is one of `targets` (q_proj, k_proj, v_proj,
+  // out_proj, fc1, fc2) in the chosen towers, and freezes every other weight of the model. Returns
+  // how many layers were adapted.
+  std::size_t add_lora(const lora_options& options, const std::vector<std::string>& targets = {"q_proj", "v_proj"},
+                       bool text_tower = true, bool vision_tower = true) {
+    std::size_t adapted = 0;
+    for (const auto& item : named_modules("", /*include_self=*/false)) {
+      const std::string& name = item.key();
+      const bool in_tower = (text_tower && name.rfind("text_model.", 0) == 0) ||
+                            (vision_tower && name.rfind("vision_model.", 0) == 0);
+      const auto dot = name.rfind('.');
+      const std::string leaf = dot == std::string::npos ? name : name.substr(dot + 1);
+      if (!in_tower || std::find(targets.begin(), targets.end(), leaf) == targets.end()) continue;
+      auto layer = std::dynamic_pointer_cast<lora_linear_impl>(item.value());
+      if (!layer) continue;
+      layer->enable_lora(options);
+      ++adapted;
+    }
+    if (adapted == 0) {
+      alloy::detail::fail(alloy::error_code::invalid_argument, "add_lora: no linear layer matches the targets");
+    }
+    for (auto& item : named_parameters()) {
+      if (item.key().find(".lora_") == std::string::npos) item.value().set_requires_grad(false);
+    }
+    return adapted;
+  }
+
+  // The LoRA factors (or, without LoRA, every parameter) under their names: the weights to merge and align.
+  [[nodiscard]] std::vector<std::pair<std::string, ::torch::Tensor>> trainable_parameters() const {
+    std::vector<std::pair<std::string, ::torch::Tensor>> out;
+    for (const auto& item : named_parameters()) {
+      if (item.value().requires_grad()) out.emplace_back(item.key(), item.value());
+    }
+    return out;
+  }
 
   ::torch::Tensor image_features(const ::torch::Tensor& pixels) { return visual_projection(vision_model(pixels)); }
   ::torch::Tensor text_features(const ::torch::Tensor& ids) { return text_projection(text_model(ids)); }
