@@ -1,12 +1,14 @@
 // Hand-computed cases and properties of the merge policies. Equality with an independent
 // implementation of every method is in tests/reference/test_merge_reference.cpp.
 
+#include <array>
 #include <cmath>
 #include <cstring>
 #include <vector>
 
 #include <catch2/catch.hpp>
 
+#include "alloy/merge/merge_recipe.hpp"
 #include "alloy/merge/registry.hpp"
 #include "tensor_builders.hpp"
 
@@ -164,4 +166,34 @@ TEST_CASE("policies refuse bad inputs and parameters with names", "[merge][error
   const model_parameters two_p[] = {{}, {}};
   CHECK_THROWS_WITH(slerp_merge{0.5}.merge(cpu_backend{}, merge_inputs{"w", a, two, two_p}, out),
                     Catch::Contains("exactly one model"));
+}
+
+TEST_CASE("merge_stores_into checks every name and shape before writing anything", "[merge][recipe]") {
+  memory_store a, b, out;
+  insert_values(a, "first", {1, 2}, shape{2});
+  insert_values(a, "second", {3, 4}, shape{2});
+  insert_values(b, "first", {5, 6}, shape{2});
+  insert_values(b, "second", {7, 8}, shape{2});
+  insert_values(out, "first", {0, 0}, shape{2});
+  insert_values(out, "second", {0, 0}, shape{2});
+  const merge_recipe average{.method = "linear", .model_parameters = {{{"weight", 1.0}}, {{"weight", 1.0}}}};
+  const std::array models{a, b};
+  merge_stores_into(average, cpu_backend{}, static_cast<const memory_store*>(nullptr), std::span(models), out);
+  CHECK(values_of(out.view("first")) == std::vector<float>{3, 4});
+  CHECK(values_of(out.view("second")) == std::vector<float>{5, 6});
+
+  memory_store fresh;
+  insert_values(fresh, "first", {0, 0}, shape{2});
+  insert_values(fresh, "second", {0, 0, 0}, shape{3});
+  CHECK_THROWS_WITH(merge_stores_into(average, cpu_backend{}, static_cast<const memory_store*>(nullptr),
+                                      std::span(models), fresh),
+                    Catch::Contains("'second'"));
+  CHECK(values_of(fresh.view("first")) == std::vector<float>{0, 0});  // nothing written
+  memory_store short_model;
+  insert_values(short_model, "first", {9, 9}, shape{2});
+  const std::array uneven{a, short_model};
+  CHECK_THROWS_WITH(merge_stores_into(average, cpu_backend{}, static_cast<const memory_store*>(nullptr),
+                                      std::span(uneven), out),
+                    Catch::Contains("'second'") && Catch::Contains("missing from model 1"));
+  CHECK(values_of(out.view("first")) == std::vector<float>{3, 4});
 }

@@ -192,12 +192,33 @@ memory_store merge_stores(const merge_recipe& recipe, const cpu_backend& backend
 
 // Merges whole stores into an existing one, in place: a torch module's parameters, Eigen
 // matrices, a file-backed store. `output` must hold every merged tensor with the same shape; its
-// dtypes may differ (the merge computes in f32 and rounds once into them). The output may be one
-// of the models only for element-wise methods (linear, task arithmetic, MagMax, SLERP), whose
-// every output element depends on the same element of the inputs alone.
+// dtypes may differ (the merge computes in f32 and rounds once into them). Names and shapes of
+// the models and the output are all checked before the first tensor is written. The output may
+// be one of the models (same dtype) for linear and task arithmetic, whose output elements each
+// read the same element of the inputs only; for other methods, merge into a separate store.
 template <parameter_store Base, parameter_store Model, std::size_t Extent, mutable_parameter_store Output>
 void merge_stores_into(const merge_recipe& recipe, const cpu_backend& backend, const Base* base,
                        std::span<const Model, Extent> models, Output& output) {
+  if (!models.empty()) {
+    for (const auto& name : base != nullptr ? base->names() : models.front().names()) {
+      const shape expected = base != nullptr ? base->view(name).shape() : models.front().view(name).shape();
+      for (std::size_t i = 0; i < models.size(); ++i) {
+        const auto found = models[i].find(name);
+        if (!found) {
+          detail::fail(error_code::not_found, recipe.method, ": tensor ", detail::quoted{name}, " is missing from model ", i);
+        }
+        if (!(found->shape() == expected)) {
+          detail::fail(error_code::shape_mismatch, recipe.method, ": tensor ", detail::quoted{name}, " has shape ",
+                       found->shape(), " in model ", i, " but ", expected, " in the ", base ? "base" : "first model");
+        }
+      }
+      const auto target = output.find(name);
+      if (!target || !(target->shape() == expected)) {
+        detail::fail(target ? error_code::shape_mismatch : error_code::not_found, recipe.method, ": the output ",
+                     target ? "has another shape for" : "has no", " tensor ", detail::quoted{name});
+      }
+    }
+  }
   detail::merge_each_tensor(recipe, backend, base, models, [&](std::string_view name, const_tensor_view reference) {
     const auto found = output.find_mutable(name);
     if (!found) {
