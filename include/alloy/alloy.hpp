@@ -25,6 +25,7 @@
 #include "alloy/merge/task_vector_merge.hpp"
 #include "alloy/align/pam.hpp"
 #include "alloy/align/regularizers.hpp"
+#include "alloy/store/borrowed_store.hpp"
 #include "alloy/store/file_io.hpp"
 #include "alloy/store/memory_store.hpp"
 #include "alloy/store/name_index.hpp"
@@ -33,3 +34,4 @@
 #include "alloy/store/safetensors_format.hpp"
 #include "alloy/store/safetensors_store.hpp"
 #include "alloy/store/safetensors_writer.hpp"
+#include "alloy/store/store_subset.hpp"

@@ -5,6 +5,7 @@
 
 #include "alloy/core/convert.hpp"
 #include "alloy/store/memory_store.hpp"
+#include "alloy/store/store_subset.hpp"
 #include "store_conformance.hpp"
 
 using namespace alloy;
@@ -77,4 +78,19 @@ TEST_CASE("assign copies a store into another's tensors, converting floats, all 
   memory_store integers;
   integers.insert("w", dtype::i64, {2, 2});
   CHECK_THROWS_WITH(assign(target, integers), Catch::Contains("'w'") && Catch::Contains("I64"));
+}
+
+TEST_CASE("store_subset lists and forwards only the names it keeps, without copies", "[store][subset]") {
+  memory_store source;
+  source.insert("text.weight", dtype::f32, {2});
+  source.insert("text.position_ids", dtype::i64, {3});
+  source.insert("vision.weight", dtype::f32, {4});
+  const store_subset weights(source, [](std::string_view name) { return name.find("position_ids") == std::string_view::npos; });
+  static_assert(parameter_store<decltype(weights)>);
+  CHECK(weights.names() == std::vector<std::string>{"text.weight", "vision.weight"});
+  CHECK(weights.view("vision.weight").data() == source.view("vision.weight").data());
+  CHECK_FALSE(weights.find("text.position_ids").has_value());
+  CHECK_THROWS_WITH(weights.view("text.position_ids"), Catch::Contains("'text.position_ids'") && Catch::Contains("subset"));
+  memory_store copy = copy_store(weights);
+  CHECK(copy.size() == 2);
 }

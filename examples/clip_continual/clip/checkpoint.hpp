@@ -27,22 +27,15 @@ inline clip_model load_pretrained(const std::filesystem::path& folder) {
   const clip_config config = clip_config::load(folder / "config.json");
   clip_model model(config);
   const auto weights = alloy::safetensors_store::open(folder);
-  alloy::memory_store wanted;  // the file's tensors the model has, by name (views are copied once)
+  const alloy::store_subset wanted(weights, [](std::string_view name) { return !is_position_ids(name); });
   const auto parameters = model->named_parameters(/*recurse=*/true);
-  for (const auto& name : weights.names()) {
-    if (parameters.find(name) != nullptr) {
-      wanted.insert(name, weights.view(name));
-    } else if (!is_position_ids(name)) {
-      alloy::detail::fail(alloy::error_code::invalid_argument, folder.string(), ": tensor ", alloy::detail::quoted{name},
-                          " is not a parameter of CLIPModel with this config");
-    }
-  }
   for (const auto& item : parameters) {
     if (!wanted.contains(item.key())) {
       alloy::detail::fail(alloy::error_code::not_found, folder.string(), ": the checkpoint lacks tensor ",
                           alloy::detail::quoted{item.key()});
     }
   }
+  // (assign refuses, by name, a tensor of the file that the model does not have.)
   alloy::torch_adapter::assign(*model, wanted);
   return model;
 }
