@@ -172,29 +172,3 @@ TEST_CASE("the torch aligner names what is wrong", "[adapters][torch][pam]") {
   CHECK_THROWS_WITH(torch_ops.align(*model), Catch::Contains("'extra.weight'"));
   CHECK_THROWS_AS(torch_adapter::pam_aligner({1.5}), alloy::error);
 }
-
-TEST_CASE("the torch aligner runs on CUDA tensors with torch operations", "[adapters][torch][pam][gpu]") {
-  if (!::torch::cuda::is_available()) {
-    WARN("no CUDA device: the CUDA path of the torch aligner was not run");
-    return;
-  }
-  auto cpu_model = small_model(8);
-  auto gpu_model = small_model(8);
-  gpu_model->to(::torch::kCUDA);
-  const memory_store global = snapshot(*small_model(9));
-  ::torch::optim::Adam adam(gpu_model->parameters(), ::torch::optim::AdamOptions(1e-2));
-  torch_adapter::pam_aligner on_cpu({0.5, 1, pam_reset::to_global});
-  on_cpu.set_global(global);
-  torch_adapter::pam_aligner on_gpu({0.5, 1, pam_reset::to_global});
-  on_gpu.set_global(global, ::torch::kCUDA);
-  const pam_report want = on_cpu.align(*cpu_model);
-  const pam_report got = on_gpu.align(*gpu_model, &adam);
-  CHECK(got.reset_per_tensor == want.reset_per_tensor);
-  const memory_store a = snapshot(*cpu_model);
-  const memory_store b = snapshot(*gpu_model);
-  for (const auto& name : a.names()) {
-    const auto x = a.view(name).bytes();
-    const auto y = b.view(name).bytes();
-    CHECK(std::equal(x.begin(), x.end(), y.begin(), y.end()));
-  }
-}

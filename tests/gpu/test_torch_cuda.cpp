@@ -1,0 +1,94 @@
+// GPU cases of the torch adapter (CTest label gpu): run where LibTorch sees a CUDA device, and
+// report that they did not run elsewhere.
+
+#include <torch/torch.h>
+
+#include <algorithm>
+#include <array>
+
+#include <catch2/catch.hpp>
+
+#include "alloy/merge/merge_recipe.hpp"
+#include "alloy/torch/merge.hpp"
+#include "alloy/torch/pam.hpp"
+#include "alloy/torch/regularizers.hpp"
+#include "alloy/torch/transfer.hpp"
+
+using namespace alloy;
+using alloy::torch_adapter::snapshot;
+
+namespace {
+
+::torch::nn::Sequential small_model(std::uint64_t seed) {
+  ::torch::manual_seed(seed);
+  return ::torch::nn::Sequential(::torch::nn::Linear(40, 30), ::torch::nn::ReLU(), ::torch::nn::Linear(30, 5));
+}
+
+}  // namespace
+
+TEST_CASE("the torch aligner runs on CUDA tensors with torch operations", "[adapters][torch][pam][gpu]") {
+  if (!::torch::cuda::is_available()) {
+    WARN("no CUDA device: the CUDA path of the torch aligner was not run");
+    return;
+  }
+  auto cpu_model = small_model(8);
+  auto gpu_model = small_model(8);
+  gpu_model->to(::torch::kCUDA);
+  const memory_store global = snapshot(*small_model(9));
+  ::torch::optim::Adam adam(gpu_model->parameters(), ::torch::optim::AdamOptions(1e-2));
+  torch_adapter::pam_aligner on_cpu({0.5, 1, pam_reset::to_global});
+  on_cpu.set_global(global);
+  torch_adapter::pam_aligner on_gpu({0.5, 1, pam_reset::to_global});
+  on_gpu.set_global(global, ::torch::kCUDA);
+  const pam_report want = on_cpu.align(*cpu_model);
+  const pam_report got = on_gpu.align(*gpu_model, &adam);
+  CHECK(got.reset_per_tensor == want.reset_per_tensor);
+  const memory_store a = snapshot(*cpu_model);
+  const memory_store b = snapshot(*gpu_model);
+  for (const auto& name : a.names()) {
+    const auto x = a.view(name).bytes();
+    const auto y = b.view(name).bytes();
+    CHECK(std::equal(x.begin(), x.end(), y.begin(), y.end()));
+  }
+}
+
+TEST_CASE("snapshot, assign, merge_into and the regularizers work on CUDA modules", "[adapters][torch][gpu]") {
+  if (!::torch::cuda::is_available()) {
+    WARN("no CUDA device: the CUDA paths of snapshot, assign, merge_into and the regularizers were not run");
+    return;
+  }
+  auto cpu_model = small_model(10);
+  auto gpu_model = small_model(10);
+  gpu_model->to(::torch::kCUDA);
+  const memory_store a = snapshot(*gpu_model);
+  const memory_store b = snapshot(*cpu_model);
+  for (const auto& name : a.names()) {
+    const auto x = a.view(name).bytes();
+    const auto y = b.view(name).bytes();
+    CHECK(std::equal(x.begin(), x.end(), y.begin(), y.end()));
+  }
+  const memory_store other = snapshot(*small_model(11));
+  torch_adapter::assign(*gpu_model, other);
+  CHECK(gpu_model->parameters().front().device().is_cuda());
+  CHECK(::torch::equal(gpu_model->parameters().front().cpu(), small_model(11)->parameters().front()));
+
+  const std::array models{a, other};
+  const merge_recipe average{.method = "linear", .model_parameters = {{{"weight", 1.0}}, {{"weight", 1.0}}}};
+  torch_adapter::merge_into(*gpu_model, average, cpu_backend{}, static_cast<const memory_store*>(nullptr),
+                            std::span(models));
+  torch_adapter::merge_into(*cpu_model, average, cpu_backend{}, static_cast<const memory_store*>(nullptr),
+                            std::span(models));
+  CHECK(::torch::equal(gpu_model->parameters().front().cpu(), cpu_model->parameters().front()));
+
+  const torch_adapter::alignment_target on_gpu(other, 0.5, ::torch::kCUDA);
+  const torch_adapter::alignment_target on_cpu(other, 0.5, ::torch::kCPU);
+  const ::torch::Tensor gpu_value = torch_adapter::l2_pull(*gpu_model, on_gpu, 0.5, true) +
+                                    torch_adapter::sign_agreement(*gpu_model, on_gpu, 0.5);
+  const ::torch::Tensor cpu_value = torch_adapter::l2_pull(*cpu_model, on_cpu, 0.5, true) +
+                                    torch_adapter::sign_agreement(*cpu_model, on_cpu, 0.5);
+  CHECK(gpu_value.item<double>() == Approx(cpu_value.item<double>()).epsilon(1e-5));
+  gpu_value.backward();
+  cpu_value.backward();
+  CHECK(::torch::allclose(gpu_model->parameters().front().grad().cpu(), cpu_model->parameters().front().grad(), 1e-5,
+                          1e-6));
+}
