@@ -8,6 +8,7 @@
 #include <catch2/catch.hpp>
 
 #include "alloy/torch/pam.hpp"
+#include "tensor_builders.hpp"
 #include "alloy/torch/transfer.hpp"
 
 using namespace alloy;
@@ -75,11 +76,8 @@ TEST_CASE("the torch aligner's engines equal the core aligner", "[adapters][torc
       const memory_store after_ops = snapshot(*second);
       for (const auto& name : expected.names()) {
         INFO(name << " " << (reset == pam_reset::to_zero ? "to_zero" : "to_global"));
-        const auto a = expected.view(name).bytes();
-        const auto b = after_cpu.view(name).bytes();
-        const auto c = after_ops.view(name).bytes();
-        CHECK(std::equal(a.begin(), a.end(), b.begin(), b.end()));
-        CHECK(std::equal(a.begin(), a.end(), c.begin(), c.end()));
+        CHECK(alloy::testing::same_bytes(expected.view(name), after_cpu.view(name)));
+        CHECK(alloy::testing::same_bytes(expected.view(name), after_ops.view(name)));
       }
     }
   }

@@ -12,6 +12,7 @@
 #include "alloy/torch/transfer.hpp"
 #include "alloy/torch/tensor_store.hpp"
 #include "store_conformance.hpp"
+#include "tensor_builders.hpp"
 
 using namespace alloy;
 using alloy::torch_adapter::tensor_store;
@@ -87,11 +88,7 @@ TEST_CASE("snapshot copies a module to CPU memory and assign writes it back", "[
   }
   torch_adapter::assign(*model, saved);
   const memory_store again = torch_adapter::snapshot(*model, true);
-  for (const auto& name : saved.names()) {
-    const auto a = saved.view(name).bytes();
-    const auto b = again.view(name).bytes();
-    CHECK(std::equal(a.begin(), a.end(), b.begin(), b.end()));
-  }
+  for (const auto& name : saved.names()) CHECK(testing::same_bytes(saved.view(name), again.view(name)));
 }
 
 TEST_CASE("assign converts dtypes and refuses unknown names and shapes before writing", "[adapters][torch]") {

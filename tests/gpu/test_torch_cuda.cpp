@@ -13,6 +13,7 @@
 #include "alloy/torch/pam.hpp"
 #include "alloy/torch/regularizers.hpp"
 #include "alloy/torch/transfer.hpp"
+#include "tensor_builders.hpp"
 
 using namespace alloy;
 using alloy::torch_adapter::snapshot;
@@ -45,11 +46,7 @@ TEST_CASE("the torch aligner runs on CUDA tensors with torch operations", "[adap
   CHECK(got.reset_per_tensor == want.reset_per_tensor);
   const memory_store a = snapshot(*cpu_model);
   const memory_store b = snapshot(*gpu_model);
-  for (const auto& name : a.names()) {
-    const auto x = a.view(name).bytes();
-    const auto y = b.view(name).bytes();
-    CHECK(std::equal(x.begin(), x.end(), y.begin(), y.end()));
-  }
+  for (const auto& name : a.names()) CHECK(alloy::testing::same_bytes(a.view(name), b.view(name)));
 }
 
 TEST_CASE("snapshot, assign, merge_into and the regularizers work on CUDA modules", "[adapters][torch][gpu]") {
@@ -62,11 +59,7 @@ TEST_CASE("snapshot, assign, merge_into and the regularizers work on CUDA module
   gpu_model->to(::torch::kCUDA);
   const memory_store a = snapshot(*gpu_model);
   const memory_store b = snapshot(*cpu_model);
-  for (const auto& name : a.names()) {
-    const auto x = a.view(name).bytes();
-    const auto y = b.view(name).bytes();
-    CHECK(std::equal(x.begin(), x.end(), y.begin(), y.end()));
-  }
+  for (const auto& name : a.names()) CHECK(alloy::testing::same_bytes(a.view(name), b.view(name)));
   const memory_store other = snapshot(*small_model(11));
   torch_adapter::assign(*gpu_model, other);
   CHECK(gpu_model->parameters().front().device().is_cuda());

@@ -1,6 +1,7 @@
 #pragma once
 // Small helpers to build stores and read tensors back in tests.
 
+#include <algorithm>
 #include <cstddef>
 #include <random>
 #include <string>
@@ -24,6 +25,13 @@ inline std::vector<float> values_of(const_tensor_view view) {
   std::vector<float> out(view.numel());
   for (std::size_t i = 0; i < out.size(); ++i) out[i] = load_as_float(view, i);
   return out;
+}
+
+// True when two views hold the same bytes (dtype and shape are the caller's to compare).
+inline bool same_bytes(const_tensor_view a, const_tensor_view b) {
+  const auto x = a.bytes();
+  const auto y = b.bytes();
+  return std::equal(x.begin(), x.end(), y.begin(), y.end());
 }
 
 inline std::vector<float> random_values(std::size_t count, unsigned seed, float spread = 1.0f) {
