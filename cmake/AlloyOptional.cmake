@@ -46,3 +46,20 @@ macro(alloy_resolve_cuda)
     endif()
   endif()
 endmacro()
+
+# What the programs (examples, tools) need beyond the library: CLI11 for their options and
+# stb_image for image files (Debian: libcli11-dev, libstb-dev). Sets ALLOY_HAVE_CLI11 and
+# ALLOY_HAVE_STB, and the target alloy_stb (include path and library) when stb is found.
+macro(alloy_resolve_program_dependencies)
+  find_package(CLI11 CONFIG QUIET)
+  set(ALLOY_HAVE_CLI11 ${CLI11_FOUND})
+  find_path(ALLOY_STB_INCLUDE_DIR stb_image.h PATH_SUFFIXES stb)
+  find_library(ALLOY_STB_LIBRARY stb)
+  set(ALLOY_HAVE_STB OFF)
+  if(ALLOY_STB_INCLUDE_DIR AND ALLOY_STB_LIBRARY)
+    set(ALLOY_HAVE_STB ON)
+    add_library(alloy_stb INTERFACE IMPORTED)
+    target_include_directories(alloy_stb SYSTEM INTERFACE "${ALLOY_STB_INCLUDE_DIR}")
+    target_link_libraries(alloy_stb INTERFACE "${ALLOY_STB_LIBRARY}")
+  endif()
+endmacro()

@@ -14,7 +14,7 @@ packages=(
   # trains about ten times slower.
   libtorch-dev libopenblas0-pthread
   # References for tests and data preparation (called as /usr/bin/python3).
-  python3 python3-numpy python3-torch python3-sklearn
+  python3 python3-numpy python3-torch python3-sklearn python3-regex
   gnuplot-nox npm
 )
 

@@ -1,6 +1,8 @@
 // Users' own images for the CLIP example: image folders and CSV files, decoded by stb_image from
 // PNG files that stb_image_write wrote here.
 
+#include <torch/torch.h>  // before Catch: glog, which torch includes, also defines CHECK
+
 #include <stb_image_write.h>
 
 #include <cstdint>

@@ -24,6 +24,7 @@
 #include <vector>
 
 #include "alloy/core/error.hpp"
+#include "datasets.hpp"
 
 namespace alloy_clip {
 
@@ -171,6 +172,27 @@ inline image_set load_image_csv(const std::filesystem::path& csv, int size, int 
     else set.labels.push_back(class_index.at(value));
   }
   return set;
+}
+
+// A user's labelled images (load_image_folder / load_image_csv with labels) as a dataset; the
+// prompts default to "a photo of a {}.".
+inline image_dataset from_image_set(const image_set& set, std::string name,
+                                    std::vector<std::string> templates = {"a photo of a {}."}) {
+  if (set.labels.empty() || set.labels.size() != set.count()) {
+    alloy::detail::fail(alloy::error_code::invalid_argument, "dataset ", name,
+                        " has no class labels (captioned data is for pretraining, not classification)");
+  }
+  const auto n = static_cast<std::int64_t>(set.count());
+  image_dataset out;
+  out.name = std::move(name);
+  out.images = ::torch::from_blob(const_cast<std::uint8_t*>(set.pixels.data()), {n, set.size, set.size, set.channels}, ::torch::kUInt8)
+                   .permute({0, 3, 1, 2})
+                   .contiguous();
+  std::vector<std::int64_t> labels(set.labels.begin(), set.labels.end());
+  out.labels = ::torch::tensor(labels, ::torch::kInt64);
+  out.classes = set.classes;
+  out.templates = std::move(templates);
+  return out;
 }
 
 }  // namespace alloy_clip
