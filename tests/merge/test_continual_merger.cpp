@@ -66,3 +66,30 @@ TEST_CASE("the continual merger names a tensor the task lacks", "[merge][continu
   bad.fixed_weight = 2;
   CHECK_THROWS_AS(continual_merger(single({0}), bad), error);
 }
+
+TEST_CASE("a resumed merger continues as the uninterrupted one", "[merge][continual]") {
+  const std::vector<std::vector<float>> tasks{{1, -2, 0.5f}, {-3, 1, 0.25f}, {2, 2, -1}};
+  for (const bool policy : {false, true}) {
+    continual_options options;
+    if (policy) {
+      options.merge_rule = continual_rule::policy;
+      options.policy = task_vector_merge::ties();
+    }
+    continual_merger whole(single({0.5f, 0.5f, 0.5f}), options);
+    for (const auto& t : tasks) whole.end_task(single(t));
+
+    continual_merger first(single({0.5f, 0.5f, 0.5f}), options);
+    first.end_task(single(tasks[0]));
+    first.end_task(single(tasks[1]));
+    // What a checkpoint holds: G, the task count, and G0 for a policy.
+    continual_merger resumed = continual_merger::resume(first.global(), 2, options, first.initial());
+    CHECK(resumed.tasks() == 2);
+    resumed.end_task(single(tasks[2]));
+    CHECK(values_of(resumed.global().view("lora.A")) == values_of(whole.global().view("lora.A")));
+  }
+  continual_options ties;
+  ties.merge_rule = continual_rule::policy;
+  ties.policy = task_vector_merge::ties();
+  CHECK_THROWS_WITH(continual_merger::resume(single({1}), 1, ties), Catch::Contains("needs the initial weights G0"));
+  CHECK_THROWS_WITH(continual_merger::resume(single({1, 2}), 1, ties, single({0})), Catch::Contains("has shape"));
+}

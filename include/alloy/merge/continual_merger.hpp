@@ -52,6 +52,34 @@ class continual_merger {
     }
   }
 
+  // Continues a run from a checkpoint: G after `tasks_done` tasks and, for rule::policy, the
+  // initial weights G0 the task vectors are taken from. Merging the next task then gives what
+  // the uninterrupted run would have given.
+  static continual_merger resume(memory_store global, std::size_t tasks_done, options settings,
+                                 std::optional<memory_store> initial = std::nullopt) {
+    const bool policy = settings.merge_rule == rule::policy;
+    if (policy && !initial) {
+      detail::fail(error_code::invalid_argument, "continual_merger::resume: rule::policy needs the initial weights G0");
+    }
+    continual_merger merger(policy ? *initial : global, std::move(settings));
+    if (policy) {
+      for (const auto& name : merger.initial_->names()) {
+        const auto found = global.find(name);
+        if (!found) detail::fail(error_code::not_found, "continual_merger::resume: G lacks tensor ", detail::quoted{name}, " of G0");
+        if (!(found->shape() == merger.initial_->view(name).shape())) {
+          detail::fail(error_code::shape_mismatch, "continual_merger::resume: tensor ", detail::quoted{name},
+                       " has shape ", found->shape(), " in G but ", merger.initial_->view(name).shape(), " in G0");
+        }
+      }
+      merger.global_ = std::move(global);
+    }
+    merger.tasks_ = tasks_done;
+    return merger;
+  }
+
+  // The initial weights G0 (rule::policy only; empty otherwise).
+  [[nodiscard]] const std::optional<memory_store>& initial() const noexcept { return initial_; }
+
   // A fresh copy of G for the next task to fine-tune.
   [[nodiscard]] memory_store begin_task() const { return global_; }
 

@@ -1,0 +1,129 @@
+#pragma once
+// The continual-learning protocol of the CLIP example: the task sequence, its orders, the methods
+// compared, and the metrics of the accuracy matrix.
+//
+// Tasks are image classification datasets the small base cannot do zero-shot (dataset variants it
+// never saw in pretraining), learned one after another, each from its own training split only.
+// At test time a model classifies a task's test images among that task's classes by their prompts;
+// no parameters are chosen by task (except for `independent`, the upper bound, which by definition
+// uses each task's own LoRA). One more task, the held-out one, is never trained on: its accuracy
+// after the last task measures generalisation.
+
+#include <nlohmann/json.hpp>
+
+#include <cmath>
+#include <cstdint>
+#include <optional>
+#include <string>
+#include <vector>
+
+#include "alloy/align/pam.hpp"
+#include "alloy/core/error.hpp"
+#include "../data/datasets.hpp"
+
+namespace alloy_clip {
+
+enum class method_kind { zero_shot, sequential, independent, merged };
+
+// One method of the comparison (the keys of results.json).
+struct method_spec {
+  std::string key;
+  std::string description;
+  method_kind kind = method_kind::merged;
+  std::string merge = "average";  // merged: average (running mean), ties, magmax
+  bool pam = false;
+  alloy::pam_reset reset = alloy::pam_reset::to_zero;
+  std::string regularizer = {};  // merged: "", "l2" or "sign"
+};
+
+inline const std::vector<method_spec>& all_methods() {
+  using alloy::pam_reset;
+  static const std::vector<method_spec> all = {
+      {.key = "zero_shot", .description = "the pretrained base, untrained", .kind = method_kind::zero_shot},
+      {.key = "sequential_finetune", .description = "one LoRA fine-tuned on each task in turn, no merging",
+       .kind = method_kind::sequential},
+      {.key = "independent", .description = "a fresh LoRA per task, each task tested with its own (upper bound)",
+       .kind = method_kind::independent},
+      {.key = "merge_avg", .description = "a copy of the global LoRA per task, merged back by running mean, no alignment"},
+      {.key = "pam", .description = "merge_avg with PAM during training (reset to zero)", .pam = true},
+      {.key = "pam_global_reset", .description = "merge_avg with PAM during training (reset to G)", .pam = true,
+       .reset = pam_reset::to_global},
+      {.key = "ties_post", .description = "TIES instead of averaging, no alignment", .merge = "ties"},
+      {.key = "magmax", .description = "MagMax instead of averaging, no alignment", .merge = "magmax"},
+      {.key = "l2_regularizer", .description = "merge_avg with an L2 pull towards G in the loss", .regularizer = "l2"},
+      {.key = "sign_regularizer", .description = "merge_avg with a sign-agreement penalty on G's top-p entries",
+       .regularizer = "sign"},
+      {.key = "pam_ties", .description = "PAM during training, then TIES merging", .merge = "ties", .pam = true},
+  };
+  return all;
+}
+
+inline const method_spec& find_method(const std::string& key) {
+  for (const auto& m : all_methods()) {
+    if (m.key == key) return m;
+  }
+  std::string known;
+  for (const auto& m : all_methods()) known += (known.empty() ? "" : ", ") + m.key;
+  alloy::detail::fail(alloy::error_code::invalid_argument, "unknown method ", alloy::detail::quoted{key}, " (known: ", known, ")");
+}
+
+// The orders of the tasks: order 0 as given, the others seeded permutations, all distinct.
+inline std::vector<std::vector<std::size_t>> task_orders(std::size_t tasks, std::size_t count, std::uint64_t seed) {
+  std::vector<std::vector<std::size_t>> orders;
+  std::vector<std::size_t> given(tasks);
+  for (std::size_t i = 0; i < tasks; ++i) given[i] = i;
+  orders.push_back(given);
+  std::size_t possible = 1;
+  for (std::size_t i = 2; i <= tasks && possible < count; ++i) possible *= i;
+  if (count > possible) {
+    alloy::detail::fail(alloy::error_code::invalid_argument, count, " orders asked of ", tasks, " tasks, which have only ", possible);
+  }
+  for (std::uint64_t attempt = 1; orders.size() < count; ++attempt) {
+    const auto p = seeded_permutation(static_cast<std::int64_t>(tasks), seed * 7777u + attempt);
+    std::vector<std::size_t> order(p.begin(), p.end());
+    if (std::find(orders.begin(), orders.end(), order) == orders.end()) orders.push_back(order);
+  }
+  return orders;
+}
+
+// R[t][i]: accuracy on the task learned i-th, after learning the t-th (both 0-based; every task,
+// learned or not). `baseline[i]`: the base model's zero-shot accuracy on the i-th task.
+struct sequence_metrics {
+  double acc = 0;  // mean of R[T-1][i]
+  double bwt = 0;  // mean over i < T-1 of R[T-1][i] - R[i][i]   (Lopez-Paz and Ranzato, 2017)
+  double fwt = 0;  // mean over i > 0 of R[i-1][i] - baseline[i]
+  double plasticity = 0;  // mean of R[i][i]: how well each task is learned when it is learned
+};
+
+inline sequence_metrics metrics_of(const std::vector<std::vector<double>>& r, const std::vector<double>& baseline) {
+  const std::size_t n = r.size();
+  if (n == 0 || baseline.size() != n) alloy::detail::fail(alloy::error_code::invalid_argument, "metrics: matrix and baseline disagree");
+  sequence_metrics m;
+  for (std::size_t i = 0; i < n; ++i) {
+    if (r[i].size() != n) alloy::detail::fail(alloy::error_code::invalid_argument, "metrics: the accuracy matrix is not square");
+    m.acc += r[n - 1][i] / static_cast<double>(n);
+    m.plasticity += r[i][i] / static_cast<double>(n);
+  }
+  if (n > 1) {
+    for (std::size_t i = 0; i + 1 < n; ++i) m.bwt += (r[n - 1][i] - r[i][i]) / static_cast<double>(n - 1);
+    for (std::size_t i = 1; i < n; ++i) m.fwt += (r[i - 1][i] - baseline[i]) / static_cast<double>(n - 1);
+  }
+  return m;
+}
+
+inline double mean_of(const std::vector<double>& v) {
+  double s = 0;
+  for (const double x : v) s += x;
+  return v.empty() ? 0.0 : s / static_cast<double>(v.size());
+}
+
+// The sample standard deviation (n - 1), 0 for fewer than two values.
+inline double std_of(const std::vector<double>& v) {
+  if (v.size() < 2) return 0.0;
+  const double m = mean_of(v);
+  double s = 0;
+  for (const double x : v) s += (x - m) * (x - m);
+  return std::sqrt(s / static_cast<double>(v.size() - 1));
+}
+
+}  // namespace alloy_clip

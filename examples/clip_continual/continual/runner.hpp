@@ -1,0 +1,457 @@
+#pragma once
+// The continual-learning run of the CLIP example: LoRA continual learning as in Sokar et al. (2025),
+// with every merge, alignment and regularizer coming from alloy's headers.
+//
+// For one method and one task order (a "cell"): one global LoRA G starts from the order's
+// initial factors G0 (A random, B zero). For each task, a copy T of G is fine-tuned on that task
+// alone (AdamW, cross-entropy of the image embedding against the task's class embeddings);
+// PAM, where the method has it, aligns T with G every K steps; the copy is merged back
+// (alloy::continual_merger: running mean, TIES or MagMax); G is then tested on every task and on
+// the held-out one. After each task the cell's state (its accuracy rows and G or T) is saved, so
+// that an interrupted run resumes at the next task with the same result.
+
+#include <torch/torch.h>
+#include <unistd.h>
+
+#include <chrono>
+#include <cstdlib>
+#include <cstdio>
+#include <filesystem>
+#include <fstream>
+#include <functional>
+#include <map>
+#include <optional>
+#include <string>
+#include <vector>
+
+#include <nlohmann/json.hpp>
+
+#include "alloy/alloy.hpp"
+#include "alloy/torch.hpp"
+#include "../clip/pretrain.hpp"
+#include "protocol.hpp"
+
+namespace alloy_clip {
+
+struct continual_config {
+  std::vector<std::string> tasks = {"mnist-inverted", "fashion_mnist-rotated", "digits-rotated", "mnist-rotated",
+                                    "fashion_mnist-inverted"};
+  std::string heldout = "digits-inverted";
+  std::vector<std::string> methods = {"zero_shot", "sequential_finetune", "independent", "merge_avg", "pam"};
+  std::int64_t orders = 3;
+  std::int64_t epochs = 3;
+  std::int64_t max_train = 2000;  // training images per task
+  std::int64_t max_test = 1000;   // test images per task
+  std::int64_t batch = 64;
+  double learning_rate = 1e-2;  // AdamW on the LoRA factors
+  std::int64_t lora_rank = 8;
+  double lora_alpha = 16;
+  std::vector<std::string> lora_targets = {"q_proj", "v_proj", "fc1", "fc2"};  // in the vision tower
+  double p = 0.5;                // PAM's top-p fraction of G
+  std::int64_t align_every = 10;  // PAM every K optimizer steps
+  double l2_strength = 1.0;
+  double sign_strength = 0.1;
+  std::vector<double> p_sweep;  // PAM's p values for the stability-plasticity curve (every order)
+  std::uint64_t seed = 0;
+
+  [[nodiscard]] nlohmann::json to_json() const {
+    return {{"tasks", tasks},
+            {"heldout", heldout},
+            {"methods", methods},
+            {"orders", orders},
+            {"epochs", epochs},
+            {"max_train", max_train},
+            {"max_test", max_test},
+            {"batch", batch},
+            {"learning_rate", learning_rate},
+            {"optimizer", "AdamW"},
+            {"lora", {{"rank", lora_rank}, {"alpha", lora_alpha}, {"targets", lora_targets}, {"tower", "vision"}}},
+            {"pam", {{"p", p}, {"every", align_every}}},
+            {"l2_strength", l2_strength},
+            {"sign_strength", sign_strength},
+            {"p_sweep", p_sweep},
+            {"seed", seed}};
+  }
+};
+
+// One task's data, ready to train and test on.
+struct continual_task {
+  std::string name;
+  image_dataset train, test;
+  image_transform transform;
+  ::torch::Tensor classes;  // [classes, projection_dim], normalised (the text tower is frozen)
+};
+
+// One method on one task order: the accuracy rows so far and the time spent.
+struct cell_result {
+  std::string method;
+  double p = 0;  // PAM's p (methods with PAM)
+  std::size_t order = 0;
+  std::vector<std::size_t> task_order;       // indices into continual_config::tasks
+  std::vector<std::vector<double>> matrix;  // [after task t][task learned i-th]
+  std::vector<double> heldout;               // after each task
+  std::vector<double> train_s, merge_s;      // per task
+  std::size_t tasks_total = 0;
+
+  [[nodiscard]] bool complete() const { return tasks_total > 0 && matrix.size() == tasks_total; }
+
+  [[nodiscard]] nlohmann::json to_json() const {
+    return {{"method", method}, {"p", p},           {"order", order},     {"task_order", task_order}, {"matrix", matrix},
+            {"heldout", heldout}, {"train_s", train_s}, {"merge_s", merge_s}, {"tasks_total", tasks_total}};
+  }
+  static cell_result from_json(const nlohmann::json& j) {
+    cell_result c;
+    c.method = j.at("method").get<std::string>();
+    c.p = j.at("p").get<double>();
+    c.order = j.at("order").get<std::size_t>();
+    c.task_order = j.at("task_order").get<std::vector<std::size_t>>();
+    c.matrix = j.at("matrix").get<std::vector<std::vector<double>>>();
+    c.heldout = j.at("heldout").get<std::vector<double>>();
+    c.train_s = j.at("train_s").get<std::vector<double>>();
+    c.merge_s = j.at("merge_s").get<std::vector<double>>();
+    c.tasks_total = j.at("tasks_total").get<std::size_t>();
+    return c;
+  }
+};
+
+// A one-line progress bar on a terminal (rewritten in place); nothing otherwise.
+class progress_bar {
+ public:
+  explicit progress_bar(bool enabled) : enabled_(enabled && ::isatty(STDERR_FILENO) != 0) {}
+  void update(const std::string& label, std::int64_t done, std::int64_t total, double loss) {
+    if (!enabled_ || total <= 0) return;
+    constexpr int width = 24;
+    const int filled = static_cast<int>(static_cast<double>(width) * static_cast<double>(done) / static_cast<double>(total));
+    std::string bar(static_cast<std::size_t>(filled), '=');
+    bar.resize(width, ' ');
+    std::fprintf(stderr, "\r%-60s [%s] %3d%% loss %.3f ", label.c_str(), bar.c_str(),
+                 static_cast<int>(100 * done / total), loss);
+    std::fflush(stderr);
+  }
+  void finish() {
+    if (enabled_) std::fprintf(stderr, "\r%*s\r", 110, "");
+  }
+
+ private:
+  bool enabled_;
+};
+
+class continual_runner {
+ public:
+  using log_function = std::function<void(const std::string&)>;
+
+  continual_runner(clip_bundle& base, continual_config config, const std::filesystem::path& datasets_dir, ::torch::Device device,
+                   std::filesystem::path checkpoint_dir, log_function log, bool show_progress)
+      : base_(base),
+        config_(std::move(config)),
+        device_(device),
+        checkpoints_(std::move(checkpoint_dir)),
+        log_(std::move(log)),
+        progress_(show_progress) {
+    model().to(device_);
+    model().add_lora({config_.lora_rank, config_.lora_alpha, 0.0}, config_.lora_targets, /*text_tower=*/false,
+                     /*vision_tower=*/true);
+    model().to(device_);  // (the new factors)
+    split_options split;
+    split.seed = config_.seed;
+    split.max_train = config_.max_train;
+    std::vector<std::string> names = config_.tasks;
+    names.push_back(config_.heldout);
+    for (const auto& name : names) {
+      const image_dataset data = load_dataset(name, datasets_dir);
+      dataset_splits parts = split_dataset(data, split);
+      continual_task task;
+      task.name = name;
+      task.train = parts.train;
+      task.test = parts.test.size() > config_.max_test
+                      ? parts.test.subset(::torch::arange(config_.max_test), parts.test.name)
+                      : parts.test;
+      task.transform = base_.transform_for(parts.train);
+      task.classes = class_embeddings(base_.model, base_.tokenizer, task.test, device_);
+      tasks_.push_back(std::move(task));
+    }
+    // The base model's accuracy on every task (LoRA with B = 0 changes nothing).
+    for (auto& task : tasks_) zero_shot_.push_back(accuracy(task));
+  }
+
+  [[nodiscard]] const std::vector<continual_task>& tasks() const { return tasks_; }
+  [[nodiscard]] const std::vector<double>& zero_shot_accuracy() const { return zero_shot_; }  // tasks, then held-out
+  [[nodiscard]] const continual_config& config() const { return config_; }
+
+  // Runs (or resumes, or reads back) one method on one order.
+  cell_result run(const method_spec& method, std::size_t order_index, const std::vector<std::size_t>& order, double p) {
+    const std::string id = method.key + (method.pam ? "-p" + format_p(p) : "") + "-order" + std::to_string(order_index);
+    const auto state_file = checkpoints_ / (id + ".json");
+    // G (or T) after k tasks: a file per k, so that a state file never names weights written later.
+    const auto weights_file = [&](std::size_t k) { return checkpoints_ / (id + "-after" + std::to_string(k) + ".safetensors"); };
+    cell_result cell;
+    if (std::filesystem::exists(state_file)) {
+      std::ifstream in(state_file);
+      cell = cell_result::from_json(nlohmann::json::parse(in));
+      if (cell.task_order != order) {
+        alloy::detail::fail(alloy::error_code::invalid_argument, state_file.string(),
+                            ": a checkpoint of another task order (the run's settings changed; remove the run folder)");
+      }
+      if (cell.complete()) return cell;
+      std::fprintf(stderr, "%s: resuming after task %zu\n", id.c_str(), cell.matrix.size());  // (even with --quiet)
+    } else {
+      cell.method = method.key;
+      cell.p = p;
+      cell.order = order_index;
+      cell.task_order = order;
+      cell.tasks_total = order.size();
+    }
+    const std::vector<double> baseline = baseline_for(order);
+    if (method.kind == method_kind::zero_shot) {
+      cell.matrix.assign(order.size(), baseline);
+      cell.heldout.assign(order.size(), zero_shot_.back());
+      cell.train_s.assign(order.size(), 0.0);
+      cell.merge_s.assign(order.size(), 0.0);
+      save(cell, state_file, weights_file(order.size()), nullptr);
+      return cell;
+    }
+
+    // G0: the order's initial LoRA factors, the same for every method of the order.
+    const alloy::memory_store initial = initial_factors(order_index);
+    std::optional<alloy::continual_merger> merger;
+    alloy::memory_store carried = initial;  // sequential: T carried over; independent: unused
+    if (method.kind == method_kind::merged) {
+      alloy::continual_options options = merge_options(method);
+      if (cell.matrix.empty()) {
+        merger.emplace(initial, options);
+      } else {
+        merger.emplace(alloy::continual_merger::resume(load_weights(weights_file(cell.matrix.size())), cell.matrix.size(), options,
+                                                       options.merge_rule == alloy::continual_rule::policy
+                                                           ? std::optional<alloy::memory_store>(initial)
+                                                           : std::nullopt));
+      }
+    } else if (method.kind == method_kind::sequential && !cell.matrix.empty()) {
+      carried = load_weights(weights_file(cell.matrix.size()));
+    }
+
+    std::vector<double> own;  // independent: each task's accuracy with its own LoRA
+    for (std::size_t t = 0; t < cell.matrix.size() && method.kind == method_kind::independent; ++t) own.push_back(cell.matrix[t][t]);
+
+    for (std::size_t t = cell.matrix.size(); t < order.size(); ++t) {
+      continual_task& task = tasks_[order[t]];
+      double merge_seconds = 0;
+      // Where training starts.
+      const alloy::memory_store& start = method.kind == method_kind::merged ? merger->global()
+                                         : method.kind == method_kind::sequential ? carried
+                                                                                  : initial;
+      alloy::torch_adapter::assign(*base_.model, start);
+      std::optional<alloy::torch_adapter::pam_aligner> aligner;
+      std::optional<alloy::torch_adapter::alignment_target> target;
+      {
+        const auto started = clock::now();
+        if (method.pam) {
+          aligner.emplace(alloy::pam_options{p, static_cast<std::size_t>(config_.align_every), method.reset, {}});
+          aligner->set_global(merger->global(), device_);
+        }
+        if (!method.regularizer.empty()) target.emplace(merger->global(), config_.p, device_);
+        merge_seconds += seconds_since(started);
+      }
+      const std::string label = id + "  task " + std::to_string(t + 1) + "/" + std::to_string(order.size()) + " " + task.name;
+      const auto train_started = clock::now();
+      merge_seconds += train(task, label, aligner ? &*aligner : nullptr, target ? &*target : nullptr, method.regularizer);
+      const double train_seconds = seconds_since(train_started) - merge_seconds;
+
+      const auto trained = alloy::torch_adapter::tensor_store(model().trainable_parameters());  // zero-copy
+      std::vector<double> row;
+      if (method.kind == method_kind::merged) {
+        const auto started = clock::now();
+        merger->end_task(trained);
+        alloy::torch_adapter::assign(*base_.model, merger->global());
+        merge_seconds += seconds_since(started);
+        row = evaluate_all(order);
+      } else if (method.kind == method_kind::sequential) {
+        carried = alloy::torch_adapter::snapshot(model().trainable_parameters());
+        row = evaluate_all(order);
+      } else {  // independent: this task with its own LoRA; the others with theirs, or the base before they are learned
+        own.push_back(accuracy(task));
+        row = baseline;
+        for (std::size_t i = 0; i <= t; ++i) row[i] = own[i];
+      }
+      if (method.kind == method_kind::independent) {
+        cell.heldout.push_back(zero_shot_.back());  // no LoRA was trained for it: the base model
+      } else {
+        cell.heldout.push_back(row.back());
+        row.pop_back();  // (evaluate_all appends the held-out task)
+      }
+      cell.matrix.push_back(row);
+      cell.train_s.push_back(train_seconds);
+      cell.merge_s.push_back(merge_seconds);
+      const alloy::memory_store* weights = method.kind == method_kind::merged ? &merger->global()
+                                           : method.kind == method_kind::sequential ? &carried
+                                                                                    : nullptr;
+      save(cell, state_file, weights_file(t + 1), weights);
+      interruption_point();
+      std::filesystem::remove(weights_file(t));  // (the state now names the newer weights)
+      char line[256];
+      std::snprintf(line, sizeof line, "%s  task %zu/%zu %-24s acc %5.1f%% on it, mean %5.1f%% on the tasks so far (%.1f s + %.3f s merge and alignment)",
+                    id.c_str(), t + 1, order.size(), task.name.c_str(), 100.0 * row[t], 100.0 * mean_prefix(row, t + 1),
+                    train_seconds, merge_seconds);
+      log_(line);
+    }
+    return cell;
+  }
+
+  static std::string format_p(double p) {
+    char text[16];
+    std::snprintf(text, sizeof text, "%.2g", p);
+    return text;
+  }
+
+ private:
+  using clock = std::chrono::steady_clock;
+  static double seconds_since(clock::time_point t) { return std::chrono::duration<double>(clock::now() - t).count(); }
+  static double mean_prefix(const std::vector<double>& v, std::size_t n) {
+    double s = 0;
+    for (std::size_t i = 0; i < n; ++i) s += v[i];
+    return s / static_cast<double>(n);
+  }
+
+  clip_model_impl& model() { return *base_.model; }
+
+  std::vector<double> baseline_for(const std::vector<std::size_t>& order) const {
+    std::vector<double> b;
+    for (const auto i : order) b.push_back(zero_shot_[i]);
+    return b;
+  }
+
+  alloy::continual_options merge_options(const method_spec& method) const {
+    alloy::continual_options options;
+    if (method.merge == "ties") {
+      options.merge_rule = alloy::continual_rule::policy;
+      options.policy = alloy::task_vector_merge::ties();
+    } else if (method.merge == "magmax") {
+      options.merge_rule = alloy::continual_rule::policy;
+      options.policy = alloy::magmax_merge{1.0};
+    }
+    return options;
+  }
+
+  // The LoRA factors of order k: A as torch.nn.Linear initialises it, from a seed of the order; B zero.
+  alloy::memory_store initial_factors(std::size_t order_index) {
+    ::torch::manual_seed(config_.seed * 1000 + order_index);
+    ::torch::NoGradGuard no_grad;
+    for (auto& [name, tensor] : model().trainable_parameters()) {
+      if (name.find("lora_A") != std::string::npos) {
+        ::torch::nn::init::kaiming_uniform_(tensor, std::sqrt(5.0));
+      } else {
+        tensor.zero_();
+      }
+    }
+    return alloy::torch_adapter::snapshot(model().trainable_parameters());
+  }
+
+  // Trains the model's LoRA on one task; returns the seconds spent in alignment and regularizers.
+  double train(continual_task& task, const std::string& label, alloy::torch_adapter::pam_aligner* aligner,
+               const alloy::torch_adapter::alignment_target* target, const std::string& regularizer) {
+    std::vector<::torch::Tensor> parameters;
+    for (auto& item : model().trainable_parameters()) parameters.push_back(item.second);
+    ::torch::optim::AdamW optimizer(parameters, ::torch::optim::AdamWOptions(config_.learning_rate).weight_decay(0.0));
+    model().train();
+    double overhead = 0;
+    const std::int64_t n = task.train.size();
+    const std::int64_t steps = config_.epochs * ((n + config_.batch - 1) / config_.batch);
+    std::int64_t step = 0;
+    for (std::int64_t epoch = 0; epoch < config_.epochs; ++epoch) {
+      const auto order = seeded_permutation(n, config_.seed * 31337u + std::hash<std::string>{}(task.name) % 100003u +
+                                                   static_cast<std::uint64_t>(epoch));
+      double loss_sum = 0;
+      std::int64_t seen = 0;
+      for (std::int64_t from = 0; from < n; from += config_.batch) {
+        const std::int64_t to = std::min(n, from + config_.batch);
+        const ::torch::Tensor index =
+            ::torch::tensor(std::vector<std::int64_t>(order.begin() + from, order.begin() + to), ::torch::kInt64);
+        const ::torch::Tensor pixels = task.transform(task.train.images.index_select(0, index), device_);
+        const ::torch::Tensor labels = task.train.labels.index_select(0, index).to(device_);
+        ::torch::Tensor loss;
+        {
+          autocast_scope autocast(device_);
+          namespace F = ::torch::nn::functional;
+          const ::torch::Tensor features = F::normalize(model().image_features(pixels).to(::torch::kFloat32), F::NormalizeFuncOptions().dim(-1));
+          const ::torch::Tensor logits = model().logit_scale.exp().detach() * ::torch::matmul(features, task.classes.t());
+          loss = F::cross_entropy(logits, labels);
+        }
+        ::torch::Tensor total = loss;
+        if (target != nullptr) {
+          const auto started = clock::now();
+          total = total + (regularizer == "l2" ? alloy::torch_adapter::l2_pull(model(), *target, config_.l2_strength)
+                                               : alloy::torch_adapter::sign_agreement(model(), *target, config_.sign_strength));
+          overhead += seconds_since(started);
+        }
+        optimizer.zero_grad();
+        total.backward();
+        optimizer.step();
+        if (aligner != nullptr) {
+          const auto started = clock::now();
+          aligner->step(model(), optimizer);
+          overhead += seconds_since(started);
+        }
+        loss_sum += loss.item<double>() * static_cast<double>(to - from);
+        seen += to - from;
+        ++step;
+        progress_.update(label + "  epoch " + std::to_string(epoch + 1) + "/" + std::to_string(config_.epochs), step, steps,
+                         loss_sum / static_cast<double>(seen));
+      }
+    }
+    progress_.finish();
+    return overhead;
+  }
+
+  double accuracy(continual_task& task) {
+    const ::torch::Tensor images = image_embeddings(base_.model, task.test, task.transform, device_, 512);
+    const ::torch::Tensor predicted = ::torch::matmul(images, task.classes.t()).argmax(1).cpu();
+    return predicted.eq(task.test.labels).to(::torch::kFloat64).mean().item<double>();
+  }
+
+  // Accuracy on the tasks in `order`, then on the held-out task.
+  std::vector<double> evaluate_all(const std::vector<std::size_t>& order) {
+    std::vector<double> row;
+    for (const auto i : order) row.push_back(accuracy(tasks_[i]));
+    row.push_back(accuracy(tasks_.back()));
+    return row;
+  }
+
+  // For the resume test: ALLOY_CLIP_STOP_AFTER_TASKS=N stops the process after N trained tasks, as
+  // an interruption would (after a checkpoint).
+  void interruption_point() {
+    static const char* limit = std::getenv("ALLOY_CLIP_STOP_AFTER_TASKS");
+    if (limit != nullptr && ++tasks_trained_ >= std::strtol(limit, nullptr, 10)) {
+      std::fprintf(stderr, "clip_continual: stopped after %ld tasks (ALLOY_CLIP_STOP_AFTER_TASKS)\n", tasks_trained_);
+      std::exit(75);
+    }
+  }
+
+  static alloy::memory_store load_weights(const std::filesystem::path& file) {
+    return alloy::copy_store(alloy::safetensors_store::open(file));
+  }
+
+  static void save(const cell_result& cell, const std::filesystem::path& state_file, const std::filesystem::path& weights_file,
+                   const alloy::memory_store* weights) {
+    std::filesystem::create_directories(state_file.parent_path());
+    // The weights first: a state that names task t always has the weights after task t beside it.
+    if (weights != nullptr) alloy::save_safetensors(weights_file, *weights, {}, /*replace=*/true);
+    const std::filesystem::path partial = state_file.string() + ".partial";
+    {
+      std::ofstream out(partial);
+      out << cell.to_json().dump() << "\n";
+      if (!out) alloy::detail::fail(alloy::error_code::io, "cannot write ", partial.string());
+    }
+    std::filesystem::rename(partial, state_file);
+  }
+
+  clip_bundle& base_;
+  continual_config config_;
+  ::torch::Device device_;
+  std::filesystem::path checkpoints_;
+  log_function log_;
+  progress_bar progress_;
+  std::vector<continual_task> tasks_;  // config tasks, then the held-out one
+  std::vector<double> zero_shot_;
+  long tasks_trained_ = 0;
+};
+
+}  // namespace alloy_clip
