@@ -33,16 +33,14 @@ def category(cp):
     return unicodedata.category(chr(cp))
 
 
+def rows(items, per_row):
+    """C++ initialiser lines, `per_row` items to a line."""
+    return ["    " + ", ".join(items[i:i + per_row]) + "," for i in range(0, len(items), per_row)]
+
+
 def emit_ranges(name, table, why):
     lines = [f"// {why}", f"inline constexpr code_range {name}[] = {{"]
-    row = []
-    for a, b in table:
-        row.append(f"{{0x{a:X}, 0x{b:X}}}")
-        if len(row) == 6:
-            lines.append("    " + ", ".join(row) + ",")
-            row = []
-    if row:
-        lines.append("    " + ", ".join(row) + ",")
+    lines += rows([f"{{0x{a:X}, 0x{b:X}}}" for a, b in table], 6)
     lines.append("};")
     return "\n".join(lines)
 
@@ -101,14 +99,7 @@ def main():
         "// str.lower() of every code point it changes, sorted by code point.",
         "inline constexpr lower_mapping lower_case[] = {",
     ]
-    row = []
-    for a, b, c in lower:
-        row.append(f"{{0x{a:X}, 0x{b:X}, 0x{c:X}}}")
-        if len(row) == 5:
-            text.append("    " + ", ".join(row) + ",")
-            row = []
-    if row:
-        text.append("    " + ", ".join(row) + ",")
+    text += rows([f"{{0x{a:X}, 0x{b:X}, 0x{c:X}}}" for a, b, c in lower], 5)
     text += ["};", "", "}  // namespace alloy_clip::unicode", ""]
     OUT.write_text("\n".join(text))
     print(f"{OUT.name}: {len(letters)} letter, {len(numbers)} number, {len(controls)} control ranges, "

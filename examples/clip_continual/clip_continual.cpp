@@ -113,8 +113,9 @@ struct run_options {
   std::string runs = "runs";
   std::string model;
   bool full = false, resume = false, p_sweep = false;
-  std::int64_t orders = 0, epochs = 0, max_train = 0, max_test = 0, lora_rank = 0;
-  double learning_rate = 0, p = 0;
+  std::int64_t orders = 0, epochs = 0, max_train = 0, max_test = 0, lora_rank = 0, align_every = 0;
+  double learning_rate = 0, p = 0, l2_strength = -1, sign_strength = -1, ties_density = -1,
+         merge_weight = -1;
   std::vector<std::string> methods, lora_targets;
 };
 
@@ -139,6 +140,11 @@ int run_continual(const common_options& common, const run_options& options) {
   if (options.lora_rank > 0) config.lora_rank = options.lora_rank;
   if (options.learning_rate > 0) config.learning_rate = options.learning_rate;
   if (options.p > 0) config.p = options.p;
+  if (options.align_every > 0) config.align_every = options.align_every;
+  if (options.l2_strength >= 0) config.l2_strength = options.l2_strength;
+  if (options.sign_strength >= 0) config.sign_strength = options.sign_strength;
+  if (options.ties_density >= 0) config.ties_density = options.ties_density;
+  if (options.merge_weight >= 0) config.merge_weight = options.merge_weight;
   if (!options.lora_targets.empty()) config.lora_targets = options.lora_targets;
   std::vector<const alloy_clip::method_spec*> methods;
   for (const auto& key : config.methods) methods.push_back(&alloy_clip::find_method(key));  // unknown keys fail here
@@ -245,6 +251,18 @@ int main(int argc, char** argv) {
   run->add_option("--lora-rank", run_opts.lora_rank, "LoRA rank")->check(CLI::PositiveNumber);
   run->add_option("--lora-targets", run_opts.lora_targets, "Vision-tower layers with LoRA (q_proj,k_proj,v_proj,out_proj,fc1,fc2)")
       ->delimiter(',');
+  run->add_option("--align-every", run_opts.align_every, "PAM aligns every K optimizer steps (default 10)")
+      ->check(CLI::PositiveNumber);
+  run->add_option("--l2-strength", run_opts.l2_strength, "l2_regularizer: the strength of (s/2) sum (T - G)^2 (default 1)")
+      ->check(CLI::NonNegativeNumber);
+  run->add_option("--sign-strength", run_opts.sign_strength,
+                  "sign_regularizer: the strength of s sum max(0, -sign(G) T) on G's top-p entries (default 0.1)")
+      ->check(CLI::NonNegativeNumber);
+  run->add_option("--merge-weight", run_opts.merge_weight,
+                  "Averaging methods: G <- (1 - w) G + w T with this w (default 0: the running mean, w = 1/t)")
+      ->check(CLI::Range(0.0, 1.0));
+  run->add_option("--ties-density", run_opts.ties_density, "ties_post, pam_ties: the fraction of each task vector TIES keeps (default 0.2)")
+      ->check(CLI::Range(0.0, 1.0));
   run->add_option("--p", run_opts.p, "PAM's top-p fraction of G")->check(CLI::Range(0.0, 1.0));
   run->add_option("--methods", run_opts.methods, "Methods to run (keys of results.json)")->delimiter(',');
   run->add_flag("--p-sweep", run_opts.p_sweep, "Also run PAM at p = 0.1, 0.3, 0.5, 0.7, 0.9");

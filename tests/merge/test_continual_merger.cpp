@@ -93,3 +93,25 @@ TEST_CASE("a resumed merger continues as the uninterrupted one", "[merge][contin
   CHECK_THROWS_WITH(continual_merger::resume(single({1}), 1, ties), Catch::Contains("needs the initial weights G0"));
   CHECK_THROWS_WITH(continual_merger::resume(single({1, 2}), 1, ties, single({0})), Catch::Contains("has shape"));
 }
+
+TEST_CASE("a policy sees the per-model parameters of the options, with the rule's weights", "[merge][continual]") {
+  continual_options options;
+  options.merge_rule = continual_rule::policy;
+  options.policy = task_vector_merge::ties();
+  options.policy_parameters.density = 0.5;  // keep the top half of each task vector
+  continual_merger merger(single({0, 0, 0, 0}), options);
+  merger.end_task(single({4, -1, 2, 0.5f}));
+  merger.end_task(single({-1, 3, 0.2f, 2}));
+  // Trimmed: {4, 0, 2, 0} and {0, 3, 0, 2}; no conflicts left, each entry from one task.
+  CHECK(values_of(merger.global().view("lora.A")) == std::vector<float>{4, 3, 2, 2});
+
+  options.policy_parameters.density = 1.0;  // untrimmed: -1 and 3 lose the sign election, 2 and 0.2 are averaged
+  continual_merger full(single({0, 0, 0, 0}), options);
+  full.end_task(single({4, -1, 2, 0.5f}));
+  full.end_task(single({-1, 3, 0.2f, 2}));
+  const auto g = values_of(full.global().view("lora.A"));
+  CHECK(g[0] == Approx(4));
+  CHECK(g[1] == Approx(3));
+  CHECK(g[2] == Approx(1.1));
+  CHECK(g[3] == Approx(1.25));
+}

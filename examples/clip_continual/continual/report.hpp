@@ -25,6 +25,7 @@ struct method_summary {
   std::vector<double> acc, bwt, fwt, plasticity, heldout;  // one per order
   std::vector<std::vector<double>> matrix;                  // mean over orders, by position
   double train_s = 0, merge_s = 0;                          // mean per task
+  double reset_fraction = 0;                                // PAM: mean share of G's top-p entries reset per pass
 
   static method_summary of(const std::vector<cell_result>& cells, const std::vector<double>& zero_shot) {
     method_summary s;
@@ -32,7 +33,8 @@ struct method_summary {
     s.p = cells.front().p;
     const std::size_t n = cells.front().task_order.size();
     s.matrix.assign(n, std::vector<double>(n, 0.0));
-    double train = 0, merge = 0;
+    double train = 0, merge = 0, resets = 0;
+    std::size_t reset_count = 0;
     for (const auto& c : cells) {
       std::vector<double> baseline;
       for (const auto i : c.task_order) baseline.push_back(zero_shot[i]);
@@ -42,6 +44,10 @@ struct method_summary {
       s.fwt.push_back(m.fwt);
       s.plasticity.push_back(m.plasticity);
       s.heldout.push_back(c.heldout.back());
+      for (const double r : c.reset_fraction) {
+        resets += r;
+        ++reset_count;
+      }
       for (std::size_t t = 0; t < n; ++t) {
         for (std::size_t i = 0; i < n; ++i) s.matrix[t][i] += c.matrix[t][i] / static_cast<double>(cells.size());
         train += c.train_s[t];
@@ -50,6 +56,7 @@ struct method_summary {
     }
     s.train_s = train / static_cast<double>(n * cells.size());
     s.merge_s = merge / static_cast<double>(n * cells.size());
+    s.reset_fraction = reset_count == 0 ? 0.0 : resets / static_cast<double>(reset_count);
     return s;
   }
 
@@ -66,6 +73,7 @@ struct method_summary {
             {"matrix", matrix},
             {"train_s", train_s},
             {"merge_s", merge_s},
+            {"reset_fraction", reset_fraction},
             {"per_order", {{"acc", acc}, {"bwt", bwt}, {"fwt", fwt}, {"heldout", heldout}}}};
   }
 };
@@ -246,6 +254,12 @@ inline std::filesystem::path write_report(const run_summary& run, const std::fil
     md << "| `" << m.key << "` | " << detail::pct_pm(m.acc) << " | " << detail::pct_pm(m.bwt) << " | " << detail::pct_pm(m.fwt)
        << " | " << detail::pct_pm(m.heldout) << " | " << times << " |\n";
   }
+  for (const auto& m : run.methods) {
+    if (m.reset_fraction > 0) {
+      md << "\n`" << m.key << "` reset " << detail::pct(m.reset_fraction) << "% of G's top-p entries per alignment pass.";
+    }
+  }
+  md << "\n";
   md << "\nACC: mean accuracy on all tasks after the last. BWT: mean change of each task's accuracy from just after "
         "learning it to the end (negative is forgetting). FWT: mean accuracy on each task just before learning it, "
         "minus the base model's. `independent` tests each task with its own LoRA (an upper bound, not a continual "
@@ -257,12 +271,14 @@ inline std::filesystem::path write_report(const run_summary& run, const std::fil
   }
   md << ".\n\n";
   if (!run.p_sweep.empty()) {
-    md << "## PAM's p: stability against plasticity\n\n| p | ACC (%) | BWT (points) | plasticity (%) |\n| --- | --- | --- | --- |\n";
+    md << "## PAM's p: stability against plasticity\n\n| p | ACC (%) | BWT (points) | plasticity (%) | entries reset per pass (%) |\n"
+       << "| --- | --- | --- | --- | --- |\n";
     for (const auto& s : run.p_sweep) {
       md << "| " << continual_runner::format_p(s.p) << " | " << detail::pct_pm(s.acc) << " | " << detail::pct_pm(s.bwt) << " | "
-         << detail::pct_pm(s.plasticity) << " |\n";
+         << detail::pct_pm(s.plasticity) << " | " << detail::pct(s.reset_fraction) << " |\n";
     }
-    md << "\nPlasticity: mean accuracy on a task right after learning it.\n\n";
+    md << "\nPlasticity: mean accuracy on a task right after learning it. Entries reset: the share of G's top-p "
+          "entries whose sign T had turned, per alignment pass.\n\n";
   }
   md << "## Accuracy matrices (mean over orders; row: after task t, column: the task learned i-th)\n\n";
   for (const auto& m : run.methods) {

@@ -49,6 +49,8 @@ struct continual_config {
   std::vector<std::string> lora_targets = {"q_proj", "v_proj", "fc1", "fc2"};  // in the vision tower
   double p = 0.5;                // PAM's top-p fraction of G
   std::int64_t align_every = 10;  // PAM every K optimizer steps
+  double merge_weight = 0;    // average-merging methods: 0 for the running mean, else G <- (1 - w) G + w T
+  double ties_density = 0.2;  // TIES keeps the top 20% of each task vector (Yadav et al.'s default k)
   double l2_strength = 1.0;
   double sign_strength = 0.1;
   std::vector<double> p_sweep;  // PAM's p values for the stability-plasticity curve (every order)
@@ -67,6 +69,8 @@ struct continual_config {
             {"optimizer", "AdamW"},
             {"lora", {{"rank", lora_rank}, {"alpha", lora_alpha}, {"targets", lora_targets}, {"tower", "vision"}}},
             {"pam", {{"p", p}, {"every", align_every}}},
+            {"merge_weight", merge_weight},
+            {"ties_density", ties_density},
             {"l2_strength", l2_strength},
             {"sign_strength", sign_strength},
             {"p_sweep", p_sweep},
@@ -91,13 +95,15 @@ struct cell_result {
   std::vector<std::vector<double>> matrix;  // [after task t][task learned i-th]
   std::vector<double> heldout;               // after each task
   std::vector<double> train_s, merge_s;      // per task
+  std::vector<double> reset_fraction;        // per task: PAM's resets / entries inside G's top-p masks, over its passes
   std::size_t tasks_total = 0;
 
   [[nodiscard]] bool complete() const { return tasks_total > 0 && matrix.size() == tasks_total; }
 
   [[nodiscard]] nlohmann::json to_json() const {
     return {{"method", method}, {"p", p},           {"order", order},     {"task_order", task_order}, {"matrix", matrix},
-            {"heldout", heldout}, {"train_s", train_s}, {"merge_s", merge_s}, {"tasks_total", tasks_total}};
+            {"heldout", heldout}, {"train_s", train_s}, {"merge_s", merge_s}, {"reset_fraction", reset_fraction},
+            {"tasks_total", tasks_total}};
   }
   static cell_result from_json(const nlohmann::json& j) {
     cell_result c;
@@ -109,6 +115,7 @@ struct cell_result {
     c.heldout = j.at("heldout").get<std::vector<double>>();
     c.train_s = j.at("train_s").get<std::vector<double>>();
     c.merge_s = j.at("merge_s").get<std::vector<double>>();
+    c.reset_fraction = j.value("reset_fraction", std::vector<double>{});
     c.tasks_total = j.at("tasks_total").get<std::size_t>();
     return c;
   }
@@ -207,6 +214,7 @@ class continual_runner {
       cell.heldout.assign(order.size(), zero_shot_.back());
       cell.train_s.assign(order.size(), 0.0);
       cell.merge_s.assign(order.size(), 0.0);
+      cell.reset_fraction.assign(order.size(), 0.0);
       save(cell, state_file, weights_file(order.size()), nullptr);
       return cell;
     }
@@ -253,10 +261,13 @@ class continual_runner {
       }
       const std::string label = id + "  task " + std::to_string(t + 1) + "/" + std::to_string(order.size()) + " " + task.name;
       const auto train_started = clock::now();
-      merge_seconds += train(task, label, aligner ? &*aligner : nullptr, target ? &*target : nullptr, method.regularizer);
+      double reset_fraction = 0;
+      merge_seconds += train(task, label, aligner ? &*aligner : nullptr, target ? &*target : nullptr, method.regularizer,
+                             reset_fraction);
       const double train_seconds = seconds_since(train_started) - merge_seconds;
 
-      const auto trained = alloy::torch_adapter::tensor_store(model().trainable_parameters());  // zero-copy
+      // (A host copy: the merger reads host memory, and the LoRA factors are small on any device.)
+      const alloy::memory_store trained = alloy::torch_adapter::snapshot(model().trainable_parameters());
       std::vector<double> row;
       if (method.kind == method_kind::merged) {
         const auto started = clock::now();
@@ -265,7 +276,7 @@ class continual_runner {
         merge_seconds += seconds_since(started);
         row = evaluate_all(order);
       } else if (method.kind == method_kind::sequential) {
-        carried = alloy::torch_adapter::snapshot(model().trainable_parameters());
+        carried = trained;
         row = evaluate_all(order);
       } else {  // independent: this task with its own LoRA; the others with theirs, or the base before they are learned
         own.push_back(accuracy(task));
@@ -281,6 +292,7 @@ class continual_runner {
       cell.matrix.push_back(row);
       cell.train_s.push_back(train_seconds);
       cell.merge_s.push_back(merge_seconds);
+      cell.reset_fraction.push_back(reset_fraction);
       const alloy::memory_store* weights = method.kind == method_kind::merged ? &merger->global()
                                            : method.kind == method_kind::sequential ? &carried
                                                                                     : nullptr;
@@ -321,9 +333,14 @@ class continual_runner {
 
   alloy::continual_options merge_options(const method_spec& method) const {
     alloy::continual_options options;
+    if (method.merge == "average" && config_.merge_weight > 0) {
+      options.merge_rule = alloy::continual_rule::fixed_weight;
+      options.fixed_weight = config_.merge_weight;
+    }
     if (method.merge == "ties") {
       options.merge_rule = alloy::continual_rule::policy;
       options.policy = alloy::task_vector_merge::ties();
+      options.policy_parameters.density = config_.ties_density;
     } else if (method.merge == "magmax") {
       options.merge_rule = alloy::continual_rule::policy;
       options.policy = alloy::magmax_merge{1.0};
@@ -347,7 +364,8 @@ class continual_runner {
 
   // Trains the model's LoRA on one task; returns the seconds spent in alignment and regularizers.
   double train(continual_task& task, const std::string& label, alloy::torch_adapter::pam_aligner* aligner,
-               const alloy::torch_adapter::alignment_target* target, const std::string& regularizer) {
+               const alloy::torch_adapter::alignment_target* target, const std::string& regularizer, double& reset_fraction) {
+    std::size_t reset = 0, considered = 0;
     std::vector<::torch::Tensor> parameters;
     for (auto& item : model().trainable_parameters()) parameters.push_back(item.second);
     ::torch::optim::AdamW optimizer(parameters, ::torch::optim::AdamWOptions(config_.learning_rate).weight_decay(0.0));
@@ -387,7 +405,9 @@ class continual_runner {
         optimizer.step();
         if (aligner != nullptr) {
           const auto started = clock::now();
-          aligner->step(model(), optimizer);
+          const alloy::pam_report report = aligner->step(model(), optimizer);
+          reset += report.total_reset;
+          considered += report.total_considered;
           overhead += seconds_since(started);
         }
         loss_sum += loss.item<double>() * static_cast<double>(to - from);
@@ -398,6 +418,7 @@ class continual_runner {
       }
     }
     progress_.finish();
+    reset_fraction = considered == 0 ? 0.0 : static_cast<double>(reset) / static_cast<double>(considered);
     return overhead;
   }
 

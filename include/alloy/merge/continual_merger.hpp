@@ -31,6 +31,9 @@ struct continual_options {
   continual_rule merge_rule = continual_rule::running_mean;
   double fixed_weight = 0.5;          // weight of T for continual_rule::fixed_weight
   std::optional<merge_policy> policy;  // for continual_rule::policy (task vectors from G0)
+  // The per-model parameters the policy sees for G and for T (density for TIES, ...); their
+  // weights are the rule's, (t - 1) / t and 1 / t.
+  model_parameters policy_parameters{};
   cpu_backend backend{};
 };
 
@@ -116,7 +119,9 @@ class continual_merger {
           break;
         }
         case rule::policy: {
-          const model_parameters weights[] = {{(t - 1) / t}, {1 / t}};
+          model_parameters weights[] = {options_.policy_parameters, options_.policy_parameters};
+          weights[0].weight = (t - 1) / t;
+          weights[1].weight = 1 / t;
           merge_with(*options_.policy, options_.backend,
                      merge_inputs{name, initial_->view(name), both, weights}, g);
           break;
