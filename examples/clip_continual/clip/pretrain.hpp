@@ -16,6 +16,7 @@
 
 #include <chrono>
 #include <cmath>
+#include <cstdio>
 #include <cstdint>
 #include <filesystem>
 #include <fstream>
@@ -65,6 +66,20 @@ inline clip_bundle load_clip_folder(const std::filesystem::path& folder) {
   return {folder, std::move(model), std::move(tokenizer), normalization::of_model(folder)};
 }
 
+inline std::vector<std::string> prompt_corpus();
+
+// A hash of the prompt corpus (FNV-1a): a base whose vocabulary was learned from other prompts is
+// pretrained again.
+inline std::string prompt_corpus_fingerprint() {
+  std::uint64_t h = 0xcbf29ce484222325ull;
+  for (const auto& text : prompt_corpus()) {
+    for (const char c : text + "\n") h = (h ^ static_cast<unsigned char>(c)) * 0x100000001b3ull;
+  }
+  char hex[17];
+  std::snprintf(hex, sizeof hex, "%016llx", static_cast<unsigned long long>(h));
+  return hex;
+}
+
 struct pretrain_options {
   std::vector<std::string> datasets = builtin_dataset_names();
   split_options split;
@@ -112,13 +127,14 @@ struct pretrain_options {
             {"weight_decay", weight_decay},
             {"seed", seed},
             {"model", model.to_json()},
+            {"prompts", prompt_corpus_fingerprint()},
             {"version", 1}};
   }
 };
 
 // Every prompt of every built-in dataset and its variants: the corpus of the base's vocabulary.
 // (Words outside it, such as a user's class names, still encode, as byte-level pieces.)
-inline std::vector<std::string> prompt_corpus() {
+inline std::vector<std::string> prompt_corpus() {  // (declared above)
   std::vector<std::string> texts;
   for (const auto& d : builtin_datasets()) {
     for (const auto& name : d.classes) {
