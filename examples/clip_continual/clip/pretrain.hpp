@@ -71,12 +71,10 @@ inline std::vector<std::string> prompt_corpus();
 // A hash of the prompt corpus (FNV-1a): a base whose vocabulary was learned from other prompts is
 // pretrained again.
 inline std::string prompt_corpus_fingerprint() {
-  std::uint64_t h = 0xcbf29ce484222325ull;
-  for (const auto& text : prompt_corpus()) {
-    for (const char c : text + "\n") h = (h ^ static_cast<unsigned char>(c)) * 0x100000001b3ull;
-  }
+  std::string all;
+  for (const auto& text : prompt_corpus()) all += text + "\n";
   char hex[17];
-  std::snprintf(hex, sizeof hex, "%016llx", static_cast<unsigned long long>(h));
+  std::snprintf(hex, sizeof hex, "%016llx", static_cast<unsigned long long>(stable_hash(all)));
   return hex;
 }
 

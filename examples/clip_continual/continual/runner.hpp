@@ -375,7 +375,7 @@ class continual_runner {
     const std::int64_t steps = config_.epochs * ((n + config_.batch - 1) / config_.batch);
     std::int64_t step = 0;
     for (std::int64_t epoch = 0; epoch < config_.epochs; ++epoch) {
-      const auto order = seeded_permutation(n, config_.seed * 31337u + std::hash<std::string>{}(task.name) % 100003u +
+      const auto order = seeded_permutation(n, config_.seed * 31337u + stable_hash(task.name) % 100003u +
                                                    static_cast<std::uint64_t>(epoch));
       double loss_sum = 0;
       std::int64_t seen = 0;

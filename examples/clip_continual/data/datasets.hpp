@@ -21,6 +21,7 @@
 #include <numeric>
 #include <optional>
 #include <string>
+#include <string_view>
 #include <vector>
 
 #include <nlohmann/json.hpp>
@@ -166,6 +167,13 @@ inline std::vector<std::int64_t> seeded_permutation(std::int64_t n, std::uint64_
   };
   for (std::size_t i = order.size(); i > 1; --i) std::swap(order[i - 1], order[next() % i]);
   return order;
+}
+
+// FNV-1a of a string: a seed component that is the same with every standard library (std::hash is not).
+inline std::uint64_t stable_hash(std::string_view text) {
+  std::uint64_t h = 0xcbf29ce484222325ull;
+  for (const char c : text) h = (h ^ static_cast<unsigned char>(c)) * 0x100000001b3ull;
+  return h;
 }
 
 struct split_options {
