@@ -15,6 +15,7 @@
 #include "alloy/torch/transfer.hpp"
 #include "config.hpp"
 #include "model.hpp"
+#include "text_file.hpp"
 
 namespace alloy_clip {
 
@@ -44,14 +45,7 @@ inline clip_model load_pretrained(const std::filesystem::path& folder) {
 // written under a temporary name and renamed when complete.
 inline void save_pretrained(clip_model& model, const std::filesystem::path& folder) {
   std::filesystem::create_directories(folder);
-  const std::filesystem::path config_file = folder / "config.json";
-  const std::filesystem::path partial = folder / "config.json.partial";
-  {
-    std::ofstream out(partial);
-    out << model->config.to_json().dump(2) << "\n";
-    if (!out) alloy::detail::fail(alloy::error_code::io, "cannot write ", partial.string());
-  }
-  std::filesystem::rename(partial, config_file);
+  write_text_file(folder / "config.json", model->config.to_json().dump(2) + "\n");
   // transformers refuses safetensors files without {"format": "pt"} in their metadata.
   alloy::save_safetensors(folder / "model.safetensors", alloy::torch_adapter::snapshot(*model), {{"format", "pt"}},
                           /*replace=*/true);

@@ -32,6 +32,7 @@
 #include <vector>
 
 #include "alloy/core/error.hpp"
+#include "text_file.hpp"
 #include "unicode_tables.hpp"
 
 namespace alloy_clip {
@@ -529,22 +530,12 @@ struct bpe_vocabulary {
     std::filesystem::create_directories(folder);
     nlohmann::ordered_json vocab = nlohmann::ordered_json::object();
     for (std::size_t id = 0; id < symbols.size(); ++id) vocab[symbols[id]] = id;
-    write_file(folder / "vocab.json", vocab.dump() + "\n");
+    write_text_file(folder / "vocab.json", vocab.dump() + "\n");
     std::string text = "#version: 0.2\n";
     for (const auto& [first, second] : merges) text += first + ' ' + second + '\n';
-    write_file(folder / "merges.txt", text);
+    write_text_file(folder / "merges.txt", text);
   }
 
- private:
-  static void write_file(const std::filesystem::path& file, const std::string& text) {
-    const std::filesystem::path partial = file.string() + ".partial";
-    {
-      std::ofstream out(partial, std::ios::binary);
-      out << text;
-      if (!out) alloy::detail::fail(alloy::error_code::io, "cannot write ", partial.string());
-    }
-    std::filesystem::rename(partial, file);
-  }
 };
 
 }  // namespace alloy_clip

@@ -455,13 +455,7 @@ class continual_runner {
     std::filesystem::create_directories(state_file.parent_path());
     // The weights first: a state that names task t always has the weights after task t beside it.
     if (weights != nullptr) alloy::save_safetensors(weights_file, *weights, {}, /*replace=*/true);
-    const std::filesystem::path partial = state_file.string() + ".partial";
-    {
-      std::ofstream out(partial);
-      out << cell.to_json().dump() << "\n";
-      if (!out) alloy::detail::fail(alloy::error_code::io, "cannot write ", partial.string());
-    }
-    std::filesystem::rename(partial, state_file);
+    write_text_file(state_file, cell.to_json().dump() + "\n");
   }
 
   clip_bundle& base_;
