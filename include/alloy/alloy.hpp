@@ -15,6 +15,7 @@
 #include "alloy/exec/select.hpp"
 #include "alloy/merge/continual_merger.hpp"
 #include "alloy/merge/linear_merge.hpp"
+#include "alloy/merge/lora_adapter.hpp"
 #include "alloy/merge/magmax_merge.hpp"
 #include "alloy/merge/merge_inputs.hpp"
 #include "alloy/merge/merge_recipe.hpp"

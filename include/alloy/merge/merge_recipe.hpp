@@ -83,33 +83,52 @@ inline std::optional<double> lookup(const parameter_map& map, std::string_view n
 
 }  // namespace detail
 
-// Merges one tensor. `depth` is the tensor's relative depth for gradients (see layer_depth).
-inline void merge_tensor(const merge_recipe& recipe, const cpu_backend& backend, std::string_view name, double depth,
-                         std::optional<const_tensor_view> base, std::span<const const_tensor_view> models,
-                         tensor_view output) {
+// Everything a policy needs for one tensor, resolved from a recipe: the policy with its
+// method-level parameters, and each model's parameters. Every value is checked against the
+// method's definition (finite, inside its documented range), so a plan can be validated for
+// every tensor before any data is read.
+struct resolved_merge {
+  merge_policy policy;
+  std::vector<model_parameters> per_model;
+};
+
+// Resolves `recipe` for tensor `name` at relative depth `depth` (see layer_depth) with
+// `model_count` models.
+inline resolved_merge resolve_merge(const merge_recipe& recipe, std::string_view name, double depth,
+                                    std::size_t model_count) {
   const method_definition& def = find_merge_method(recipe.method);
-  if (recipe.model_parameters.size() != models.size()) {
-    detail::fail(error_code::invalid_argument, recipe.method, ": ", models.size(), " models but ",
+  if (recipe.model_parameters.size() != model_count) {
+    detail::fail(error_code::invalid_argument, recipe.method, ": ", model_count, " models but ",
                  recipe.model_parameters.size(), " model parameter sets");
   }
+  const auto checked = [&](const parameter_definition& p, double value, std::string_view whose) {
+    if (!p.accepts(value)) {
+      detail::fail(error_code::invalid_argument, recipe.method, ": parameter ", detail::quoted{p.name}, whose,
+                   " is ", value, " for tensor ", detail::quoted{name}, "; it must be ",
+                   std::isfinite(p.minimum) || std::isfinite(p.maximum)
+                       ? detail::concat("in [", p.minimum, ", ", p.maximum, "]")
+                       : std::string("a finite number"));
+    }
+    return value;
+  };
   const auto method_value = [&](std::string_view parameter) -> double {
     const parameter_definition* p = def.find(parameter);
-    if (auto v = detail::lookup(recipe.parameters, parameter, name, depth)) return *v;
-    if (p != nullptr && p->default_value) return *p->default_value;
+    if (p == nullptr) detail::fail(error_code::invalid_argument, recipe.method, " has no parameter ", parameter);
+    if (auto v = detail::lookup(recipe.parameters, parameter, name, depth)) return checked(*p, *v, "");
+    if (p->default_value) return *p->default_value;
     detail::fail(error_code::invalid_argument, recipe.method, ": required parameter ", detail::quoted{parameter},
                  " is missing (tensor ", detail::quoted{name}, ")");
   };
-  const merge_policy policy = def.make(method_value, recipe.consensus);
-
-  std::vector<model_parameters> per_model(models.size());
-  for (std::size_t i = 0; i < models.size(); ++i) {
+  resolved_merge resolved{def.make(method_value, recipe.consensus), std::vector<model_parameters>(model_count)};
+  for (std::size_t i = 0; i < model_count; ++i) {
+    const std::string whose = " of model " + std::to_string(i);
     const auto model_value = [&](std::string_view parameter, double& out) {
       const parameter_definition* p = def.find(parameter);
       if (p == nullptr || p->where != parameter_definition::scope::model) return;
       if (auto v = detail::lookup(recipe.model_parameters[i], parameter, name, depth)) {
-        out = *v;
+        out = checked(*p, *v, whose);
       } else if (auto g = detail::lookup(recipe.parameters, parameter, name, depth)) {
-        out = *g;
+        out = checked(*p, *g, whose);
       } else if (p->default_value) {
         out = *p->default_value;
       } else {
@@ -117,12 +136,49 @@ inline void merge_tensor(const merge_recipe& recipe, const cpu_backend& backend,
                      " is missing for model ", i, " (tensor ", detail::quoted{name}, ")");
       }
     };
-    model_value("weight", per_model[i].weight);
-    model_value("density", per_model[i].density);
-    model_value("gamma", per_model[i].gamma);
-    model_value("epsilon", per_model[i].epsilon);
+    model_value("weight", resolved.per_model[i].weight);
+    model_value("density", resolved.per_model[i].density);
+    model_value("gamma", resolved.per_model[i].gamma);
+    model_value("epsilon", resolved.per_model[i].epsilon);
   }
-  merge_with(policy, backend, merge_inputs{name, base, models, per_model}, output);
+  return resolved;
+}
+
+// Merges one tensor. `depth` is the tensor's relative depth for gradients (see layer_depth).
+inline void merge_tensor(const merge_recipe& recipe, const cpu_backend& backend, std::string_view name, double depth,
+                         std::optional<const_tensor_view> base, std::span<const const_tensor_view> models,
+                         tensor_view output) {
+  const resolved_merge resolved = resolve_merge(recipe, name, depth, models.size());
+  merge_with(resolved.policy, backend, merge_inputs{name, base, models, resolved.per_model}, output);
+}
+
+// One tensor of a whole-model merge: floating tensors are merged; integer and boolean buffers
+// (position ids, masks) are not weights and are copied, provided every model agrees on them.
+// `base` is the base model's tensor when there is a base model (read only by methods that need
+// one); `reference` is the tensor whose dtype and shape the output follows (the base's, else the
+// first model's).
+inline void merge_model_tensor(const merge_recipe& recipe, const cpu_backend& backend, std::string_view name,
+                               double depth, std::optional<const_tensor_view> base,
+                               std::span<const const_tensor_view> models, tensor_view output) {
+  const method_definition& def = find_merge_method(recipe.method);
+  const const_tensor_view reference = base ? *base : models.front();
+  if (!is_mergeable(reference.dtype())) {
+    for (std::size_t i = 0; i < models.size(); ++i) {
+      const bool same = models[i].dtype() == reference.dtype() && models[i].shape() == reference.shape() &&
+                        std::memcmp(models[i].data(), reference.data(), reference.byte_size()) == 0;
+      if (!same) {
+        detail::fail(error_code::invalid_argument, recipe.method, ": tensor ", detail::quoted{name}, " of dtype ",
+                     reference.dtype(), " cannot be merged and differs in model ", i);
+      }
+    }
+    if (output.dtype() != reference.dtype()) {
+      detail::fail(error_code::dtype_mismatch, recipe.method, ": tensor ", detail::quoted{name}, " is ",
+                   reference.dtype(), " in the models but ", output.dtype(), " in the output");
+    }
+    if (output.data() != reference.data()) convert(reference, output);
+    return;
+  }
+  merge_tensor(recipe, backend, name, depth, def.needs_base ? base : std::nullopt, models, output);
 }
 
 namespace detail {
@@ -147,29 +203,10 @@ void merge_each_tensor(const merge_recipe& recipe, const cpu_backend& backend, c
       views[i] = *found;
     }
     const std::optional<const_tensor_view> base_view =
-        base != nullptr && def.needs_base ? std::optional<const_tensor_view>(base->view(name)) : std::nullopt;
-    const const_tensor_view reference = base != nullptr ? base->view(name) : views.front();
-    if (!is_mergeable(reference.dtype())) {
-      // Integer and boolean buffers (position ids, masks) are not weights: they are kept as they
-      // are, provided every model agrees on them.
-      for (std::size_t i = 0; i < views.size(); ++i) {
-        const bool same = views[i].dtype() == reference.dtype() && views[i].shape() == reference.shape() &&
-                          std::memcmp(views[i].data(), reference.data(), reference.byte_size()) == 0;
-        if (!same) {
-          fail(error_code::invalid_argument, recipe.method, ": tensor ", quoted{name}, " of dtype ", reference.dtype(),
-               " cannot be merged and differs in model ", i);
-        }
-      }
-      const tensor_view out = output_for(std::string_view(name), reference);
-      if (out.dtype() != reference.dtype()) {
-        fail(error_code::dtype_mismatch, recipe.method, ": tensor ", quoted{name}, " is ", reference.dtype(),
-             " in the models but ", out.dtype(), " in the output");
-      }
-      if (out.data() != reference.data()) convert(reference, out);
-      continue;
-    }
-    merge_tensor(recipe, backend, name, layer_depth(name, layers), base_view, views,
-                 output_for(std::string_view(name), reference));
+        base != nullptr ? std::optional<const_tensor_view>(base->view(name)) : std::nullopt;
+    const const_tensor_view reference = base_view ? *base_view : views.front();
+    merge_model_tensor(recipe, backend, name, layer_depth(name, layers), base_view, views,
+                       output_for(std::string_view(name), reference));
   }
 }
 

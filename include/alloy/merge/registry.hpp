@@ -4,7 +4,9 @@
 
 #include <algorithm>
 #include <cstdint>
+#include <cmath>
 #include <functional>
+#include <limits>
 #include <optional>
 #include <string>
 #include <string_view>
@@ -33,6 +35,12 @@ struct parameter_definition {
   scope where = scope::method;
   std::optional<double> default_value;  // none: required
   std::string_view meaning;
+  double minimum = -std::numeric_limits<double>::infinity();  // the values a merge accepts
+  double maximum = std::numeric_limits<double>::infinity();
+
+  [[nodiscard]] bool accepts(double value) const noexcept {
+    return std::isfinite(value) && value >= minimum && value <= maximum;
+  }
 };
 
 // Resolves a method-scope parameter for the tensor being merged (default already applied).
@@ -67,12 +75,12 @@ inline std::vector<parameter_definition> task_vector_parameters(bool normalize, 
       {"int8_mask", scope::method, 0.0, "accepted for mergekit compatibility; alloy's masks are bits"},
   };
   if (density) {
-    p.push_back({"density", scope::model, 1.0, "fraction of the task vector kept"});
+    p.push_back({"density", scope::model, 1.0, "fraction of the task vector kept", 0.0, 1.0});
     p.push_back({"rescale", scope::method, rescale ? 1.0 : 0.0, "rescale what is kept"});
   }
   if (random) p.push_back({"seed", scope::method, 0.0, "seed of the random masks"});
-  if (gamma) p.push_back({"gamma", scope::model, 0.01, "fraction of largest entries dropped"});
-  if (epsilon) p.push_back({"epsilon", scope::model, 0.15, "spread of keep probabilities"});
+  if (gamma) p.push_back({"gamma", scope::model, 0.01, "fraction of largest entries dropped", 0.0, 1.0});
+  if (epsilon) p.push_back({"epsilon", scope::model, 0.15, "spread of keep probabilities", 0.0, 1.0});
   return p;
 }
 

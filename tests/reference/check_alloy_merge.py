@@ -1,0 +1,524 @@
+"""End-to-end tests of the alloy-merge program against NumPy.
+
+  check_alloy_merge.py ALLOY_MERGE WORK_DIR [GROUP]
+
+GROUP is one of: methods, files, lora, errors (default: all). Builds small Llama-shaped models
+(f32, f16, bf16; single files, sharded folders with an index, bare .safetensors files, PEFT LoRA
+adapters), writes mergekit YAML configs, runs alloy-merge, and compares every output tensor with
+merge_reference.py's NumPy implementation of the method, with parameters evaluated per tensor as
+mergekit does (gradients over layer depth, filters). Error cases check the documented exit code,
+a message naming the culprit, and that no output folder is left.
+"""
+
+import json
+import os
+import resource
+import shutil
+import signal
+import subprocess
+import sys
+
+import numpy as np
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import merge_reference as ref  # noqa: E402
+import safetensors_numpy as st  # noqa: E402
+
+EXIT_USAGE, EXIT_CONFIG, EXIT_INPUT, EXIT_OUTPUT = 2, 3, 4, 5
+LAYERS = 4
+HIDDEN = 16
+failures = []
+checks = 0
+
+
+def check(condition, message):
+    global checks
+    checks += 1
+    if not condition:
+        failures.append(message)
+        print("FAIL: " + message)
+
+
+# ---- models -------------------------------------------------------------------------------------
+
+def architecture():
+    shapes = [("model.embed_tokens.weight", (64, HIDDEN))]
+    for i in range(LAYERS):
+        p = "model.layers.%d." % i
+        shapes += [(p + "self_attn.q_proj.weight", (HIDDEN, HIDDEN)), (p + "self_attn.v_proj.weight", (HIDDEN, HIDDEN)),
+                   (p + "mlp.up_proj.weight", (32, HIDDEN)), (p + "mlp.down_proj.weight", (HIDDEN, 32)),
+                   (p + "input_layernorm.weight", (HIDDEN,))]
+    shapes += [("model.norm.weight", (HIDDEN,)), ("lm_head.weight", (64, HIDDEN))]
+    return shapes
+
+
+def make_weights(rng, count):
+    """base and `count` fine-tuned variants, float64."""
+    base = {name: rng.normal(0, 0.5, size=shape) for name, shape in architecture()}
+    models = []
+    for _ in range(count):
+        scale = rng.choice([0.5, 1.0, 2.0])
+        models.append({name: w + rng.normal(0, 0.05, size=w.shape) * scale for name, w in base.items()})
+    return base, models
+
+
+def stored(values, dtype_name):
+    """(storage array, float32 values as alloy reads them)"""
+    return ref.quantize(values, dtype_name)
+
+
+def write_model(path, weights, dtype_name, layout, extra_files=True):
+    """layout: 'single' (folder/model.safetensors), 'sharded' (folder with index), 'file' (bare file)."""
+    tensors = [(name, dtype_name, stored(w, dtype_name)[0]) for name, w in weights.items()]
+    tensors.append(("model.rotary_emb.position_ids", "I64", np.arange(8, dtype=np.int64).reshape(1, 8)))
+    if layout == "file":
+        st.write(path, tensors, {"format": "pt"})
+        return path
+    os.makedirs(path, exist_ok=True)
+    if layout == "single":
+        st.write(os.path.join(path, "model.safetensors"), tensors, {"format": "pt"})
+    else:
+        shards = [tensors[:9], tensors[9:20], tensors[20:]]
+        weight_map = {}
+        for i, shard in enumerate(shards):
+            name = "model-%05d-of-%05d.safetensors" % (i + 1, len(shards))
+            st.write(os.path.join(path, name), shard, {"format": "pt"})
+            weight_map.update({t[0]: name for t in shard})
+        with open(os.path.join(path, "model.safetensors.index.json"), "w") as f:
+            json.dump({"metadata": {"total_size": 0}, "weight_map": weight_map}, f)
+    if extra_files:
+        with open(os.path.join(path, "config.json"), "w") as f:
+            json.dump({"architectures": ["LlamaForCausalLM"], "hidden_size": HIDDEN, "torch_dtype": "float32"}, f)
+        with open(os.path.join(path, "tokenizer_config.json"), "w") as f:
+            json.dump({"model_max_length": 128}, f)
+        with open(os.path.join(path, "generation_config.json"), "w") as f:
+            json.dump({"max_new_tokens": 7}, f)
+    return path
+
+
+def read_output(folder):
+    index = os.path.join(folder, "model.safetensors.index.json")
+    tensors = {}
+    if os.path.exists(index):
+        with open(index) as f:
+            weight_map = json.load(f)["weight_map"]
+        for shard in sorted(set(weight_map.values())):
+            part, _ = st.read(os.path.join(folder, shard))
+            for name in part:
+                check(weight_map.get(name) == shard, "%s: index names %s for %s" % (folder, weight_map.get(name), name))
+            tensors.update(part)
+        check(set(weight_map) == set(tensors), "%s: index and shards hold different tensors" % folder)
+    else:
+        tensors, _ = st.read(os.path.join(folder, "model.safetensors"))
+    return tensors
+
+
+# ---- mergekit's parameter evaluation, re-implemented --------------------------------------------
+
+def layer_depth(name):
+    for part in name.split("."):
+        if part.isdigit():
+            return int(part) / (LAYERS - 1)
+    return 0.0 if any(k in name for k in ("embed", "wte", "wpe")) else 1.0
+
+
+def evaluate(setting, name, t):
+    if isinstance(setting, (int, float, bool)):
+        return float(setting)
+    if isinstance(setting, dict):
+        setting = [setting]
+    if all(isinstance(v, (int, float)) for v in setting):
+        scaled = t * (len(setting) - 1)
+        i0 = int(scaled)
+        i1 = min(len(setting) - 1, i0 + 1)
+        frac = scaled - i0
+        return (1 - frac) * setting[i0] + frac * setting[i1]
+    for cond in setting:
+        f = cond.get("filter")
+        if f is None or f == "*" or f in name:
+            return evaluate(cond["value"], name, t)
+    return None
+
+
+def yaml_value(value):
+    return json.dumps(value)  # JSON is YAML
+
+
+def write_config(path, method, base, models, parameters=None, extra=""):
+    lines = ["merge_method: %s" % method]
+    if base:
+        lines.append("base_model: %s" % base)
+    lines.append("models:")
+    for model, params in models:
+        lines.append("  - model: %s" % model)
+        if params:
+            lines.append("    parameters:")
+            for k, v in params.items():
+                lines.append("      %s: %s" % (k, yaml_value(v)))
+    if parameters:
+        lines.append("parameters:")
+        for k, v in parameters.items():
+            lines.append("  %s: %s" % (k, yaml_value(v)))
+    text = "\n".join(lines) + "\n" + extra
+    with open(path, "w") as f:
+        f.write(text)
+    return path
+
+
+def run(binary, config, output, *options, fsize_limit=None):
+    def limit():
+        if fsize_limit is not None:
+            signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+            resource.setrlimit(resource.RLIMIT_FSIZE, (fsize_limit, fsize_limit))
+    return subprocess.run([binary, config, output, *options], capture_output=True, text=True,
+                          preexec_fn=limit if fsize_limit is not None else None)
+
+
+def expected_tensor(method, name, base32, models32, top, per_model):
+    t = layer_depth(name)
+    top_values = {k: evaluate(v, name, t) for k, v in (top or {}).items()}
+    params = []
+    for p in per_model:
+        resolved = {}
+        for key in ("weight", "density", "gamma", "epsilon"):
+            if p and key in p and evaluate(p[key], name, t) is not None:
+                resolved[key] = evaluate(p[key], name, t)
+            elif key in top_values and top_values[key] is not None:
+                resolved[key] = top_values[key]
+        params.append(resolved)
+    method_top = {k: v for k, v in top_values.items() if k not in ("weight", "density", "gamma", "epsilon")}
+    case = {"method": method, "parameters": method_top, "model_parameters": params, "tensor": name}
+    return ref.expected(case, base32, models32)
+
+
+def tolerance(dtype_name):
+    return {"F32": (2e-6, 1e-5), "F16": (2e-4, 2 ** -10), "BF16": (2e-3, 2 ** -7)}[dtype_name]
+
+
+def compare(label, output_dir, method, base, models, top, per_model, in_dtypes, out_dtype):
+    """base/models: float64 weight dicts; in_dtypes: storage dtype of base then each model."""
+    out = read_output(output_dir)
+    quant = lambda w, d: {n: stored(v, d)[1] for n, v in w.items()}
+    base32 = quant(base, in_dtypes[0]) if base is not None else None
+    models32 = [quant(m, d) for m, d in zip(models, in_dtypes[1:])]
+    atol, rtol = tolerance(out_dtype)
+    worst = 0.0
+    for name, _ in architecture():
+        if name not in out:
+            check(False, "%s: output lacks %s" % (label, name))
+            continue
+        dtype_name, array = out[name]
+        check(dtype_name == out_dtype, "%s: %s is %s, expected %s" % (label, name, dtype_name, out_dtype))
+        got = st.as_float64(dtype_name, array)
+        want = expected_tensor(method, name, base32[name] if base32 else None, [m[name] for m in models32], top, per_model)
+        known = ~np.isnan(want)
+        error = np.abs(got - want)[known]
+        allowed = (atol + rtol * np.abs(want))[known]
+        if error.size and (error > allowed).any():
+            i = int(np.argmax(error - allowed))
+            check(False, "%s: %s differs from NumPy by %.3g (allowed %.3g)" % (label, name, error[i], allowed[i]))
+        worst = max(worst, float(error.max()) if error.size else 0.0)
+    ids = out.get("model.rotary_emb.position_ids")
+    check(ids is not None and ids[0] == "I64" and (ids[1] == np.arange(8).reshape(1, 8)).all(),
+          "%s: the integer buffer is not copied unchanged" % label)
+    check(not any(name not in dict(architecture()) and name != "model.rotary_emb.position_ids" for name in out),
+          "%s: output holds tensors the inputs do not" % label)
+    return worst
+
+
+# ---- groups ---------------------------------------------------------------------------------------
+
+def method_cases():
+    w = [0.6, 0.3, 0.9]
+    gradient = [0.2, 1.0, 0.5]
+    cond = [{"filter": "self_attn", "value": 0.7}, {"filter": "mlp", "value": [0.3, 0.9]}, {"value": 0.5}]
+    return [
+        ("linear", False, {}, [{"weight": w[0]}, {"weight": gradient}, {"weight": cond}]),
+        ("linear", False, {"normalize": False}, [{"weight": w[0]}, {"weight": w[1]}]),
+        ("task_arithmetic", True, {"lambda": 0.8}, [{"weight": w[0]}, {"weight": w[1]}, {"weight": gradient}]),
+        ("ties", True, {"normalize": True, "int8_mask": True},
+         [{"weight": 1.0, "density": [1, 0.7, 0.1]}, {"weight": [0, 0.3, 0.7, 1], "density": 0.5},
+          {"weight": [{"filter": "mlp", "value": 0.5}, {"value": 0}], "density": 0.33}]),
+        ("dare_ties", True, {"seed": 3}, [{"weight": w[0], "density": 0.5}, {"weight": w[1], "density": 0.7}]),
+        ("dare_linear", True, {"rescale": False, "seed": 9}, [{"weight": w[0], "density": 0.6}, {"weight": w[2], "density": 0.4}]),
+        ("breadcrumbs", True, {}, [{"weight": w[0], "density": 0.8, "gamma": 0.05}, {"weight": w[1], "density": 0.7, "gamma": 0.1}]),
+        ("breadcrumbs_ties", True, {"gamma": 0.02}, [{"weight": w[0], "density": 0.6}, {"weight": w[1], "density": 0.6}]),
+        ("della", True, {"epsilon": 0.1, "lambda": 0.9}, [{"weight": w[0], "density": 0.5}, {"weight": w[1], "density": 0.6}]),
+        ("della_linear", True, {"seed": 4}, [{"weight": w[0], "density": 0.4, "epsilon": 0.2}, {"weight": w[2], "density": 0.5}]),
+        ("magmax", True, {"lambda": 0.9}, [{}, {}, {}]),
+        ("slerp", True, {"t": [{"filter": "self_attn", "value": [0, 0.5, 0.3, 0.7, 1]},
+                                {"filter": "mlp", "value": [1, 0.5, 0.7, 0.3, 0]}, {"value": 0.5}]}, [{}]),
+        ("model_stock", True, {}, [{}, {}, {}]),
+    ]
+
+
+def group_methods(binary, work):
+    rng = np.random.default_rng(8)
+    base, models = make_weights(rng, 3)
+    for dtype_name in ("F32", "F16", "BF16"):
+        folder = os.path.join(work, "methods_" + dtype_name)
+        os.makedirs(folder, exist_ok=True)
+        base_path = write_model(os.path.join(folder, "base"), base, dtype_name, "single")
+        paths = [write_model(os.path.join(folder, "m0"), models[0], dtype_name, "sharded"),
+                 write_model(os.path.join(folder, "m1"), models[1], dtype_name, "single"),
+                 write_model(os.path.join(folder, "m2.safetensors"), models[2], dtype_name, "file")]
+        for c, (method, needs_base, top, per_model) in enumerate(method_cases()):
+            if dtype_name != "F32" and c % 2 == 1:
+                continue  # every method in f32; in f16 and bf16 one case of each pair suffices
+            label = "%s %s case %d" % (dtype_name, method, c)
+            entries = list(zip(paths, per_model))
+            config_models = entries if method != "ties" else [(base_path, None)] + entries  # base listed, as in mergekit's example
+            config = write_config(os.path.join(folder, "case%d.yml" % c), method, base_path if needs_base else None,
+                                  config_models, top)
+            out = os.path.join(folder, "out%d" % c)
+            result = run(binary, config, out, "--quiet")
+            check(result.returncode == 0, "%s: exit %d: %s" % (label, result.returncode, result.stderr.strip()))
+            if result.returncode != 0:
+                continue
+            check(result.stdout == "" and result.stderr == "", "%s: --quiet printed something" % label)
+            compare(label, out, method, base if needs_base else None, models[:len(per_model)], top, per_model,
+                    [dtype_name] * (1 + len(per_model)), dtype_name)
+    print("methods: every method in f32, f16 and bf16 on single, sharded and bare-file inputs")
+
+
+def group_files(binary, work):
+    rng = np.random.default_rng(9)
+    base, models = make_weights(rng, 2)
+    folder = os.path.join(work, "files")
+    os.makedirs(folder, exist_ok=True)
+    base_path = write_model(os.path.join(folder, "base"), base, "BF16", "sharded")
+    with open(os.path.join(base_path, "tokenizer.json"), "w") as f:
+        f.write('{"version": "1.0"}')
+    m0 = write_model(os.path.join(folder, "m0"), models[0], "F32", "single", extra_files=False)
+    m1 = write_model(os.path.join(folder, "m1"), models[1], "F16", "single", extra_files=False)
+    per_model = [{"weight": 0.7, "density": 0.6}, {"weight": 0.5, "density": 0.8}]
+    config = write_config(os.path.join(folder, "ties.yml"), "ties", base_path, list(zip([m0, m1], per_model)), {},
+                          "dtype: bfloat16\nout_dtype: float16\ntokenizer_source: base\n")
+
+    # Dry run: a plan, exit 0, nothing written.
+    out = os.path.join(folder, "out")
+    result = run(binary, config, out, "--dry-run")
+    check(result.returncode == 0, "dry run: exit %d: %s" % (result.returncode, result.stderr))
+    check("tensors: %d" % (len(architecture()) + 1) in result.stdout, "dry run: no tensor count in %r" % result.stdout)
+    check("estimated peak memory" in result.stdout, "dry run: no memory estimate")
+    check(not os.path.exists(out) and not [p for p in os.listdir(folder) if p.startswith("out")],
+          "dry run: something was written")
+
+    # Mixed input dtypes (bf16 base, f32 and f16 models), out_dtype, sharding, carried files.
+    result = run(binary, config, out, "--shard-size", "3KB", "--threads", "2")
+    check(result.returncode == 0, "sharded output: exit %d: %s" % (result.returncode, result.stderr))
+    check("ties merged" in result.stdout, "sharded output: no summary line in %r" % result.stdout)
+    shards = sorted(p for p in os.listdir(out) if p.endswith(".safetensors"))
+    check(len(shards) > 2 and os.path.exists(os.path.join(out, "model.safetensors.index.json")),
+          "sharded output: %d shards and an index expected with --shard-size 3KB" % len(shards))
+    for shard in shards:
+        tensors, _ = st.read(os.path.join(out, shard))
+        data = sum(a.nbytes for _, a in tensors.values())
+        check(data <= 3000 or len(tensors) == 1, "shard %s holds %d bytes of tensors, over 3KB" % (shard, data))
+    compare("mixed dtypes", out, "ties", base, models, {}, per_model, ["BF16", "F32", "F16"], "F16")
+    with open(os.path.join(out, "config.json")) as f:
+        check(json.load(f).get("torch_dtype") == "float16", "config.json: torch_dtype not set to the output dtype")
+    for name in ("tokenizer.json", "tokenizer_config.json", "generation_config.json", "mergekit_config.yml", "README.md"):
+        check(os.path.exists(os.path.join(out, name)), "output lacks %s" % name)
+    with open(os.path.join(out, "mergekit_config.yml")) as f, open(config) as g:
+        check(f.read() == g.read(), "mergekit_config.yml is not the config as written")
+    with open(os.path.join(out, "README.md")) as f:
+        card = f.read()
+        check("ties" in card and m0 in card and m1 in card, "the model card does not name the method and models")
+    check(not [p for p in os.listdir(folder) if ".staging" in p or ".partial" in p], "temporary files left behind")
+
+    # The output exists: refused, untouched; --allow-overwrite replaces it.
+    before = sorted(os.listdir(out))
+    result = run(binary, config, out, "--quiet")
+    check(result.returncode == EXIT_OUTPUT and "exists" in result.stderr,
+          "existing output: exit %d, %r" % (result.returncode, result.stderr))
+    check(sorted(os.listdir(out)) == before, "existing output: changed although refused")
+    result = run(binary, config, out, "--quiet", "--allow-overwrite", "--out-dtype", "float32")
+    check(result.returncode == 0, "--allow-overwrite: exit %d: %s" % (result.returncode, result.stderr))
+    compare("--out-dtype float32", out, "ties", base, models, {}, per_model, ["BF16", "F32", "F16"], "F32")
+    print("files: dry run, mixed input dtypes, out_dtype, sharding, carried files, overwrite")
+
+
+def write_adapter(path, base, rng, rank, alpha, targets, dtype_name="F32", extra=None, config_extra=None):
+    os.makedirs(path, exist_ok=True)
+    tensors, updates = [], {}
+    for module in targets:
+        w = base[module + ".weight"]
+        a = rng.normal(0, 0.3, size=(rank, w.shape[1]))
+        b = rng.normal(0, 0.3, size=(w.shape[0], rank))
+        a_s, a32 = stored(a, dtype_name)
+        b_s, b32 = stored(b, dtype_name)
+        tensors += [("base_model.model.%s.lora_A.weight" % module, dtype_name, a_s),
+                    ("base_model.model.%s.lora_B.weight" % module, dtype_name, b_s)]
+        updates[module + ".weight"] = (alpha / rank) * (b32.astype(np.float64) @ a32.astype(np.float64))
+    for name, values in (extra or {}).items():
+        tensors.append(("base_model.model." + name, dtype_name, stored(values, dtype_name)[0]))
+    st.write(os.path.join(path, "adapter_model.safetensors"), tensors, {"format": "pt"})
+    config = {"peft_type": "LORA", "r": rank, "lora_alpha": alpha,
+              "target_modules": sorted({t.split(".")[-1] for t in targets})}
+    config.update(config_extra or {})
+    with open(os.path.join(path, "adapter_config.json"), "w") as f:
+        json.dump(config, f)
+    return updates
+
+
+def group_lora(binary, work):
+    rng = np.random.default_rng(10)
+    base, models = make_weights(rng, 1)
+    folder = os.path.join(work, "lora")
+    os.makedirs(folder, exist_ok=True)
+    for dtype_name in ("F32", "BF16"):
+        base_path = write_model(os.path.join(folder, "base_" + dtype_name), base, dtype_name, "single")
+        m0 = write_model(os.path.join(folder, "m0_" + dtype_name), models[0], dtype_name, "sharded")
+        targets = ["model.layers.%d.self_attn.q_proj" % i for i in range(LAYERS)] + ["model.layers.1.mlp.up_proj"]
+        head = rng.normal(0, 0.5, size=base["lm_head.weight"].shape)
+        updates = write_adapter(os.path.join(folder, "adapter_" + dtype_name), base, rng, 4, 8, targets,
+                                extra={"lm_head.weight": head})
+        # The adapted model: W + alpha/r B A rounded into the base's dtype (as merge_and_unload),
+        # and the modules_to_save tensor in place of the base's.
+        adapted = {}
+        for name, w in base.items():
+            w32 = stored(w, dtype_name)[1].astype(np.float64)
+            if name in updates:
+                w32 = w32 + updates[name]
+            if name == "lm_head.weight":
+                w32 = stored(head, "F32")[1].astype(np.float64)
+            adapted[name] = stored(w32, dtype_name)[1].astype(np.float64)
+        per_model = [{"weight": 0.4}, {"weight": 0.8}]
+        lora_ref = "%s+%s" % (base_path, os.path.join(folder, "adapter_" + dtype_name))
+        config = write_config(os.path.join(folder, "lora_%s.yml" % dtype_name), "task_arithmetic", base_path,
+                              [(lora_ref, per_model[0]), (m0, per_model[1])])
+        out = os.path.join(folder, "out_" + dtype_name)
+        result = run(binary, config, out, "--quiet")
+        check(result.returncode == 0, "LoRA %s: exit %d: %s" % (dtype_name, result.returncode, result.stderr))
+        if result.returncode == 0:
+            # adapted values are already rounded to the storage dtype; re-quantising them is exact
+            compare("LoRA " + dtype_name, out, "task_arithmetic", base, [adapted, models[0]], {}, per_model,
+                    [dtype_name] * 3, dtype_name)
+    # Errors: an adapter naming a module the model lacks; a missing adapter folder; DoRA.
+    base_path = os.path.join(folder, "base_F32")
+    bad = os.path.join(folder, "adapter_bad")
+    write_adapter(bad, {"model.layers.9.self_attn.q_proj.weight": np.zeros((HIDDEN, HIDDEN))}, rng, 2, 4,
+                  ["model.layers.9.self_attn.q_proj"])
+    dora = os.path.join(folder, "adapter_dora")
+    write_adapter(dora, base, rng, 2, 4, ["model.layers.0.self_attn.q_proj"], config_extra={"use_dora": True})
+    for label, adapter, needle in (("unknown module", bad, "model.layers.9.self_attn.q_proj.weight"),
+                                   ("missing adapter", os.path.join(folder, "nowhere"), "nowhere"),
+                                   ("DoRA", dora, "DoRA")):
+        config = write_config(os.path.join(folder, "bad.yml"), "linear", None,
+                              [("%s+%s" % (base_path, adapter), {"weight": 1.0})])
+        out = os.path.join(folder, "bad_out")
+        result = run(binary, config, out, "--quiet")
+        check(result.returncode == EXIT_INPUT and needle in result.stderr,
+              "LoRA %s: exit %d, %r" % (label, result.returncode, result.stderr))
+        check(not os.path.exists(out), "LoRA %s: output folder left" % label)
+    print("lora: PEFT adapters in f32 and bf16 (q_proj, up_proj, modules_to_save), adapter errors")
+
+
+def group_errors(binary, work):
+    rng = np.random.default_rng(11)
+    base, models = make_weights(rng, 2)
+    folder = os.path.join(work, "errors")
+    os.makedirs(folder, exist_ok=True)
+    base_path = write_model(os.path.join(folder, "base"), base, "F32", "single")
+    m0 = write_model(os.path.join(folder, "m0"), models[0], "F32", "single")
+    m1 = write_model(os.path.join(folder, "m1"), models[1], "F32", "sharded")
+    missing = dict(models[1])
+    del missing["model.layers.2.mlp.up_proj.weight"]
+    m_missing = write_model(os.path.join(folder, "m_missing"), missing, "F32", "single")
+    reshaped = dict(models[1])
+    reshaped["model.norm.weight"] = np.zeros(HIDDEN + 1)
+    m_shape = write_model(os.path.join(folder, "m_shape"), reshaped, "F32", "single")
+    garbage = os.path.join(folder, "garbage.safetensors")
+    with open(garbage, "wb") as f:
+        f.write(b"\x10\x00\x00\x00\x00\x00\x00\x00{not json at all")
+    truncated = os.path.join(folder, "truncated.safetensors")
+    with open(os.path.join(m0, "model.safetensors"), "rb") as f:
+        data = f.read()
+    with open(truncated, "wb") as f:
+        f.write(data[: len(data) - 100])
+    good = [(m0, {"weight": 0.5, "density": 0.5}), (m1, {"weight": 0.5, "density": 0.5})]
+
+    def config_text(name, text):
+        path = os.path.join(folder, name + ".yml")
+        with open(path, "w") as f:
+            f.write(text)
+        return path
+
+    cases = [
+        # (label, config, expected exit, text the message must contain, options)
+        ("unknown method", write_config(os.path.join(folder, "c1.yml"), "frobnicate", base_path, good), EXIT_CONFIG,
+         "frobnicate", []),
+        ("missing weight", write_config(os.path.join(folder, "c2.yml"), "ties", base_path,
+                                        [(m0, {"density": 0.5}), (m1, {"weight": 1.0})]), EXIT_CONFIG, "weight", []),
+        ("density out of range", write_config(os.path.join(folder, "c3.yml"), "ties", base_path,
+                                              [(m0, {"weight": 1.0, "density": 1.5}), (m1, {"weight": 1.0})]),
+         EXIT_CONFIG, "models[0].parameters.density", []),
+        ("invalid YAML", config_text("c4", "merge_method: ties\nmodels: [\n  - {model: x\n"), EXIT_CONFIG, "line", []),
+        ("NaN weight", config_text("c5", "merge_method: linear\nmodels:\n  - model: %s\n    parameters: {weight: .nan}\n" % m0),
+         EXIT_CONFIG, "weight", []),
+        ("slices", config_text("c6", "merge_method: slerp\nbase_model: %s\nslices:\n  - sources:\n      - model: %s\n"
+                               "        layer_range: [0, 4]\nparameters: {t: 0.5}\n" % (base_path, m0)),
+         EXIT_CONFIG, "slices", []),
+        ("unknown key", config_text("c7", "merge_method: linear\nmodels:\n  - model: %s\n    parameters: {weight: 1}\n"
+                                    "normalise: true\n" % m0), EXIT_CONFIG, "normalise", []),
+        ("unknown parameter", write_config(os.path.join(folder, "c8.yml"), "ties", base_path,
+                                           [(m0, {"weight": 1.0, "densty": 0.5}), (m1, {"weight": 1.0})]),
+         EXIT_CONFIG, "densty", []),
+        ("tokenizer_source union", write_config(os.path.join(folder, "c9.yml"), "ties", base_path, good, None,
+                                                "tokenizer_source: union\n"), EXIT_CONFIG, "tokenizer_source", []),
+        ("missing config", os.path.join(folder, "no_such_config.yml"), EXIT_CONFIG, "no_such_config", []),
+        ("missing model", write_config(os.path.join(folder, "i1.yml"), "ties", base_path,
+                                       [(os.path.join(folder, "no_such_model"), {"weight": 1.0})]), EXIT_INPUT,
+         "no_such_model", []),
+        ("malformed safetensors", write_config(os.path.join(folder, "i2.yml"), "linear", None,
+                                               [(garbage, {"weight": 1.0})]), EXIT_INPUT, "garbage.safetensors", []),
+        ("truncated safetensors", write_config(os.path.join(folder, "i3.yml"), "linear", None,
+                                               [(truncated, {"weight": 1.0}), (m1, {"weight": 1.0})]), EXIT_INPUT,
+         "truncated.safetensors", []),
+        ("tensor missing from a model", write_config(os.path.join(folder, "i4.yml"), "ties", base_path,
+                                                     [(m0, {"weight": 1.0}), (m_missing, {"weight": 1.0})]),
+         EXIT_INPUT, "model.layers.2.mlp.up_proj.weight", []),
+        ("shapes disagree", write_config(os.path.join(folder, "i5.yml"), "ties", base_path,
+                                         [(m0, {"weight": 1.0}), (m_shape, {"weight": 1.0})]), EXIT_INPUT,
+         "model.norm.weight", []),
+        ("bad --shard-size", write_config(os.path.join(folder, "u1.yml"), "ties", base_path, good), EXIT_USAGE,
+         "shard-size", ["--shard-size", "lots"]),
+        ("--device cuda without CUDA", os.path.join(folder, "u1.yml"), EXIT_USAGE, "cuda", ["--device", "cuda"]),
+        ("output under a file", os.path.join(folder, "u1.yml"), EXIT_OUTPUT, "", [],),
+    ]
+    for label, config, expected_exit, needle, options in cases:
+        out = os.path.join(folder, "out")
+        if label == "output under a file":
+            out = os.path.join(garbage, "out")
+        result = run(binary, config, out, *options)
+        check(result.returncode == expected_exit, "%s: exit %d, expected %d: %s" % (label, result.returncode, expected_exit,
+                                                                                    result.stderr.strip()))
+        check(needle in result.stderr, "%s: the message %r does not name %r" % (label, result.stderr.strip(), needle))
+        check(result.stderr.count("\n") == 1, "%s: expected one line of error, got %r" % (label, result.stderr))
+        check(not os.path.exists(out), "%s: an output folder was left" % label)
+
+    # A full disk: writes beyond 20 KB fail (RLIMIT_FSIZE), the merge stops, nothing is left.
+    config = os.path.join(folder, "u1.yml")
+    out = os.path.join(folder, "out_full")
+    result = run(binary, config, out, "--quiet", fsize_limit=20000)
+    check(result.returncode == EXIT_OUTPUT, "disk full: exit %d: %s" % (result.returncode, result.stderr))
+    check(not os.path.exists(out) and not [p for p in os.listdir(folder) if "staging" in p],
+          "disk full: output or staging folder left")
+    print("errors: %d error cases, each with its exit code, message and no output" % (len(cases) + 1))
+
+
+def main():
+    binary, work = sys.argv[1], sys.argv[2]
+    groups = {"methods": group_methods, "files": group_files, "lora": group_lora, "errors": group_errors}
+    chosen = sys.argv[3:] or list(groups)
+    shutil.rmtree(work, ignore_errors=True)
+    os.makedirs(work)
+    for name in chosen:
+        groups[name](binary, os.path.join(work, name))
+    print("%d checks, %d failures" % (checks, len(failures)))
+    sys.exit(1 if failures else 0)
+
+
+if __name__ == "__main__":
+    main()

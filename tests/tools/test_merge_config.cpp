@@ -1,0 +1,106 @@
+// alloy-merge's config reader: the forms mergekit configs use, and the refusals.
+
+#include <catch2/catch.hpp>
+
+#include "merge_config.hpp"
+
+using alloy::tools::parse_merge_config;
+
+namespace {
+
+std::string refusal(const std::string& yaml) {
+  try {
+    (void)parse_merge_config(yaml, "test.yml");
+  } catch (const alloy::error& e) {
+    CHECK(e.code() == alloy::error_code::invalid_argument);
+    return e.what();
+  }
+  FAIL("the config was accepted: " << yaml);
+  return {};
+}
+
+}  // namespace
+
+TEST_CASE("a mergekit TIES config reads with gradients, filters and booleans", "[tools][config]") {
+  const auto config = parse_merge_config(R"(
+models:
+  - model: base
+  - model: math
+    parameters:
+      density: [1, 0.7, 0.1]
+      weight: 1.0
+  - model: code+adapters/code
+    parameters:
+      density: 0.33
+      weight:
+        - filter: mlp
+          value: 0.5
+        - value: 0
+merge_method: ties
+base_model: base
+parameters:
+  normalize: true
+  int8_mask: false
+dtype: float16
+tokenizer_source: base
+)");
+  CHECK(config.method == "ties");
+  REQUIRE(config.base_model);
+  CHECK(config.base_model->model == "base");
+  REQUIRE(config.models.size() == 3);
+  CHECK(config.models[2].reference.model == "code");
+  CHECK(config.models[2].reference.adapter == "adapters/code");
+  const auto& density = config.models[1].parameters.at("density");
+  CHECK(density.evaluate("x", 0.5) == Approx(0.7));
+  CHECK(density.evaluate("x", 0.75) == Approx(0.4));
+  const auto& weight = config.models[2].parameters.at("weight");
+  CHECK(weight.evaluate("model.layers.0.mlp.up_proj.weight", 0) == Approx(0.5));
+  CHECK(weight.evaluate("model.layers.0.self_attn.q_proj.weight", 0) == Approx(0.0));
+  CHECK(config.parameters.at("normalize").evaluate("x", 0) == 1.0);
+  CHECK(config.parameters.at("int8_mask").evaluate("x", 0) == 0.0);
+  CHECK(config.compute_dtype == alloy::dtype::f16);
+  CHECK_FALSE(config.out_dtype);
+}
+
+TEST_CASE("a single {filter, value} and mergekit's expanded model reference are read", "[tools][config]") {
+  const auto config = parse_merge_config(R"(
+merge_method: slerp
+base_model: {model: {path: a}}
+models:
+  - model: {model: {path: b}, lora: {path: l}}
+parameters:
+  t: {filter: self_attn, value: [0, 1]}
+out_dtype: bf16
+)");
+  CHECK(config.base_model->model == "a");
+  CHECK(config.models[0].reference.text() == "b+l");
+  CHECK(config.parameters.at("t").evaluate("x.self_attn.q", 1.0) == 1.0);
+  CHECK_FALSE(config.parameters.at("t").evaluate("x.mlp", 1.0));
+  CHECK(config.out_dtype == alloy::dtype::bf16);
+}
+
+TEST_CASE("config errors name the key at fault", "[tools][config]") {
+  const std::string models = "models:\n  - model: m\n    parameters: {weight: 1}\n";
+  CHECK_THAT(refusal("merge_method: frobnicate\n" + models), Catch::Contains("merge_method") && Catch::Contains("frobnicate"));
+  CHECK_THAT(refusal(models), Catch::Contains("merge_method: is missing"));
+  CHECK_THAT(refusal("merge_method: linear\n"), Catch::Contains("models: is missing"));
+  CHECK_THAT(refusal("merge_method: linear\nslices: []\n" + models), Catch::Contains("slices"));
+  CHECK_THAT(refusal("merge_method: linear\nchat_template: x\n" + models), Catch::Contains("chat_template"));
+  CHECK_THAT(refusal("merge_method: linear\nmerge_methd: x\n" + models), Catch::Contains("merge_methd: unknown key"));
+  CHECK_THAT(refusal("merge_method: linear\nmerge_method: ties\n" + models), Catch::Contains("written twice"));
+  CHECK_THAT(refusal("merge_method: ties\n" + models), Catch::Contains("base_model: is missing"));
+  CHECK_THAT(refusal("merge_method: linear\nmodels:\n  - model: m\n    parameters: {weight: abc}\n"),
+             Catch::Contains("models[0].parameters.weight") && Catch::Contains("'abc'"));
+  CHECK_THAT(refusal("merge_method: linear\nmodels:\n  - model: m\n    parameters: {weight: [1, .inf]}\n"),
+             Catch::Contains("models[0].parameters.weight[1]"));
+  CHECK_THAT(refusal("merge_method: linear\nmodels:\n  - model: m\n    parameters: {normalize: true}\n"),
+             Catch::Contains("top-level parameters"));
+  CHECK_THAT(refusal("merge_method: ties\nbase_model: b\nmodels:\n  - model: m\n    parameters: {density: -0.1}\n"),
+             Catch::Contains("models[0].parameters.density") && Catch::Contains("[0, 1]"));
+  CHECK_THAT(refusal("merge_method: linear\n" + models + "dtype: int8\n"), Catch::Contains("dtype"));
+  CHECK_THAT(refusal("merge_method: linear\n" + models + "tokenizer_source: union\n"), Catch::Contains("tokenizer_source"));
+  CHECK_THAT(refusal("merge_method: linear\nmodels:\n  - model: m\n  - model: m\n"), Catch::Contains("listed twice"));
+  CHECK_THAT(refusal("merge_method: linear\nmodels: [\n"), Catch::Contains("not valid YAML at line"));
+  CHECK_THAT(refusal("- just\n- a list\n"), Catch::Contains("expected a mapping"));
+  CHECK_THAT(refusal("merge_method: linear\nmodels:\n  - model: m+\n"), Catch::Contains("empty adapter"));
+}

@@ -1,0 +1,260 @@
+// alloy-merge: merges safetensors checkpoints as a mergekit YAML config describes.
+//
+//   alloy-merge CONFIG.yaml OUTPUT_DIR [--dry-run] [--threads N] [--shard-size SIZE]
+//               [--out-dtype D] [--allow-overwrite] [--quiet] [--device cpu|cuda]
+//
+// Exit status (docs/cli.md): 0 success, 1 unexpected failure, 2 bad command line, 3 config error,
+// 4 input error, 5 output error, 130 interrupted. On any failure no output folder is left.
+
+#include <unistd.h>
+
+#include <atomic>
+#include <chrono>
+#include <csignal>
+#include <cstdio>
+#include <iostream>
+#include <optional>
+#include <string>
+
+#include <CLI/CLI.hpp>
+
+#include "merge_config.hpp"
+#include "merge_job.hpp"
+
+namespace {
+
+enum exit_status : int {
+  exit_success = 0,
+  exit_unexpected = 1,
+  exit_usage = 2,
+  exit_config = 3,
+  exit_input = 4,
+  exit_output = 5,
+  exit_interrupted = 130,
+};
+
+std::atomic<int> received_signal{0};
+extern "C" void on_signal(int signal) { received_signal.store(signal); }
+
+struct interrupted {};
+
+std::string human_bytes(double bytes) {
+  const char* units[] = {"B", "KB", "MB", "GB", "TB"};
+  int unit = 0;
+  while (bytes >= 1000 && unit < 4) {
+    bytes /= 1000;
+    ++unit;
+  }
+  char text[32];
+  std::snprintf(text, sizeof text, unit == 0 ? "%.0f %s" : "%.2f %s", bytes, units[unit]);
+  return text;
+}
+
+// "5GB", "500MB", "2GiB", "1e9", "123456": decimal units as Hugging Face writes them, binary
+// with an "i".
+std::optional<std::size_t> parse_size(std::string text) {
+  for (auto& c : text) c = static_cast<char>(std::toupper(static_cast<unsigned char>(c)));
+  std::size_t end = 0;
+  double value = 0;
+  try {
+    value = std::stod(text, &end);
+  } catch (const std::exception&) {
+    return std::nullopt;
+  }
+  std::string unit = text.substr(end);
+  if (!unit.empty() && unit.back() == 'B') unit.pop_back();
+  double scale = 1;
+  const bool binary = !unit.empty() && unit.back() == 'I';
+  if (binary) unit.pop_back();
+  const double step = binary ? 1024.0 : 1000.0;
+  if (unit == "K") scale = step;
+  else if (unit == "M") scale = step * step;
+  else if (unit == "G") scale = step * step * step;
+  else if (unit == "T") scale = step * step * step * step;
+  else if (!unit.empty() || binary) return std::nullopt;
+  const double bytes = value * scale;
+  if (!(bytes >= 1) || bytes > 1e18) return std::nullopt;
+  return static_cast<std::size_t>(bytes);
+}
+
+// A one-line progress bar on a terminal: tensors, bytes, rate, ETA; redrawn at most 10 times a second.
+class progress_bar {
+ public:
+  progress_bar(std::size_t tensors, std::size_t bytes, bool enabled)
+      : tensors_(tensors), bytes_(bytes), enabled_(enabled), start_(clock::now()), last_(start_) {}
+
+  void update(std::size_t tensors_done, std::size_t bytes_done) {
+    if (received_signal.load() != 0) throw interrupted{};
+    if (!enabled_) return;
+    const auto now = clock::now();
+    if (tensors_done != tensors_ && now - last_ < std::chrono::milliseconds(100)) return;
+    last_ = now;
+    const double seconds = std::chrono::duration<double>(now - start_).count();
+    const double fraction = bytes_ == 0 ? 1.0 : static_cast<double>(bytes_done) / static_cast<double>(bytes_);
+    const double rate = seconds > 0 ? static_cast<double>(bytes_done) / seconds : 0.0;
+    const int width = 30;
+    const int filled = static_cast<int>(fraction * width);
+    std::string bar(static_cast<std::size_t>(filled), '=');
+    if (filled < width) bar += '>' + std::string(static_cast<std::size_t>(width - filled - 1), ' ');
+    char eta[32] = "";
+    if (rate > 0 && tensors_done < tensors_) {
+      std::snprintf(eta, sizeof eta, " ETA %.0fs", static_cast<double>(bytes_ - bytes_done) / rate);
+    }
+    std::fprintf(stderr, "\r[%s] %zu/%zu tensors  %s/%s  %s/s%s\033[K", bar.c_str(), tensors_done, tensors_,
+                 human_bytes(static_cast<double>(bytes_done)).c_str(), human_bytes(static_cast<double>(bytes_)).c_str(),
+                 human_bytes(rate).c_str(), eta);
+    if (tensors_done == tensors_) std::fprintf(stderr, "\n");
+    std::fflush(stderr);
+  }
+
+ private:
+  using clock = std::chrono::steady_clock;
+  std::size_t tensors_;
+  std::size_t bytes_;
+  bool enabled_;
+  clock::time_point start_;
+  clock::time_point last_;
+};
+
+void print_plan(const alloy::tools::merge_job& job, const std::string& output, std::size_t shard_bytes) {
+  std::size_t merged = 0;
+  for (const auto& t : job.tensors) merged += t.merged ? 1 : 0;
+  std::cout << "method: " << job.config.method << "\n";
+  if (job.base != nullptr) std::cout << "base model: " << job.base->reference().text() << "\n";
+  std::cout << "models:\n";
+  for (const auto* model : job.models) {
+    std::cout << "  " << model->reference().text() << " (" << model->files().shards().size() << " file"
+              << (model->files().shards().size() == 1 ? "" : "s") << ", " << model->files().size() << " tensors)\n";
+  }
+  std::cout << "tensors: " << job.tensors.size() << " (" << merged << " merged, " << job.tensors.size() - merged
+            << " copied)\n";
+  std::cout << "read: " << human_bytes(static_cast<double>(job.input_bytes)) << "\n";
+  std::size_t shards = 0;
+  std::size_t current = 0;
+  for (const auto& t : job.tensors) {
+    const std::size_t bytes = t.dims.numel() * alloy::size_of(t.output_dtype);
+    if (shards == 0 || (current > 0 && current + bytes > shard_bytes)) {
+      ++shards;
+      current = 0;
+    }
+    current += bytes;
+  }
+  std::cout << "write: " << output << ", " << human_bytes(static_cast<double>(job.output_bytes)) << " in "
+            << std::max<std::size_t>(shards, 1) << " shard" << (shards > 1 ? "s" : "") << "\n";
+  std::cout << "estimated peak memory: " << human_bytes(static_cast<double>(job.peak_bytes)) << " (tensor '"
+            << job.peak_tensor << "')\n";
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  CLI::App app{"Merge safetensors checkpoints as a mergekit YAML config describes (alloy)."};
+  app.footer(
+      "Exit status: 0 success, 1 unexpected failure, 2 bad command line, 3 config error, 4 input error, "
+      "5 output error, 130 interrupted. On failure no output folder is left. See docs/cli.md.");
+  std::string config_path;
+  std::string output;
+  bool dry_run = false;
+  int threads = 0;
+  std::string shard_size = "5GB";
+  std::string out_dtype_text;
+  bool allow_overwrite = false;
+  bool quiet = false;
+  std::string device = "cpu";
+  app.add_option("CONFIG", config_path, "mergekit-style YAML config (merge_method, base_model, models, parameters, ...)")
+      ->required();
+  app.add_option("OUTPUT_DIR", output, "folder to write: sharded safetensors, index, config and tokenizer files")
+      ->required();
+  app.add_flag("--dry-run", dry_run, "read every header, check names, shapes, dtypes and parameters, print the plan; "
+                                     "write nothing");
+  app.add_option("--threads", threads, "threads for merging (default: every core, or OMP_NUM_THREADS)")
+      ->check(CLI::PositiveNumber);
+  app.add_option("--shard-size", shard_size, "largest output shard, e.g. 5GB (default), 500MB, 2GiB");
+  app.add_option("--out-dtype", out_dtype_text, "output dtype for merged tensors: float32, float16 or bfloat16 "
+                                                "(overrides the config's out_dtype and dtype)");
+  app.add_flag("--allow-overwrite", allow_overwrite, "replace OUTPUT_DIR if it exists and is not empty");
+  app.add_flag("--quiet,-q", quiet, "print nothing but errors");
+  app.add_option("--device", device, "where to merge: cpu, or cuda (needs a build with the CUDA backend)");
+  try {
+    app.parse(argc, argv);
+  } catch (const CLI::ParseError& e) {
+    const int code = app.exit(e);
+    return code == 0 ? exit_success : exit_usage;
+  }
+
+  const auto usage_error = [](const std::string& message) {
+    std::cerr << "alloy-merge: " << message << "\n";
+    return exit_usage;
+  };
+  const std::optional<std::size_t> shard_bytes = parse_size(shard_size);
+  if (!shard_bytes) return usage_error("--shard-size '" + shard_size + "' is not a size such as 5GB, 500MB or 2GiB");
+  std::optional<alloy::dtype> out_dtype;
+  if (!out_dtype_text.empty()) {
+    out_dtype = alloy::parse_dtype(out_dtype_text);
+    if (!out_dtype || !alloy::is_mergeable(*out_dtype)) {
+      return usage_error("--out-dtype '" + out_dtype_text + "' is not one of float32, float16, bfloat16");
+    }
+  }
+  if (device != "cpu") {
+    if (device == "cuda" || device.starts_with("cuda:")) {
+      return usage_error("--device " + device + ": this alloy-merge has no CUDA backend; merge with --device cpu");
+    }
+    return usage_error("--device '" + device + "' is not cpu or cuda");
+  }
+
+  std::signal(SIGINT, on_signal);
+  std::signal(SIGTERM, on_signal);
+  const alloy::cpu_backend backend{.threads = threads};
+  const auto started = std::chrono::steady_clock::now();
+  using alloy::tools::failure_kind;
+  try {
+    alloy::tools::merge_config config = alloy::tools::in_stage(failure_kind::config, [&] {
+      return alloy::tools::read_merge_config(config_path);
+    });
+    if (out_dtype) config.out_dtype = out_dtype;
+    const alloy::tools::merge_job job = alloy::tools::plan_merge(std::move(config), backend);
+    if (dry_run) {
+      alloy::tools::in_stage(failure_kind::output, [&] {
+        namespace fs = std::filesystem;
+        std::error_code ec;
+        const auto status = fs::symlink_status(output, ec);
+        if (fs::exists(status) && !allow_overwrite && !(fs::is_directory(status) && fs::is_empty(output, ec))) {
+          alloy::detail::fail(alloy::error_code::already_exists, "output ", output,
+                              " exists and is not an empty folder (--allow-overwrite replaces it)");
+        }
+      });
+      if (!quiet) {
+        print_plan(job, output, *shard_bytes);
+        std::cout << "dry run: nothing written\n";
+      }
+      return exit_success;
+    }
+    progress_bar progress(job.tensors.size(), job.output_bytes, !quiet && ::isatty(STDERR_FILENO) != 0);
+    alloy::tools::write_options options{.output = output,
+                                        .max_shard_bytes = *shard_bytes,
+                                        .allow_overwrite = allow_overwrite,
+                                        .progress = [&](std::size_t done, std::size_t bytes) { progress.update(done, bytes); }};
+    alloy::tools::run_merge(job, backend, options);
+    if (!quiet) {
+      const double seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - started).count();
+      std::printf("alloy-merge: %s merged %zu tensors (%s) into %s in %.1f s\n", job.config.method.c_str(),
+                  job.tensors.size(), human_bytes(static_cast<double>(job.output_bytes)).c_str(), output.c_str(), seconds);
+    }
+    return exit_success;
+  } catch (const interrupted&) {
+    std::cerr << "\nalloy-merge: interrupted; nothing was written\n";
+    return exit_interrupted;
+  } catch (const alloy::tools::stage_error& e) {
+    static constexpr const char* labels[] = {"config error", "input error", "output error"};
+    std::cerr << "alloy-merge: " << labels[static_cast<int>(e.kind())] << ": " << e.what() << "\n";
+    switch (e.kind()) {
+      case failure_kind::config: return exit_config;
+      case failure_kind::input: return exit_input;
+      case failure_kind::output: return exit_output;
+    }
+    return exit_unexpected;
+  } catch (const std::exception& e) {
+    std::cerr << "alloy-merge: unexpected error: " << e.what() << "\n";
+    return exit_unexpected;
+  }
+}

@@ -1,0 +1,346 @@
+#pragma once
+// The merge config alloy-merge reads: mergekit's YAML, for the methods alloy implements.
+//
+//   merge_method: ties                     # a method of alloy's registry
+//   base_model: path/to/base               # a folder, a .safetensors file, or path+adapter
+//   models:
+//     - model: path/to/math
+//       parameters: {weight: 0.6, density: [1, 0.5]}
+//   parameters: {normalize: true}          # method parameters, and defaults for every model
+//   dtype: bfloat16                        # output dtype unless out_dtype says otherwise
+//   out_dtype: float16
+//   tokenizer_source: base
+//
+// Every key is checked: a mergekit key alloy does not implement (slices, modules, tokenizer,
+// chat_template, tokenizer_source other than base) and any unknown key are refused with the key's
+// path, as are parameters the method does not define and values outside their range. Errors are
+// alloy::error with code invalid_argument and a message that starts with the key's path.
+
+#include <cmath>
+#include <filesystem>
+#include <fstream>
+#include <optional>
+#include <set>
+#include <sstream>
+#include <string>
+#include <string_view>
+#include <vector>
+
+#include <yaml-cpp/yaml.h>
+
+#include "alloy/alloy.hpp"
+
+namespace alloy::tools {
+
+// A model as mergekit names it: a path, optionally with a PEFT LoRA adapter ("path+adapter").
+struct model_reference {
+  std::string model;
+  std::string adapter;
+
+  [[nodiscard]] std::string text() const { return adapter.empty() ? model : model + "+" + adapter; }
+  friend bool operator==(const model_reference&, const model_reference&) = default;
+};
+
+struct model_entry {
+  model_reference reference;
+  parameter_map parameters;
+};
+
+struct merge_config {
+  std::string method;
+  std::optional<model_reference> base_model;
+  std::vector<model_entry> models;
+  parameter_map parameters;
+  std::optional<dtype> compute_dtype;  // mergekit's `dtype`
+  std::optional<dtype> out_dtype;
+  std::string source_text;             // the YAML as written, kept with the merged model
+};
+
+namespace detail {
+
+[[noreturn]] inline void config_fail(std::string_view path, const std::string& message) {
+  alloy::detail::fail(error_code::invalid_argument, path, ": ", message);
+}
+
+inline std::string describe_node(const YAML::Node& node) {
+  switch (node.Type()) {
+    case YAML::NodeType::Null: return "nothing (null)";
+    case YAML::NodeType::Scalar: return "'" + node.Scalar() + "'";
+    case YAML::NodeType::Sequence: return "a list";
+    case YAML::NodeType::Map: return "a mapping";
+    default: return "an undefined value";
+  }
+}
+
+inline std::string child_path(std::string_view parent, std::string_view key) {
+  return parent.empty() ? std::string(key) : std::string(parent) + "." + std::string(key);
+}
+
+// The keys of a mapping, each once; a key written twice is an error (YAML forbids it, and
+// yaml-cpp would silently keep one of them).
+inline std::vector<std::pair<std::string, YAML::Node>> mapping_entries(const YAML::Node& node, std::string_view path) {
+  if (!node.IsMap()) config_fail(path.empty() ? "the config" : path, "expected a mapping, got " + describe_node(node));
+  std::vector<std::pair<std::string, YAML::Node>> entries;
+  std::set<std::string> seen;
+  for (const auto& item : node) {
+    if (!item.first.IsScalar()) config_fail(path.empty() ? "the config" : path, "a key is not a plain name");
+    std::string key = item.first.Scalar();
+    if (!seen.insert(key).second) config_fail(child_path(path, key), "the key is written twice");
+    entries.emplace_back(std::move(key), item.second);
+  }
+  return entries;
+}
+
+inline std::string scalar_text(const YAML::Node& node, std::string_view path) {
+  if (!node.IsScalar()) config_fail(path, "expected text, got " + describe_node(node));
+  return node.Scalar();
+}
+
+// A number as YAML writes it; booleans (true/false, as mergekit's normalize: true) are 1 and 0.
+inline double number(const YAML::Node& node, std::string_view path) {
+  if (!node.IsScalar()) config_fail(path, "expected a number, got " + describe_node(node));
+  const std::string& text = node.Scalar();
+  if (text == "true" || text == "True" || text == "TRUE") return 1.0;
+  if (text == "false" || text == "False" || text == "FALSE") return 0.0;
+  double value = 0;
+  if (!YAML::convert<double>::decode(node, value)) config_fail(path, "expected a number, got '" + text + "'");
+  if (!std::isfinite(value)) config_fail(path, "'" + text + "' is not a finite number");
+  return value;
+}
+
+inline std::vector<double> scalar_or_gradient(const YAML::Node& node, std::string_view path) {
+  if (node.IsSequence()) {
+    if (node.size() == 0) config_fail(path, "a gradient needs at least one value");
+    std::vector<double> values;
+    for (std::size_t i = 0; i < node.size(); ++i) values.push_back(number(node[i], std::string(path) + "[" + std::to_string(i) + "]"));
+    return values;
+  }
+  return {number(node, path)};
+}
+
+inline parameter_setting::condition condition_of(const YAML::Node& node, std::string_view path) {
+  parameter_setting::condition condition;
+  bool has_value = false;
+  for (const auto& [key, value] : mapping_entries(node, path)) {
+    if (key == "filter") {
+      if (!value.IsNull()) condition.filter = scalar_text(value, child_path(path, key));
+    } else if (key == "value") {
+      condition.value = scalar_or_gradient(value, child_path(path, key));
+      has_value = true;
+    } else {
+      config_fail(child_path(path, key), "unknown key in a conditional parameter (it takes filter and value)");
+    }
+  }
+  if (!has_value) config_fail(path, "a conditional parameter needs a value");
+  return condition;
+}
+
+// A parameter as mergekit writes it: a scalar, a gradient, one {filter, value}, or a list of them.
+inline parameter_setting setting_of(const YAML::Node& node, std::string_view path) {
+  if (node.IsMap()) return parameter_setting::conditional({condition_of(node, path)});
+  if (node.IsSequence() && node.size() > 0 && node[0].IsMap()) {
+    std::vector<parameter_setting::condition> conditions;
+    for (std::size_t i = 0; i < node.size(); ++i) {
+      const std::string item = std::string(path) + "[" + std::to_string(i) + "]";
+      if (!node[i].IsMap()) config_fail(item, "expected {filter, value} like the other entries, got " + describe_node(node[i]));
+      conditions.push_back(condition_of(node[i], item));
+    }
+    return parameter_setting::conditional(std::move(conditions));
+  }
+  const std::vector<double> values = scalar_or_gradient(node, path);
+  return values.size() == 1 ? parameter_setting(values.front()) : parameter_setting::gradient(values);
+}
+
+inline std::string parameter_names(const method_definition& def) {
+  std::string names;
+  for (const auto& p : def.parameters) names += (names.empty() ? "" : ", ") + std::string(p.name);
+  return names;
+}
+
+inline parameter_map parameters_of(const YAML::Node& node, std::string_view path, const method_definition& def,
+                                   bool model_level) {
+  parameter_map map;
+  if (node.IsNull()) return map;
+  for (const auto& [key, value] : mapping_entries(node, path)) {
+    const std::string where = child_path(path, key);
+    const parameter_definition* p = def.find(key);
+    if (p == nullptr) {
+      config_fail(where, std::string(def.name) + " has no parameter '" + key + "' (its parameters: " +
+                             parameter_names(def) + ")");
+    }
+    if (model_level && p->where == parameter_definition::scope::method) {
+      config_fail(where, "'" + key + "' applies to the whole merge; set it in the top-level parameters");
+    }
+    parameter_setting setting = setting_of(value, where);
+    for (double v : setting.all_values()) {
+      if (!p->accepts(v)) {
+        std::ostringstream message;
+        message << v << " is outside the range of " << key << ", [" << p->minimum << ", " << p->maximum << "]";
+        config_fail(where, message.str());
+      }
+    }
+    map.emplace(key, std::move(setting));
+  }
+  return map;
+}
+
+inline std::string path_of(const YAML::Node& node, std::string_view path) {
+  if (node.IsScalar()) return node.Scalar();
+  if (node.IsMap()) {
+    for (const auto& [key, value] : mapping_entries(node, path)) {
+      if (key == "path") return scalar_text(value, child_path(path, key));
+      if (key != "revision" || !value.IsNull()) {
+        config_fail(child_path(path, key), "alloy-merge reads local paths only ({path: ...})");
+      }
+    }
+  }
+  config_fail(path, "expected a path, got " + describe_node(node));
+}
+
+// "path", "path+adapter", or mergekit's expanded form {model: {path: ...}, lora: {path: ...}}.
+inline model_reference reference_of(const YAML::Node& node, std::string_view path) {
+  model_reference reference;
+  if (node.IsScalar()) {
+    const std::string& text = node.Scalar();
+    const auto plus = text.find('+');
+    reference.model = text.substr(0, plus);
+    if (plus != std::string::npos) reference.adapter = text.substr(plus + 1);
+    if (plus != std::string::npos && reference.adapter.empty()) config_fail(path, "'" + text + "' has an empty adapter after '+'");
+  } else if (node.IsMap()) {
+    for (const auto& [key, value] : mapping_entries(node, path)) {
+      if (key == "model") {
+        reference.model = path_of(value, child_path(path, key));
+      } else if (key == "lora") {
+        if (!value.IsNull()) reference.adapter = path_of(value, child_path(path, key));
+      } else if (key != "override_architecture" || !value.IsNull()) {
+        config_fail(child_path(path, key), "is not supported in a model reference (use model and lora)");
+      }
+    }
+  } else {
+    config_fail(path, "expected a model path, got " + describe_node(node));
+  }
+  if (reference.model.empty()) config_fail(path, "the model path is empty");
+  return reference;
+}
+
+inline dtype dtype_of(const YAML::Node& node, std::string_view path) {
+  const std::string text = scalar_text(node, path);
+  std::optional<dtype> type = parse_dtype(text);
+  if (text == "fp32") type = dtype::f32;
+  if (text == "fp16") type = dtype::f16;
+  if (!type || !is_mergeable(*type)) config_fail(path, "'" + text + "' is not one of float32, float16, bfloat16");
+  return *type;
+}
+
+}  // namespace detail
+
+// Reads a config from YAML text; `source` names it in messages (a file name).
+inline merge_config parse_merge_config(const std::string& text, std::string_view source = "the config") {
+  YAML::Node root;
+  try {
+    root = YAML::Load(text);
+  } catch (const YAML::Exception& e) {
+    alloy::detail::fail(error_code::invalid_argument, source, ": not valid YAML at line ", e.mark.line + 1,
+                        ", column ", e.mark.column + 1, ": ", e.msg);
+  }
+  if (!root.IsMap()) {
+    alloy::detail::fail(error_code::invalid_argument, source, ": expected a mapping with merge_method and models, got ",
+                        detail::describe_node(root));
+  }
+  merge_config config;
+  config.source_text = text;
+  const auto entries = detail::mapping_entries(root, "");
+  const auto find = [&](std::string_view key) -> const YAML::Node* {
+    for (const auto& [k, v] : entries) {
+      if (k == key) return &v;
+    }
+    return nullptr;
+  };
+  for (const auto& [key, value] : entries) {
+    if (key == "slices" || key == "modules") {
+      detail::config_fail(key, "mergekit's " + key + " (layer ranges, frankenmerges) are not supported by alloy-merge; "
+                               "merge whole models with `models:`");
+    }
+    if (key == "tokenizer" || key == "chat_template") {
+      detail::config_fail(key, "is not supported by alloy-merge; the output takes the base model's tokenizer "
+                               "files (tokenizer_source: base)");
+    }
+    static const std::set<std::string, std::less<>> known{"merge_method", "base_model", "models", "parameters",
+                                                          "dtype", "out_dtype", "tokenizer_source"};
+    if (!known.contains(key)) {
+      detail::config_fail(key, "unknown key (alloy-merge reads merge_method, base_model, models, parameters, dtype, "
+                               "out_dtype, tokenizer_source)");
+    }
+  }
+
+  const YAML::Node* method = find("merge_method");
+  if (method == nullptr) detail::config_fail("merge_method", "is missing");
+  config.method = detail::scalar_text(*method, "merge_method");
+  const method_definition* def = nullptr;
+  for (const auto& candidate : merge_methods()) {
+    if (candidate.name == config.method) def = &candidate;
+  }
+  if (def == nullptr) {
+    std::string names;
+    for (const auto& candidate : merge_methods()) names += (names.empty() ? "" : ", ") + std::string(candidate.name);
+    detail::config_fail("merge_method", "unknown method '" + config.method + "' (alloy-merge implements " + names + ")");
+  }
+
+  if (const YAML::Node* base = find("base_model"); base != nullptr && !base->IsNull()) {
+    config.base_model = detail::reference_of(*base, "base_model");
+  }
+  const YAML::Node* models = find("models");
+  if (models == nullptr || models->IsNull()) detail::config_fail("models", "is missing: list the models to merge");
+  if (!models->IsSequence()) detail::config_fail("models", "expected a list, got " + detail::describe_node(*models));
+  if (models->size() == 0) detail::config_fail("models", "the list is empty");
+  for (std::size_t i = 0; i < models->size(); ++i) {
+    const std::string path = "models[" + std::to_string(i) + "]";
+    model_entry entry;
+    bool has_model = false;
+    for (const auto& [key, value] : detail::mapping_entries((*models)[i], path)) {
+      if (key == "model") {
+        entry.reference = detail::reference_of(value, path + ".model");
+        has_model = true;
+      } else if (key == "parameters") {
+        entry.parameters = detail::parameters_of(value, path + ".parameters", *def, true);
+      } else {
+        detail::config_fail(path + "." + key, "unknown key in a model entry (it takes model and parameters)");
+      }
+    }
+    if (!has_model) detail::config_fail(path, "has no model");
+    for (const auto& earlier : config.models) {
+      if (earlier.reference == entry.reference) detail::config_fail(path, "'" + entry.reference.text() + "' is listed twice");
+    }
+    config.models.push_back(std::move(entry));
+  }
+  if (const YAML::Node* parameters = find("parameters")) {
+    config.parameters = detail::parameters_of(*parameters, "parameters", *def, false);
+  }
+  if (const YAML::Node* type = find("dtype"); type != nullptr && !type->IsNull()) {
+    config.compute_dtype = detail::dtype_of(*type, "dtype");
+  }
+  if (const YAML::Node* type = find("out_dtype"); type != nullptr && !type->IsNull()) {
+    config.out_dtype = detail::dtype_of(*type, "out_dtype");
+  }
+  if (const YAML::Node* tokenizer = find("tokenizer_source"); tokenizer != nullptr && !tokenizer->IsNull()) {
+    const std::string source_name = detail::scalar_text(*tokenizer, "tokenizer_source");
+    if (source_name != "base") {
+      detail::config_fail("tokenizer_source", "'" + source_name + "' is not supported; alloy-merge copies the base "
+                                              "model's tokenizer (tokenizer_source: base)");
+    }
+  }
+  if (def->needs_base && !config.base_model) {
+    detail::config_fail("base_model", "is missing; " + config.method + " merges task vectors relative to a base model");
+  }
+  return config;
+}
+
+inline merge_config read_merge_config(const std::filesystem::path& path) {
+  std::ifstream in(path, std::ios::binary);
+  if (!in) alloy::detail::fail(error_code::not_found, "cannot read config ", path.string());
+  std::ostringstream text;
+  text << in.rdbuf();
+  return parse_merge_config(text.str(), path.string());
+}
+
+}  // namespace alloy::tools

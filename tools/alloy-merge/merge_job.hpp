@@ -1,0 +1,391 @@
+#pragma once
+// What alloy-merge does between reading the config and writing the folder: opens the models
+// (memory-mapped; LoRA adapters folded in lazily), checks every tensor's name, shape, dtype and
+// parameters across them (the plan, which is all a dry run does), then merges tensor by tensor
+// into a model_writer, releasing each input's pages once its tensor is written.
+
+#include <algorithm>
+#include <cstring>
+#include <cstddef>
+#include <filesystem>
+#include <functional>
+#include <map>
+#include <memory>
+#include <optional>
+#include <string>
+#include <variant>
+#include <vector>
+
+#include <nlohmann/json.hpp>
+
+#include "alloy/alloy.hpp"
+#include "alloy/merge/lora_adapter.hpp"
+#include "merge_config.hpp"
+
+namespace alloy::tools {
+
+// Which stage an error belongs to; main maps each to a documented exit code.
+enum class failure_kind { config, input, output };
+
+class stage_error : public error {
+ public:
+  stage_error(failure_kind kind, const error& cause) : error(cause.code(), cause.what()), kind_(kind) {}
+  [[nodiscard]] failure_kind kind() const noexcept { return kind_; }
+
+ private:
+  failure_kind kind_;
+};
+
+// Runs `body`, tagging alloy errors with `kind` (those of code invalid_argument as config errors:
+// a parameter out of range or missing for some tensor).
+template <class Body>
+decltype(auto) in_stage(failure_kind kind, Body&& body) {
+  try {
+    return body();
+  } catch (const stage_error&) {
+    throw;
+  } catch (const error& e) {
+    throw stage_error(e.code() == error_code::invalid_argument ? failure_kind::config : kind, e);
+  }
+}
+
+// One input model: a safetensors file or folder, with a LoRA adapter folded in or not.
+class model_input {
+ public:
+  model_input(model_reference reference, const cpu_backend& backend)
+      : reference_(std::move(reference)), store_(open_store(reference_, backend)) {
+    const std::filesystem::path path = reference_.model;
+    folder_ = std::filesystem::is_directory(path) ? path
+              : path.extension() == ".json"        ? alloy::detail::parent_or_current(path)
+                                                   : std::filesystem::path();
+  }
+
+  [[nodiscard]] const model_reference& reference() const noexcept { return reference_; }
+  // The model's folder (for config and tokenizer files), or empty for a bare .safetensors file.
+  [[nodiscard]] const std::filesystem::path& folder() const noexcept { return folder_; }
+  [[nodiscard]] const safetensors_store& files() const {
+    return std::visit(
+        [](const auto& s) -> const safetensors_store& {
+          if constexpr (std::is_same_v<std::decay_t<decltype(s)>, safetensors_store>) {
+            return s;
+          } else {
+            return s.base();
+          }
+        },
+        store_);
+  }
+  // Name, dtype and shape without reading data (an adapted tensor keeps its base's).
+  [[nodiscard]] std::optional<const_tensor_view> header(std::string_view name) const { return files().find(name); }
+  [[nodiscard]] const_tensor_view view(std::string_view name) const {
+    return std::visit([&](const auto& s) { return s.view(name); }, store_);
+  }
+  void release(std::string_view name) const {
+    std::visit([&](const auto& s) { s.release(name); }, store_);
+  }
+
+ private:
+  static std::filesystem::path checked_path(const std::string& text, std::string_view what) {
+    std::error_code ec;
+    if (!std::filesystem::exists(text, ec)) {
+      const bool looks_like_hub_id = text.find('/') != std::string::npos && text.front() != '/' && text.front() != '.' &&
+                                     std::count(text.begin(), text.end(), '/') == 1;
+      alloy::detail::fail(error_code::not_found, what, " ", alloy::detail::quoted{text}, " does not exist",
+                          looks_like_hub_id ? " (alloy-merge reads local folders and files only; download the "
+                                              "model first, e.g. with huggingface-cli download)"
+                                            : "");
+    }
+    return text;
+  }
+
+  using store_type = std::variant<safetensors_store, lora_applied_store<safetensors_store>>;
+
+  static store_type open_store(const model_reference& reference, const cpu_backend& backend) {
+    auto store = safetensors_store::open(checked_path(reference.model, "model"));
+    if (reference.adapter.empty()) return store_type(std::in_place_index<0>, std::move(store));
+    auto adapter = peft_lora_adapter::open(checked_path(reference.adapter, "LoRA adapter"));
+    return store_type(std::in_place_index<1>, std::move(store), std::move(adapter), backend);
+  }
+
+  model_reference reference_;
+  store_type store_;
+  std::filesystem::path folder_;
+};
+
+struct planned_tensor {
+  std::string name;
+  dtype output_dtype = dtype::f32;
+  shape dims;
+  double depth = 0;
+  bool merged = true;  // false: an integer or boolean buffer, copied
+  std::size_t input_bytes = 0;
+  std::size_t working_bytes = 0;  // estimated memory to merge it: inputs, output, scratch
+};
+
+// The merge, resolved: which inputs are the base and the models, the recipe, and every tensor.
+struct merge_job {
+  merge_config config;
+  std::vector<std::unique_ptr<model_input>> inputs;  // [base,] models
+  const model_input* base = nullptr;
+  std::vector<const model_input*> models;  // the recipe's models, in config order
+  merge_recipe recipe;
+  std::vector<planned_tensor> tensors;     // in output order
+  std::size_t input_bytes = 0;
+  std::size_t output_bytes = 0;
+  std::size_t peak_bytes = 0;  // estimated working memory of the largest tensor
+  std::string peak_tensor;
+
+  [[nodiscard]] const model_input& reference() const { return base != nullptr ? *base : *models.front(); }
+};
+
+namespace detail {
+
+inline std::optional<dtype> output_dtype_of(const merge_config& config) {
+  return config.out_dtype ? config.out_dtype : config.compute_dtype;
+}
+
+// Which models take part, as mergekit decides: methods with a base leave the base out of the
+// models even when the config lists it; linear merges every referenced model, the base included.
+inline void choose_models(merge_job& job, const cpu_backend& backend) {
+  const method_definition& def = find_merge_method(job.config.method);
+  const auto open = [&](const model_reference& reference) -> const model_input* {
+    for (const auto& input : job.inputs) {
+      if (input->reference() == reference) return input.get();
+    }
+    job.inputs.push_back(std::make_unique<model_input>(reference, backend));
+    return job.inputs.back().get();
+  };
+  if (job.config.base_model) job.base = in_stage(failure_kind::input, [&] { return open(*job.config.base_model); });
+  job.recipe.method = job.config.method;
+  job.recipe.parameters = job.config.parameters;
+  bool base_listed = false;
+  for (const auto& entry : job.config.models) {
+    if (job.config.base_model && entry.reference == *job.config.base_model) {
+      base_listed = true;
+      if (def.needs_base) continue;
+    }
+    job.models.push_back(in_stage(failure_kind::input, [&] { return open(entry.reference); }));
+    job.recipe.model_parameters.push_back(entry.parameters);
+  }
+  if (!def.needs_base && job.base != nullptr && !base_listed) {
+    job.models.push_back(job.base);  // as mergekit: the base is one of the linear merge's inputs
+    job.recipe.model_parameters.emplace_back();
+  }
+  if (job.models.size() < def.min_models) {
+    alloy::detail::fail(error_code::invalid_argument, "models: ", job.config.method, " needs at least ", def.min_models,
+                        " model", def.min_models == 1 ? "" : "s", " besides the base, got ", job.models.size());
+  }
+  if (job.config.method == "slerp" && job.models.size() != 1) {
+    alloy::detail::fail(error_code::invalid_argument, "models: slerp interpolates between the base and exactly one "
+                        "other model, got ", job.models.size(), " besides the base");
+  }
+}
+
+}  // namespace detail
+
+// Opens every model and checks the whole merge without reading tensor data. Throws stage_error.
+inline merge_job plan_merge(merge_config config, const cpu_backend& backend) {
+  merge_job job;
+  job.config = std::move(config);
+  detail::choose_models(job, backend);
+  const method_definition& def = find_merge_method(job.config.method);
+  const model_input& reference = job.reference();
+  const auto& names = reference.files().names();
+  const std::size_t layers = count_layers(names);
+  const std::optional<dtype> requested = detail::output_dtype_of(job.config);
+
+  std::vector<const model_input*> readers;
+  if (job.base != nullptr && def.needs_base) readers.push_back(job.base);
+  for (const model_input* model : job.models) readers.push_back(model);
+  const std::string reference_role = job.base != nullptr && def.needs_base ? "the base model" : "the first model";
+
+  in_stage(failure_kind::input, [&] {
+    // Every model holds exactly the reference's tensors.
+    for (const model_input* input : readers) {
+      if (input == &reference) continue;
+      for (const auto& name : input->files().names()) {
+        if (!reference.files().contains(name)) {
+          alloy::detail::fail(error_code::not_found, "tensor ", alloy::detail::quoted{name}, " of ",
+                              input->reference().text(), " is not in ", reference_role, " (",
+                              reference.reference().text(), ")");
+        }
+      }
+    }
+    for (const auto& name : names) {
+      const const_tensor_view expected = *reference.header(name);
+      planned_tensor tensor{.name = name, .output_dtype = expected.dtype(), .dims = expected.shape(),
+                            .depth = layer_depth(name, layers), .merged = is_mergeable(expected.dtype())};
+      if (tensor.merged && requested) tensor.output_dtype = *requested;
+      for (const model_input* input : readers) {
+        const auto found = input->header(name);
+        if (!found) {
+          alloy::detail::fail(error_code::not_found, "tensor ", alloy::detail::quoted{name}, " is missing from ",
+                              input->reference().text(), " (", reference_role, ", ", reference.reference().text(),
+                              ", has it)");
+        }
+        if (!(found->shape() == expected.shape())) {
+          alloy::detail::fail(error_code::shape_mismatch, "tensor ", alloy::detail::quoted{name}, " has shape ",
+                              found->shape(), " in ", input->reference().text(), " but ", expected.shape(), " in ",
+                              reference.reference().text());
+        }
+        if (is_mergeable(found->dtype()) != tensor.merged || (!tensor.merged && found->dtype() != expected.dtype())) {
+          alloy::detail::fail(error_code::dtype_mismatch, "tensor ", alloy::detail::quoted{name}, " is ",
+                              found->dtype(), " in ", input->reference().text(), " but ", expected.dtype(), " in ",
+                              reference.reference().text(), "; only floating dtypes convert into each other");
+        }
+        tensor.input_bytes += found->byte_size();
+      }
+      const std::size_t n = tensor.dims.numel();
+      const std::size_t output = n * size_of(tensor.output_dtype);
+      // Inputs' mapped pages, the output buffer, and the policies' scratch (f32 magnitudes for
+      // selection, a bit mask per model, DELLA's byte mask); adapters: f32 copies of W and B A.
+      std::size_t scratch = tensor.merged ? n * 4 + readers.size() * (n / 8 + 8) + n : 0;
+      for (const model_input* input : readers) {
+        if (!input->reference().adapter.empty()) scratch += n * (4 + size_of(tensor.output_dtype));
+      }
+      tensor.working_bytes = tensor.input_bytes + output + scratch;
+      job.input_bytes += tensor.input_bytes;
+      job.output_bytes += output;
+      if (tensor.working_bytes > job.peak_bytes) {
+        job.peak_bytes = tensor.working_bytes;
+        job.peak_tensor = name;
+      }
+      job.tensors.push_back(std::move(tensor));
+    }
+  });
+  // Parameters for every tensor: present, finite and in range (config errors).
+  in_stage(failure_kind::config, [&] {
+    job.recipe.validate();
+    for (std::size_t i = 0; i < job.models.size(); ++i) {
+      for (const auto& p : def.parameters) {
+        const bool set = job.recipe.model_parameters[i].contains(p.name) || job.recipe.parameters.contains(p.name);
+        if (p.where == parameter_definition::scope::model && !p.default_value && !set) {
+          alloy::detail::fail(error_code::invalid_argument, "models: ", job.models[i]->reference().text(), " has no ",
+                              p.name, "; ", job.config.method, " needs one for every model (set it in the model's "
+                              "parameters or in the top-level parameters)");
+        }
+      }
+    }
+    for (const auto& tensor : job.tensors) {
+      if (tensor.merged) (void)resolve_merge(job.recipe, tensor.name, tensor.depth, job.models.size());
+    }
+  });
+  // Write order: as the safetensors writer aligns them (wider dtypes first, else as read).
+  std::vector<tensor_spec> specs;
+  for (const auto& t : job.tensors) specs.push_back({t.name, t.output_dtype, t.dims});
+  order_for_alignment(specs);
+  std::map<std::string, planned_tensor, std::less<>> by_name;
+  for (auto& t : job.tensors) by_name.emplace(t.name, std::move(t));
+  job.tensors.clear();
+  for (const auto& spec : specs) job.tensors.push_back(std::move(by_name.at(spec.name)));
+  return job;
+}
+
+// The files a merged model takes from its base (or first model): configuration and tokenizer.
+inline const std::vector<std::string_view>& carried_file_names() {
+  static const std::vector<std::string_view> names{
+      "config.json",          "generation_config.json", "tokenizer.json",     "tokenizer_config.json",
+      "special_tokens_map.json", "tokenizer.model",     "vocab.json",         "merges.txt",
+      "vocab.txt",            "added_tokens.json",      "spiece.model",       "chat_template.jinja",
+      "chat_template.json",   "preprocessor_config.json"};
+  return names;
+}
+
+// config.json with torch_dtype set to what was written, as mergekit does.
+inline std::string updated_model_config(const std::filesystem::path& path, std::optional<dtype> written) {
+  std::ifstream in(path, std::ios::binary);
+  nlohmann::ordered_json config;
+  try {
+    config = nlohmann::ordered_json::parse(in);
+  } catch (const nlohmann::json::exception& e) {
+    alloy::detail::fail(error_code::format, path.string(), ": not valid JSON: ", e.what());
+  }
+  if (written && config.is_object()) {
+    config["torch_dtype"] = *written == dtype::bf16 ? "bfloat16" : *written == dtype::f16 ? "float16" : "float32";
+  }
+  return config.dump(2) + "\n";
+}
+
+inline std::string model_card(const merge_job& job) {
+  std::string card = "---\nlibrary_name: transformers\ntags:\n- alloy\n- merge\n---\n# Merged model\n\n";
+  card += "This model was merged with alloy-merge using the **" + job.config.method + "** method";
+  card += job.base != nullptr ? " with " + job.base->reference().text() + " as the base.\n\n" : ".\n\n";
+  card += "## Models merged\n\n";
+  for (const auto* model : job.models) card += "* " + model->reference().text() + "\n";
+  card += "\n## Configuration\n\n```yaml\n" + job.config.source_text;
+  if (!job.config.source_text.empty() && job.config.source_text.back() != '\n') card += "\n";
+  card += "```\n";
+  return card;
+}
+
+struct write_options {
+  std::filesystem::path output;
+  std::size_t max_shard_bytes = 5'000'000'000;
+  bool allow_overwrite = false;
+  // Called after each tensor with (tensors done, bytes written); throws to stop the merge.
+  std::function<void(std::size_t, std::size_t)> progress;
+};
+
+// Merges and writes. The folder appears under its final name only when complete.
+inline void run_merge(const merge_job& job, const cpu_backend& backend, const write_options& options) {
+  std::vector<tensor_spec> specs;
+  for (const auto& t : job.tensors) specs.push_back({t.name, t.output_dtype, t.dims});
+  std::optional<model_writer> writer;
+  in_stage(failure_kind::output, [&] {
+    writer.emplace(options.output, specs,
+                   model_write_options{.max_shard_bytes = options.max_shard_bytes, .metadata = {{"format", "pt"}},
+                                       .allow_overwrite = options.allow_overwrite});
+  });
+  const method_definition& def = find_merge_method(job.config.method);
+  const model_input* base = job.base != nullptr && def.needs_base ? job.base : nullptr;
+  std::vector<std::byte> buffer;
+  std::vector<const_tensor_view> views(job.models.size());
+  std::size_t written = 0;
+  for (std::size_t index = 0; index < job.tensors.size(); ++index) {
+    const planned_tensor& tensor = job.tensors[index];
+    const tensor_view output = in_stage(failure_kind::input, [&] {
+      buffer.resize(tensor.dims.numel() * size_of(tensor.output_dtype));
+      for (std::size_t i = 0; i < job.models.size(); ++i) views[i] = job.models[i]->view(tensor.name);
+      const std::optional<const_tensor_view> base_view =
+          base != nullptr ? std::optional<const_tensor_view>(base->view(tensor.name)) : std::nullopt;
+      const tensor_view out(buffer.data(), tensor.output_dtype, tensor.dims);
+      if (!tensor.merged) {  // integer and boolean buffers are copied; every model must agree
+        const const_tensor_view first = base_view ? *base_view : views.front();
+        for (std::size_t i = 0; i < views.size(); ++i) {
+          if (std::memcmp(views[i].data(), first.data(), first.byte_size()) != 0) {
+            alloy::detail::fail(error_code::format, "tensor ", alloy::detail::quoted{tensor.name}, " of dtype ",
+                                first.dtype(), " cannot be merged and differs in ", job.models[i]->reference().text());
+          }
+        }
+      }
+      merge_model_tensor(job.recipe, backend, tensor.name, tensor.depth, base_view, views, out);
+      return out;
+    });
+    in_stage(failure_kind::output, [&] { writer->write(tensor.name, output); });
+    for (const auto& input : job.inputs) input->release(tensor.name);
+    written += output.byte_size();
+    if (options.progress) options.progress(index + 1, written);
+  }
+  in_stage(failure_kind::output, [&] {
+    const model_input& source = job.reference();
+    if (!source.folder().empty()) {
+      for (const auto name : carried_file_names()) {
+        const std::filesystem::path path = source.folder() / name;
+        std::error_code ec;
+        if (!std::filesystem::is_regular_file(path, ec)) continue;
+        if (name == "config.json") {
+          const std::string contents = in_stage(failure_kind::input, [&] {
+            return updated_model_config(path, detail::output_dtype_of(job.config));
+          });
+          writer->add_file(name, contents);
+        } else {
+          writer->copy_file(path, name);
+        }
+      }
+    }
+    writer->add_file("mergekit_config.yml", job.config.source_text);
+    writer->add_file("README.md", model_card(job));
+    writer->commit();
+  });
+}
+
+}  // namespace alloy::tools
