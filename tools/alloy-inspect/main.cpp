@@ -15,6 +15,7 @@
 #include <nlohmann/json.hpp>
 
 #include "alloy/alloy.hpp"
+#include "human_bytes.hpp"
 
 namespace {
 
@@ -50,18 +51,7 @@ tensor_stats statistics(alloy::const_tensor_view view) {
   return stats;
 }
 
-std::string human_bytes(std::size_t bytes) {
-  const char* units[] = {"B", "KiB", "MiB", "GiB", "TiB"};
-  auto value = static_cast<double>(bytes);
-  int unit = 0;
-  while (value >= 1024 && unit < 4) {
-    value /= 1024;
-    ++unit;
-  }
-  char text[32];
-  std::snprintf(text, sizeof text, unit == 0 ? "%.0f %s" : "%.1f %s", value, units[unit]);
-  return text;
-}
+std::string human_bytes(std::size_t bytes) { return alloy::tools::human_bytes(static_cast<double>(bytes), true); }
 
 std::string shape_text(const alloy::shape& dims) {
   std::ostringstream out;

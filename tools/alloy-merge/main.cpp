@@ -18,10 +18,13 @@
 
 #include <CLI/CLI.hpp>
 
+#include "human_bytes.hpp"
 #include "merge_config.hpp"
 #include "merge_job.hpp"
 
 namespace {
+
+using alloy::tools::human_bytes;
 
 enum exit_status : int {
   exit_success = 0,
@@ -37,18 +40,6 @@ std::atomic<int> received_signal{0};
 extern "C" void on_signal(int signal) { received_signal.store(signal); }
 
 struct interrupted {};
-
-std::string human_bytes(double bytes) {
-  const char* units[] = {"B", "KB", "MB", "GB", "TB"};
-  int unit = 0;
-  while (bytes >= 1000 && unit < 4) {
-    bytes /= 1000;
-    ++unit;
-  }
-  char text[32];
-  std::snprintf(text, sizeof text, unit == 0 ? "%.0f %s" : "%.2f %s", bytes, units[unit]);
-  return text;
-}
 
 // "5GB", "500MB", "2GiB", "1e9", "123456": decimal units as Hugging Face writes them, binary
 // with an "i".

@@ -1,0 +1,142 @@
+"""alloy-merge on models of a realistic size: time and peak resident memory.
+
+  merge_cli_bench.py ALLOY_MERGE WORK_DIR [--gigabytes 1.1] [--dtype BF16] [--methods linear,ties]
+
+Writes a base and two fine-tuned variants, each a sharded folder of about --gigabytes GB shaped
+like a Llama layer stack (4096-wide projections, a 32000 x 4096 embedding), streaming each file to
+disk; then runs alloy-merge on each method under /usr/bin/time and prints wall time, peak RSS
+(largest resident set of the process), and the ratio of peak RSS to the largest tensor times the
+number of inputs. Inputs are read from the page cache when the machine has room for them (it
+usually does right after writing); the figures say so.
+"""
+
+import argparse
+import json
+import os
+import re
+import struct
+import subprocess
+import sys
+import time
+
+import numpy as np
+
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "tests", "reference"))
+import safetensors_numpy as st  # noqa: E402
+
+WIDTH = 4096
+
+
+def tensors_for(gigabytes, element_bytes):
+    """(name, shape) of a Llama-like stack totalling about `gigabytes`."""
+    shapes = [("model.embed_tokens.weight", (32000, WIDTH))]
+    total = 32000 * WIDTH * element_bytes
+    layer = 0
+    while total < gigabytes * 1e9:
+        p = "model.layers.%d." % layer
+        for name, shape in ((p + "self_attn.q_proj.weight", (WIDTH, WIDTH)), (p + "self_attn.o_proj.weight", (WIDTH, WIDTH)),
+                            (p + "mlp.up_proj.weight", (11008, WIDTH)), (p + "input_layernorm.weight", (WIDTH,))):
+            shapes.append((name, shape))
+            total += int(np.prod(shape)) * element_bytes
+        layer += 1
+    shapes.append(("model.norm.weight", (WIDTH,)))
+    return shapes
+
+
+def write_sharded(folder, shapes, dtype_name, values_for, shard_bytes=2_000_000_000):
+    os.makedirs(folder, exist_ok=True)
+    element = st.DTYPES[dtype_name].itemsize
+    shards, current, size = [], [], 0
+    for name, shape in shapes:
+        nbytes = int(np.prod(shape)) * element
+        if current and size + nbytes > shard_bytes:
+            shards.append(current)
+            current, size = [], 0
+        current.append((name, shape))
+        size += nbytes
+    shards.append(current)
+    weight_map = {}
+    for i, shard in enumerate(shards):
+        file_name = "model-%05d-of-%05d.safetensors" % (i + 1, len(shards))
+        header, offset = {"__metadata__": {"format": "pt"}}, 0
+        for name, shape in shard:
+            nbytes = int(np.prod(shape)) * element
+            header[name] = {"dtype": dtype_name, "shape": list(shape), "data_offsets": [offset, offset + nbytes]}
+            offset += nbytes
+            weight_map[name] = file_name
+        text = json.dumps(header, separators=(",", ":")).encode()
+        text += b" " * ((8 - len(text) % 8) % 8)
+        with open(os.path.join(folder, file_name), "wb") as out:
+            out.write(struct.pack("<Q", len(text)) + text)
+            for name, shape in shard:
+                values = values_for(name, shape)
+                out.write((st.bf16_bits_from_f32(values) if dtype_name == "BF16" else values.astype(st.DTYPES[dtype_name])).tobytes())
+    with open(os.path.join(folder, "model.safetensors.index.json"), "w") as f:
+        json.dump({"metadata": {}, "weight_map": weight_map}, f)
+    with open(os.path.join(folder, "config.json"), "w") as f:
+        json.dump({"architectures": ["LlamaForCausalLM"], "torch_dtype": "bfloat16"}, f)
+
+
+def main():
+    parser = argparse.ArgumentParser()
+    parser.add_argument("binary")
+    parser.add_argument("work")
+    parser.add_argument("--gigabytes", type=float, default=1.1)
+    parser.add_argument("--dtype", default="BF16")
+    parser.add_argument("--methods", default="linear,task_arithmetic,ties,dare_ties")
+    parser.add_argument("--threads", default="")
+    args = parser.parse_args()
+    os.makedirs(args.work, exist_ok=True)
+    element = st.DTYPES[args.dtype].itemsize
+    shapes = tensors_for(args.gigabytes, element)
+    largest = max(int(np.prod(s)) for _, s in shapes) * element
+    total = sum(int(np.prod(s)) for _, s in shapes) * element
+    models = ["base", "math", "code"]
+    started = time.time()
+    for index, model in enumerate(models):
+        folder = os.path.join(args.work, model)
+        if os.path.exists(os.path.join(folder, "model.safetensors.index.json")):
+            continue
+        def values_for(name, shape, index=index):
+            rng = np.random.default_rng(abs(hash((name, 0))) % (1 << 32))
+            base = rng.standard_normal(shape, dtype=np.float32) * np.float32(0.02)
+            if index == 0:
+                return base
+            noise = np.random.default_rng(index * 7919 + len(name)).standard_normal(shape, dtype=np.float32)
+            return base + noise * np.float32(0.002)
+        write_sharded(folder, shapes, args.dtype, values_for)
+    print("models: 3 x %.2f GB (%s, %d tensors, largest %.0f MB), written in %.0f s" %
+          (total / 1e9, args.dtype, len(shapes), largest / 1e6, time.time() - started))
+    for method in args.methods.split(","):
+        parameters = "    parameters: {weight: 0.5%s}\n" % (", density: 0.5" if method in ("ties", "dare_ties") else "")
+        config = os.path.join(args.work, method + ".yml")
+        with open(config, "w") as f:
+            f.write("merge_method: %s\n" % method)
+            if method != "linear":
+                f.write("base_model: %s\n" % os.path.join(args.work, "base"))
+            f.write("models:\n")
+            for model in (["base"] if method == "linear" else []) + ["math", "code"]:
+                f.write("  - model: %s\n%s" % (os.path.join(args.work, model), parameters))
+        out = os.path.join(args.work, "out_" + method)
+        subprocess.run(["rm", "-rf", out], check=True)
+        command = ["/usr/bin/time", "-v", args.binary, config, out, "--quiet"]
+        if args.threads:
+            command += ["--threads", args.threads]
+        result = subprocess.run(command, capture_output=True, text=True)
+        if result.returncode != 0:
+            print(result.stderr)
+            sys.exit(1)
+        rss_kb = int(re.search(r"Maximum resident set size \(kbytes\): (\d+)", result.stderr).group(1))
+        wall = re.search(r"Elapsed \(wall clock\) time \(h:mm:ss or m:ss\): ([\d:.]+)", result.stderr).group(1)
+        parts = [float(p) for p in wall.split(":")]
+        seconds = parts[-1] + 60 * parts[-2] + (3600 * parts[-3] if len(parts) > 2 else 0)
+        inputs = 3
+        read = total * inputs
+        print("%-16s %6.1f s  read %.2f GB + write %.2f GB  %.2f GB/s  peak RSS %.0f MB = %.2f x (largest tensor x %d inputs)" %
+              (method, seconds, read / 1e9, total / 1e9, (read + total) / 1e9 / seconds, rss_kb / 1e3,
+               rss_kb * 1e3 / (largest * inputs), inputs))
+        subprocess.run(["rm", "-rf", out], check=True)
+
+
+if __name__ == "__main__":
+    main()
