@@ -67,10 +67,11 @@ def stored(values, dtype_name):
     return ref.quantize(values, dtype_name)
 
 
-def write_model(path, weights, dtype_name, layout, extra_files=True):
+def write_model(path, weights, dtype_name, layout, extra_files=True, position_ids=None):
     """layout: 'single' (folder/model.safetensors), 'sharded' (folder with index), 'file' (bare file)."""
     tensors = [(name, dtype_name, stored(w, dtype_name)[0]) for name, w in weights.items()]
-    tensors.append(("model.rotary_emb.position_ids", "I64", np.arange(8, dtype=np.int64).reshape(1, 8)))
+    ids = np.arange(8, dtype=np.int64).reshape(1, 8) if position_ids is None else position_ids
+    tensors.append(("model.rotary_emb.position_ids", "I64", ids))
     if layout == "file":
         st.write(path, tensors, {"format": "pt"})
         return path
@@ -429,6 +430,8 @@ def group_errors(binary, work):
     reshaped = dict(models[1])
     reshaped["model.norm.weight"] = np.zeros(HIDDEN + 1)
     m_shape = write_model(os.path.join(folder, "m_shape"), reshaped, "F32", "single")
+    m_ids = write_model(os.path.join(folder, "m_ids"), models[1], "F32", "single",
+                        position_ids=np.arange(1, 9, dtype=np.int64).reshape(1, 8))
     garbage = os.path.join(folder, "garbage.safetensors")
     with open(garbage, "wb") as f:
         f.write(b"\x10\x00\x00\x00\x00\x00\x00\x00{not json at all")
@@ -482,6 +485,9 @@ def group_errors(binary, work):
         ("shapes disagree", write_config(os.path.join(folder, "i5.yml"), "ties", base_path,
                                          [(m0, {"weight": 1.0}), (m_shape, {"weight": 1.0})]), EXIT_INPUT,
          "model.norm.weight", []),
+        ("integer buffers differ", write_config(os.path.join(folder, "i6.yml"), "ties", base_path,
+                                                [(m0, {"weight": 1.0}), (m_ids, {"weight": 1.0})]), EXIT_INPUT,
+         "model.rotary_emb.position_ids", []),
         ("bad --shard-size", write_config(os.path.join(folder, "u1.yml"), "ties", base_path, good), EXIT_USAGE,
          "shard-size", ["--shard-size", "lots"]),
         ("--device cuda without CUDA", os.path.join(folder, "u1.yml"), EXIT_USAGE, "cuda", ["--device", "cuda"]),

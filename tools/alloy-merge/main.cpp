@@ -120,18 +120,10 @@ void print_plan(const alloy::tools::merge_job& job, const std::string& output, s
   std::cout << "tensors: " << job.tensors.size() << " (" << merged << " merged, " << job.tensors.size() - merged
             << " copied)\n";
   std::cout << "read: " << human_bytes(static_cast<double>(job.input_bytes)) << "\n";
-  std::size_t shards = 0;
-  std::size_t current = 0;
-  for (const auto& t : job.tensors) {
-    const std::size_t bytes = t.dims.numel() * alloy::size_of(t.output_dtype);
-    if (shards == 0 || (current > 0 && current + bytes > shard_bytes)) {
-      ++shards;
-      current = 0;
-    }
-    current += bytes;
-  }
+  const std::vector<std::size_t> shard_of = alloy::assign_shards(job.output_specs(), shard_bytes);
+  const std::size_t shards = shard_of.empty() ? 1 : shard_of.back() + 1;
   std::cout << "write: " << output << ", " << human_bytes(static_cast<double>(job.output_bytes)) << " in "
-            << std::max<std::size_t>(shards, 1) << " shard" << (shards > 1 ? "s" : "") << "\n";
+            << shards << " shard" << (shards > 1 ? "s" : "") << "\n";
   std::cout << "estimated peak memory: " << human_bytes(static_cast<double>(job.peak_bytes)) << " (tensor '"
             << job.peak_tensor << "')\n";
 }

@@ -5,7 +5,6 @@
 // into a model_writer, releasing each input's pages once its tensor is written.
 
 #include <algorithm>
-#include <cstring>
 #include <cstddef>
 #include <filesystem>
 #include <functional>
@@ -135,6 +134,12 @@ struct merge_job {
   std::string peak_tensor;
 
   [[nodiscard]] const model_input& reference() const { return base != nullptr ? *base : *models.front(); }
+  // What the writer is told: every tensor's name, output dtype and shape, in output order.
+  [[nodiscard]] std::vector<tensor_spec> output_specs() const {
+    std::vector<tensor_spec> specs;
+    for (const auto& t : tensors) specs.push_back({t.name, t.output_dtype, t.dims});
+    return specs;
+  }
 };
 
 namespace detail {
@@ -270,8 +275,7 @@ inline merge_job plan_merge(merge_config config, const cpu_backend& backend) {
     }
   });
   // Write order: as the safetensors writer aligns them (wider dtypes first, else as read).
-  std::vector<tensor_spec> specs;
-  for (const auto& t : job.tensors) specs.push_back({t.name, t.output_dtype, t.dims});
+  std::vector<tensor_spec> specs = job.output_specs();
   order_for_alignment(specs);
   std::map<std::string, planned_tensor, std::less<>> by_name;
   for (auto& t : job.tensors) by_name.emplace(t.name, std::move(t));
@@ -327,11 +331,9 @@ struct write_options {
 
 // Merges and writes. The folder appears under its final name only when complete.
 inline void run_merge(const merge_job& job, const cpu_backend& backend, const write_options& options) {
-  std::vector<tensor_spec> specs;
-  for (const auto& t : job.tensors) specs.push_back({t.name, t.output_dtype, t.dims});
   std::optional<model_writer> writer;
   in_stage(failure_kind::output, [&] {
-    writer.emplace(options.output, specs,
+    writer.emplace(options.output, job.output_specs(),
                    model_write_options{.max_shard_bytes = options.max_shard_bytes, .metadata = {{"format", "pt"}},
                                        .allow_overwrite = options.allow_overwrite});
   });
@@ -348,15 +350,6 @@ inline void run_merge(const merge_job& job, const cpu_backend& backend, const wr
       const std::optional<const_tensor_view> base_view =
           base != nullptr ? std::optional<const_tensor_view>(base->view(tensor.name)) : std::nullopt;
       const tensor_view out(buffer.data(), tensor.output_dtype, tensor.dims);
-      if (!tensor.merged) {  // integer and boolean buffers are copied; every model must agree
-        const const_tensor_view first = base_view ? *base_view : views.front();
-        for (std::size_t i = 0; i < views.size(); ++i) {
-          if (std::memcmp(views[i].data(), first.data(), first.byte_size()) != 0) {
-            alloy::detail::fail(error_code::format, "tensor ", alloy::detail::quoted{tensor.name}, " of dtype ",
-                                first.dtype(), " cannot be merged and differs in ", job.models[i]->reference().text());
-          }
-        }
-      }
       merge_model_tensor(job.recipe, backend, tensor.name, tensor.depth, base_view, views, out);
       return out;
     });

@@ -167,7 +167,7 @@ inline void merge_model_tensor(const merge_recipe& recipe, const cpu_backend& ba
       const bool same = models[i].dtype() == reference.dtype() && models[i].shape() == reference.shape() &&
                         std::memcmp(models[i].data(), reference.data(), reference.byte_size()) == 0;
       if (!same) {
-        detail::fail(error_code::invalid_argument, recipe.method, ": tensor ", detail::quoted{name}, " of dtype ",
+        detail::fail(error_code::dtype_mismatch, recipe.method, ": tensor ", detail::quoted{name}, " of dtype ",
                      reference.dtype(), " cannot be merged and differs in model ", i);
       }
     }

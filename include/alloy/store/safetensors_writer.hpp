@@ -158,6 +158,25 @@ inline void order_for_alignment(std::vector<tensor_spec>& plan) {
   });
 }
 
+// The shard of each tensor of `plan` (in order) when shards hold at most `max_shard_bytes`: a new
+// shard starts when the next tensor would overflow a non-empty one, so a tensor larger than the
+// limit gets a shard of its own.
+inline std::vector<std::size_t> assign_shards(std::span<const tensor_spec> plan, std::size_t max_shard_bytes) {
+  std::vector<std::size_t> shard_of(plan.size());
+  std::size_t shard = 0;
+  std::size_t shard_bytes = 0;
+  for (std::size_t i = 0; i < plan.size(); ++i) {
+    const std::size_t bytes = plan[i].byte_size();
+    if (i > 0 && shard_bytes > 0 && shard_bytes + bytes > max_shard_bytes) {
+      ++shard;
+      shard_bytes = 0;
+    }
+    shard_bytes += bytes;
+    shard_of[i] = shard;
+  }
+  return shard_of;
+}
+
 struct model_write_options {
   // Largest shard in bytes (Hugging Face's default is 5 GB). A tensor larger than this gets a
   // shard of its own.
@@ -285,14 +304,10 @@ class model_writer {
   }
 
   void split_into_shards(std::vector<tensor_spec> plan) {
-    std::size_t shard_bytes = 0;
-    for (auto& spec : plan) {
-      const std::size_t bytes = spec.byte_size();
-      if (shards_.empty() || (shard_bytes > 0 && shard_bytes + bytes > options_.max_shard_bytes)) {
-        shards_.emplace_back();
-        shard_bytes = 0;
-      }
-      shard_bytes += bytes;
+    const std::vector<std::size_t> assigned = assign_shards(plan, options_.max_shard_bytes);
+    for (std::size_t i = 0; i < plan.size(); ++i) {
+      tensor_spec& spec = plan[i];
+      if (shards_.size() <= assigned[i]) shards_.emplace_back();
       if (!shard_of_.emplace(spec.name, shards_.size() - 1).second) {
         detail::fail(error_code::already_exists, folder_.string(), ": tensor name ",
                      detail::quoted{spec.name}, " appears twice in the plan");
