@@ -20,6 +20,7 @@ enum class error_code : std::uint8_t {
   dtype_mismatch,    // dtypes disagree or a dtype is not supported for the operation
   io,                // the operating system refused a read, write, map or rename
   limit,             // a size exceeds one of alloy's documented limits
+  device,            // a GPU runtime call failed (no device, out of device memory, a kernel fault)
 };
 
 constexpr std::string_view to_string(error_code code) noexcept {
@@ -32,6 +33,7 @@ constexpr std::string_view to_string(error_code code) noexcept {
     case error_code::dtype_mismatch: return "dtype mismatch";
     case error_code::io: return "I/O error";
     case error_code::limit: return "limit exceeded";
+    case error_code::device: return "device error";
   }
   return "error";
 }

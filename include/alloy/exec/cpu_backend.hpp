@@ -8,6 +8,7 @@
 #include <cstddef>
 #include <cstdint>
 #include <exception>
+#include <span>
 
 #if defined(_OPENMP)
 #include <omp.h>
@@ -15,7 +16,15 @@
 
 namespace alloy {
 
+class bit_mask;
+
+// A backend is what policies are written against (as CUB's algorithms are against a stream): it
+// runs the primitives of exec/ (elementwise, reduce_sums, rank_band_mask, rank_sampling_mask),
+// found by argument-dependent lookup, and names the type its masks have. The CUDA backend
+// (adapters/cuda) is the other one.
 struct cpu_backend {
+  using mask_type = bit_mask;  // one bit per element, in host memory
+
   // Threads to use; 0 means OpenMP's default (OMP_NUM_THREADS, else every core).
   int threads = 0;
 
@@ -35,6 +44,18 @@ struct cpu_backend {
     return (elements + chunk_elements - 1) / chunk_elements;
   }
 };
+
+// The mask type a backend's selections return.
+template <class Backend>
+using mask_type_t = typename Backend::mask_type;
+
+// Arrays a kernel reads besides its inputs (weights, per-model terms) made readable where the
+// kernel runs: on the CPU they are read where they are; the CUDA backend copies them to the
+// device, in stream order.
+template <class T>
+[[nodiscard]] const T* stage_arguments(const cpu_backend&, std::span<const T> values) noexcept {
+  return values.data();
+}
 
 namespace detail {
 // An exception must not leave an OpenMP region (that terminates the program): the first one

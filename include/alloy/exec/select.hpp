@@ -15,6 +15,7 @@
 #include <cstdint>
 #include <functional>
 #include <limits>
+#include <numeric>
 #include <span>
 #include <vector>
 
@@ -24,6 +25,7 @@
 #include "alloy/core/tensor_view.hpp"
 #include "alloy/exec/cpu_backend.hpp"
 #include "alloy/exec/elementwise.hpp"
+#include "alloy/exec/random.hpp"
 
 namespace alloy {
 
@@ -228,6 +230,72 @@ bit_mask rank_band_mask(const cpu_backend& backend, std::span<const const_tensor
     };
   });
   return mask;
+}
+
+namespace detail {
+// The keep probability of the element of ascending rank `rank` in a row of `length`: it rises
+// linearly from `lowest` to `lowest + spread`. Computed in f64 without fused multiply-adds, so
+// every backend rounds it to the same float.
+ALLOY_HD inline float rank_keep_probability(std::size_t rank, std::size_t length, double lowest, double spread) noexcept {
+  const double position = length > 1 ? static_cast<double>(rank) / static_cast<double>(length - 1) : 0.5;
+#if defined(__CUDA_ARCH__)
+  return static_cast<float>(__dadd_rn(lowest, __dmul_rn(position, spread)));
+#else
+  return static_cast<float>(lowest + position * spread);
+#endif
+}
+
+// Input i at one element of a row held as one f32 buffer per input, `stride` apart.
+struct strided_values {
+  const float* first;
+  std::size_t stride;
+  std::size_t count;
+  float operator[](std::size_t input) const { return first[input * stride]; }
+  [[nodiscard]] std::size_t size() const { return count; }
+};
+}  // namespace detail
+
+// Keeps each element with a probability that rises with its rank inside its row (DELLA's
+// MAGPRUNE): the elements are `rows` rows of `row_length`, ranked within each row by
+// rank_magnitude(value(values, index)) ascending, equal magnitudes by position; the element of
+// rank r at flat position `index` is kept when
+//   uniform01(stream_key, index) < rank_keep_probability(r, row_length, lowest, spread).
+template <class Value>
+bit_mask rank_sampling_mask(const cpu_backend& backend, std::span<const const_tensor_view> inputs, std::size_t rows,
+                            std::size_t row_length, const Value& value, std::uint64_t stream_key, double lowest,
+                            double spread) {
+  const std::size_t n = rows * row_length;
+  for (const auto& input : inputs) {
+    detail::check_computable(input, "an input tensor");
+    if (input.numel() != n) {
+      detail::fail(error_code::shape_mismatch, "input of shape ", input.shape(), " has ", input.numel(),
+                   " elements, expected ", rows, " rows of ", row_length);
+    }
+  }
+  std::vector<std::uint8_t> keep(n);
+  for_each_index(backend, rows, [&](std::size_t row) {
+    const std::size_t first = row * row_length;
+    std::vector<float> loaded(inputs.size() * row_length);
+    std::vector<float> magnitude(row_length);
+    std::vector<std::uint32_t> order(row_length);
+    for (std::size_t i = 0; i < inputs.size(); ++i) {
+      for (std::size_t at = 0; at < row_length; at += detail::block_elements) {
+        const std::size_t count = std::min(detail::block_elements, row_length - at);
+        detail::load_block(inputs[i], first + at, count, loaded.data() + i * row_length + at);
+      }
+    }
+    for (std::size_t j = 0; j < row_length; ++j) {
+      magnitude[j] = detail::rank_magnitude(value(detail::strided_values{loaded.data() + j, row_length, inputs.size()}, first + j));
+    }
+    std::iota(order.begin(), order.end(), 0u);
+    std::stable_sort(order.begin(), order.end(),
+                     [&magnitude](std::uint32_t x, std::uint32_t y) { return magnitude[x] < magnitude[y]; });
+    for (std::size_t rank = 0; rank < row_length; ++rank) {
+      const std::size_t index = first + order[rank];
+      keep[index] = uniform01(stream_key, index) < detail::rank_keep_probability(rank, row_length, lowest, spread) ? 1 : 0;
+    }
+  });
+  return bit_mask::from_bytes(backend, keep);
 }
 
 }  // namespace alloy

@@ -3,6 +3,7 @@
 // when normalize is off. A zero weight sum divides by 1. No base model.
 
 #include <cstddef>
+#include <span>
 #include <string_view>
 #include <vector>
 
@@ -31,7 +32,8 @@ struct linear_merge {
   [[nodiscard]] static constexpr std::string_view name() noexcept { return "linear"; }
   [[nodiscard]] static constexpr bool needs_base() noexcept { return false; }
 
-  void merge(const cpu_backend& backend, const merge_inputs& in, tensor_view output) const {
+  template <class Backend>
+  void merge(const Backend& backend, const merge_inputs& in, tensor_view output) const {
     detail::check_merge_inputs(name(), in, output, false, 1);
     std::vector<float> weights;
     double total = 0.0;
@@ -40,7 +42,8 @@ struct linear_merge {
       total += p.weight;
     }
     const double divisor = normalize && total != 0.0 ? total : 1.0;
-    const weighted_sum_kernel kernel{weights.data(), static_cast<float>(1.0 / divisor)};
+    const weighted_sum_kernel kernel{stage_arguments(backend, std::span<const float>(weights)),
+                                     static_cast<float>(1.0 / divisor)};
     elementwise(backend, output, in.models, kernel);
   }
 };

@@ -38,11 +38,12 @@ struct magmax_merge {
   [[nodiscard]] static constexpr std::string_view name() noexcept { return "magmax"; }
   [[nodiscard]] static constexpr bool needs_base() noexcept { return true; }
 
-  void merge(const cpu_backend& backend, const merge_inputs& in, tensor_view output) const {
+  template <class Backend>
+  void merge(const Backend& backend, const merge_inputs& in, tensor_view output) const {
     detail::check_merge_inputs(name(), in, output, true, 1);
     detail::check_finite(name(), in.name, "lambda", lambda);
     std::vector<const_tensor_view> inputs{*in.base};
-    inputs.insert(inputs.end(), in.models.begin(), in.models.end());
+    for (const auto& model : in.models) inputs.push_back(model);
     elementwise(backend, output, inputs, magmax_kernel{static_cast<float>(lambda)});
   }
 };

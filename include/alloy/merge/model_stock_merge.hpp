@@ -29,26 +29,34 @@ struct interpolate_mean_kernel {
   }
 };
 
+// The upper triangle of the Gram matrix of the offsets m_i - b, row by row, in f64.
+struct offset_gram_sums {
+  std::size_t models = 0;
+  template <class Values, class Sums>
+  ALLOY_HD void operator()(const Values& values, std::size_t, Sums&& sums) const {
+    std::size_t at = 0;
+    for (std::size_t i = 0; i < models; ++i) {
+      const double oi = static_cast<double>(values[1 + i]) - static_cast<double>(values[0]);
+      for (std::size_t j = i; j < models; ++j) {
+        sums[at++] += oi * (static_cast<double>(values[1 + j]) - static_cast<double>(values[0]));
+      }
+    }
+  }
+};
+
 struct model_stock_merge {
   [[nodiscard]] static constexpr std::string_view name() noexcept { return "model_stock"; }
   [[nodiscard]] static constexpr bool needs_base() noexcept { return true; }
 
-  void merge(const cpu_backend& backend, const merge_inputs& in, tensor_view output) const {
+  template <class Backend>
+  void merge(const Backend& backend, const merge_inputs& in, tensor_view output) const {
     detail::check_merge_inputs(name(), in, output, true, 2);
     const std::size_t k = in.models.size();
     std::vector<const_tensor_view> inputs{*in.base};
-    inputs.insert(inputs.end(), in.models.begin(), in.models.end());
+    for (const auto& model : in.models) inputs.push_back(model);
     // Gram matrix of the offsets, upper triangle: k (k + 1) / 2 sums in one pass.
     const std::size_t terms = k * (k + 1) / 2;
-    const auto gram = reduce_sums(backend, inputs, output.numel(), terms, [k](const auto& v, std::size_t, double* sums) {
-      std::size_t at = 0;
-      for (std::size_t i = 0; i < k; ++i) {
-        const double oi = static_cast<double>(v[1 + i]) - static_cast<double>(v[0]);
-        for (std::size_t j = i; j < k; ++j) {
-          sums[at++] += oi * (static_cast<double>(v[1 + j]) - static_cast<double>(v[0]));
-        }
-      }
-    });
+    const std::vector<double> gram = reduce_sums(backend, inputs, output.numel(), terms, offset_gram_sums{k});
     const auto entry = [&](std::size_t i, std::size_t j) { return gram[i * k - i * (i - 1) / 2 + (j - i)]; };
     double cosine_sum = 0.0;
     std::size_t pairs = 0;

@@ -24,8 +24,10 @@ namespace alloy {
 
 using merge_policy = std::variant<linear_merge, task_vector_merge, magmax_merge, slerp_merge, model_stock_merge>;
 
-inline void merge_with(const merge_policy& policy, const cpu_backend& backend, const merge_inputs& in,
-                       tensor_view output) {
+// Runs `policy` on `backend`. With the CUDA backend, a translation unit that nvcc does not compile
+// calls alloy::cuda::merge_with (adapters/cuda), which this same template instantiates on the GPU.
+template <class Backend>
+void merge_with(const merge_policy& policy, const Backend& backend, const merge_inputs& in, tensor_view output) {
   std::visit([&](const auto& p) { p.merge(backend, in, output); }, policy);
 }
 

@@ -8,6 +8,7 @@
 #include <array>
 #include <cmath>
 #include <string_view>
+#include <vector>
 
 #include "alloy/core/config.hpp"
 #include "alloy/exec/cpu_backend.hpp"
@@ -24,13 +25,26 @@ struct two_term_kernel {
   ALLOY_HD float operator()(const Values& values, std::size_t) const { return a * values[0] + b * values[1]; }
 };
 
+// The sums a SLERP needs in one pass: |b|^2, |m|^2 and <b, m>, in f64.
+struct slerp_sums {
+  template <class Values, class Sums>
+  ALLOY_HD void operator()(const Values& values, std::size_t, Sums&& sums) const {
+    const auto x = static_cast<double>(values[0]);
+    const auto y = static_cast<double>(values[1]);
+    sums[0] += x * x;
+    sums[1] += y * y;
+    sums[2] += x * y;
+  }
+};
+
 struct slerp_merge {
   double t = 0.5;
 
   [[nodiscard]] static constexpr std::string_view name() noexcept { return "slerp"; }
   [[nodiscard]] static constexpr bool needs_base() noexcept { return true; }
 
-  void merge(const cpu_backend& backend, const merge_inputs& in, tensor_view output) const {
+  template <class Backend>
+  void merge(const Backend& backend, const merge_inputs& in, tensor_view output) const {
     detail::check_merge_inputs(name(), in, output, true, 1);
     detail::check_finite(name(), in.name, "t", t);
     if (in.models.size() != 1) {
@@ -38,11 +52,7 @@ struct slerp_merge {
                    in.models.size(), " models for tensor ", detail::quoted{in.name});
     }
     const const_tensor_view pair[] = {*in.base, in.models[0]};
-    const auto sums = reduce_sum<3>(backend, pair, output.numel(), [](const auto& v, std::size_t) {
-      const auto x = static_cast<double>(v[0]);
-      const auto y = static_cast<double>(v[1]);
-      return std::array<double, 3>{x * x, y * y, x * y};
-    });
+    const std::vector<double> sums = reduce_sums(backend, pair, output.numel(), 3, slerp_sums{});
     constexpr double eps = 1e-8;
     const double norm_base = std::sqrt(sums[0]);
     const double norm_model = std::sqrt(sums[1]);

@@ -117,6 +117,26 @@ struct task_vector_kernel {
   }
 };
 
+// |m_i - b|'s ranked quantity: values[0] is the base, values[1] the model.
+struct task_vector_delta {
+  template <class Values>
+  ALLOY_HD float operator()(const Values& values, std::size_t) const {
+    return values[1] - values[0];
+  }
+};
+
+// The L1 norms of a task vector, whole and kept by a mask: sums[0] += |d|, sums[1] += |d| if kept.
+struct masked_l1_norms {
+  const std::uint64_t* bits = nullptr;
+  template <class Values, class Sums>
+  ALLOY_HD void operator()(const Values& values, std::size_t index, Sums&& sums) const {
+    const float delta = values[1] - values[0];
+    const double magnitude = delta < 0 ? -static_cast<double>(delta) : static_cast<double>(delta);
+    sums[0] += magnitude;
+    if ((bits[index >> 6] >> (index & 63)) & 1u) sums[1] += magnitude;
+  }
+};
+
 class task_vector_merge {
  public:
   std::string_view method = "task_arithmetic";  // the config name, used in messages
@@ -139,15 +159,17 @@ class task_vector_merge {
 
   [[nodiscard]] static constexpr bool needs_base() noexcept { return true; }
 
-  void merge(const cpu_backend& backend, const merge_inputs& in, tensor_view output) const {
+  // Runs on any backend: the CPU's, or alloy::cuda's with device tensors.
+  template <class Backend>
+  void merge(const Backend& backend, const merge_inputs& in, tensor_view output) const {
     detail::check_merge_inputs(method, in, output, true, 0);
     detail::check_finite(method, in.name, "lambda", lambda);
     const std::size_t k = in.models.size();
 
     std::vector<const_tensor_view> inputs{*in.base};
-    inputs.insert(inputs.end(), in.models.begin(), in.models.end());
+    for (const auto& model : in.models) inputs.push_back(model);
     std::vector<task_vector_term> terms(k);
-    std::vector<bit_mask> masks(k);
+    std::vector<mask_type_t<Backend>> masks(k);
     for (std::size_t i = 0; i < k; ++i) {
       terms[i] = prepare_term(backend, in, i, masks[i]);
     }
@@ -164,22 +186,22 @@ class task_vector_merge {
       const double c = lambda / divisor;
       std::vector<float> coefficients{static_cast<float>(1.0 - c * weight_sum)};
       for (const auto& t : terms) coefficients.push_back(static_cast<float>(c * static_cast<double>(t.weight)));
-      elementwise(backend, output, inputs, weighted_sum_kernel{coefficients.data(), 1.0f});
+      const float* staged = stage_arguments(backend, std::span<const float>(coefficients));
+      elementwise(backend, output, inputs, weighted_sum_kernel{staged, 1.0f});
       return;
     }
-    const task_vector_kernel kernel{terms.data(), consensus, normalize, static_cast<float>(lambda)};
-    elementwise(backend, output, inputs, kernel);
+    const task_vector_term* staged = stage_arguments(backend, std::span<const task_vector_term>(terms));
+    elementwise(backend, output, inputs, task_vector_kernel{staged, consensus, normalize, static_cast<float>(lambda)});
   }
 
  private:
-  task_vector_term prepare_term(const cpu_backend& backend, const merge_inputs& in, std::size_t model,
-                                bit_mask& mask) const {
+  template <class Backend, class Mask>
+  task_vector_term prepare_term(const Backend& backend, const merge_inputs& in, std::size_t model, Mask& mask) const {
     const model_parameters& p = in.parameters[model];
     task_vector_term term;
     term.weight = static_cast<float>(p.weight);
     const std::size_t n = in.base->numel();
     const const_tensor_view pair[] = {*in.base, in.models[model]};
-    const auto delta = [](const auto& v, std::size_t) { return v[1] - v[0]; };
     if (sparsify == sparsification::none) return term;
 
     detail::check_unit_interval(method, in.name, "density", p.density);
@@ -196,7 +218,7 @@ class task_vector_merge {
         return term;
       case sparsification::magnitude: {
         const auto keep = static_cast<std::size_t>(p.density * static_cast<double>(n));
-        mask = rank_band_mask(backend, pair, n, delta, 0, keep);
+        mask = rank_band_mask(backend, pair, n, task_vector_delta{}, 0, keep);
         break;
       }
       case sparsification::magnitude_outliers: {
@@ -205,7 +227,7 @@ class task_vector_merge {
         auto top = static_cast<std::int64_t>(p.gamma * static_cast<double>(n));
         const std::int64_t bottom = static_cast<std::int64_t>(n) - target - top;
         if (bottom < 0) top += bottom;  // fewer outliers dropped, to reach the density
-        mask = rank_band_mask(backend, pair, n, delta, static_cast<std::size_t>(top),
+        mask = rank_band_mask(backend, pair, n, task_vector_delta{}, static_cast<std::size_t>(top),
                               static_cast<std::size_t>(top + target));
         break;
       }
@@ -217,10 +239,7 @@ class task_vector_merge {
     term.bits = mask.words();
     if (rescale) {
       // Match the L1 norm of the full task vector (mergekit's rescaling for non-random masks).
-      const auto norms = reduce_sum<2>(backend, pair, n, [&mask, &delta](const auto& v, std::size_t i) {
-        const double d = std::fabs(static_cast<double>(delta(v, i)));
-        return std::array<double, 2>{d, mask.test(i) ? d : 0.0};
-      });
+      const auto norms = reduce_sums(backend, pair, n, 2, masked_l1_norms{mask.words()});
       if (norms[0] >= 1e-7 && norms[1] >= 1e-7) term.scale = static_cast<float>(norms[0] / norms[1]);
     }
     return term;
@@ -229,41 +248,21 @@ class task_vector_merge {
   // DELLA's MAGPRUNE: within each row (the first dimension; a 1-D tensor is one row), rank the
   // entries by |d| ascending (ties by position), and keep entry r of L with probability
   //   p_r = (density - epsilon) + 2 epsilon (r - 1) / (L - 1)   (p = density when L = 1).
-  bit_mask della_mask(const cpu_backend& backend, const merge_inputs& in, std::size_t model,
-                      const model_parameters& p) const {
+  template <class Backend>
+  mask_type_t<Backend> della_mask(const Backend& backend, const merge_inputs& in, std::size_t model,
+                                  const model_parameters& p) const {
     detail::check_finite(method, in.name, "epsilon", p.epsilon);
-    if (p.density <= 0.0) return bit_mask(in.base->numel(), false);
+    const std::size_t n = in.base->numel();
+    if (p.density <= 0.0) return rank_band_mask(backend, std::span<const const_tensor_view>{}, n, task_vector_delta{}, 0, 0);
     if (p.density + p.epsilon >= 1.0 || p.density - p.epsilon <= 0.0) {
       detail::fail(error_code::invalid_argument, method, ": density ", p.density, " and epsilon ", p.epsilon,
                    " for tensor ", detail::quoted{in.name}, " must keep density +/- epsilon inside (0, 1)");
     }
-    const const_tensor_view base = *in.base;
-    const const_tensor_view model_view = in.models[model];
-    const std::size_t n = base.numel();
-    const std::size_t rows = base.shape().rank() >= 2 ? static_cast<std::size_t>(base.shape()[0]) : 1;
+    const const_tensor_view pair[] = {*in.base, in.models[model]};
+    const std::size_t rows = in.base->shape().rank() >= 2 ? static_cast<std::size_t>(in.base->shape()[0]) : 1;
     const std::size_t row_length = rows == 0 ? 0 : n / rows;
-    const std::uint64_t key = random_stream_key(seed, in.name, model);
-    std::vector<std::uint8_t> keep(n);
-    for_each_index(backend, rows, [&](std::size_t row) {
-      const std::size_t first = row * row_length;
-      std::vector<float> b(row_length), m(row_length);
-      std::vector<std::uint32_t> order(row_length);
-      for (std::size_t at = 0; at < row_length; at += detail::block_elements) {
-        const std::size_t count = std::min(detail::block_elements, row_length - at);
-        detail::load_block(base, first + at, count, b.data() + at);
-        detail::load_block(model_view, first + at, count, m.data() + at);
-      }
-      for (std::size_t j = 0; j < row_length; ++j) m[j] = detail::rank_magnitude(m[j] - b[j]);
-      std::iota(order.begin(), order.end(), 0u);
-      std::stable_sort(order.begin(), order.end(), [&m](std::uint32_t x, std::uint32_t y) { return m[x] < m[y]; });
-      for (std::size_t rank = 0; rank < row_length; ++rank) {
-        const double position = row_length > 1 ? static_cast<double>(rank) / static_cast<double>(row_length - 1) : 0.5;
-        const auto probability = static_cast<float>((p.density - p.epsilon) + position * 2.0 * p.epsilon);
-        const std::size_t index = first + order[rank];
-        keep[index] = uniform01(key, index) < probability ? 1 : 0;
-      }
-    });
-    return bit_mask::from_bytes(backend, keep);
+    return rank_sampling_mask(backend, pair, rows, row_length, task_vector_delta{}, random_stream_key(seed, in.name, model),
+                              p.density - p.epsilon, 2.0 * p.epsilon);
   }
 };
 
