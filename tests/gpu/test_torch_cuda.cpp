@@ -85,3 +85,40 @@ TEST_CASE("snapshot, assign, merge_into and the regularizers work on CUDA module
   CHECK(::torch::allclose(gpu_model->parameters().front().grad().cpu(), cpu_model->parameters().front().grad(), 1e-5,
                           1e-6));
 }
+
+TEST_CASE("merge_into merges a CUDA module in place on the GPU, bit for bit as on the CPU", "[adapters][torch][gpu]") {
+  if (!::torch::cuda::is_available()) {
+    WARN("no CUDA device: merge_into's CUDA path was not run");
+    return;
+  }
+  auto cpu_model = small_model(20);
+  auto gpu_model = small_model(20);
+  gpu_model->to(::torch::kCUDA);
+  const memory_store base = snapshot(*small_model(20));
+  // Models on the GPU, read in place through device views; the base from host memory.
+  auto first = small_model(21);
+  auto second = small_model(22);
+  first->to(::torch::kCUDA);
+  second->to(::torch::kCUDA);
+  const std::array gpu_models{torch_adapter::tensor_store::from_module(*first, true).with_device_views(),
+                              torch_adapter::tensor_store::from_module(*second, true).with_device_views()};
+  const std::array cpu_models{snapshot(*first), snapshot(*second)};
+  const merge_recipe ties{.method = "ties",
+                          .parameters = {{"density", 0.4}},
+                          .model_parameters = {{{"weight", 1.0}}, {{"weight", 0.5}}}};
+  const auto gpu_route = torch_adapter::merge_into(*gpu_model, ties, cpu_backend{}, &base, std::span(gpu_models));
+  const auto cpu_route = torch_adapter::merge_into(*cpu_model, ties, cpu_backend{}, &base, std::span(cpu_models));
+  CHECK(cpu_route == torch_adapter::merge_route::cpu_in_place);
+#if defined(ALLOY_TORCH_CUDA)
+  CHECK(gpu_route == torch_adapter::merge_route::cuda_in_place);
+#else
+  CHECK(gpu_route == torch_adapter::merge_route::staged);
+#endif
+  const memory_store got = snapshot(*gpu_model);
+  const memory_store want = snapshot(*cpu_model);
+  for (const auto& name : want.names()) {
+    INFO(name);
+    CHECK(alloy::testing::same_bytes(got.view(name), want.view(name)));
+  }
+  CHECK(gpu_model->parameters().front().device().is_cuda());
+}

@@ -24,7 +24,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import merge_reference as ref  # noqa: E402
 import safetensors_numpy as st  # noqa: E402
 
-EXIT_USAGE, EXIT_CONFIG, EXIT_INPUT, EXIT_OUTPUT = 2, 3, 4, 5
+EXIT_USAGE, EXIT_CONFIG, EXIT_INPUT, EXIT_OUTPUT, EXIT_DEVICE = 2, 3, 4, 5, 6
 LAYERS = 4
 HIDDEN = 16
 failures = []
@@ -490,7 +490,9 @@ def group_errors(binary, work):
          "model.rotary_emb.position_ids", []),
         ("bad --shard-size", write_config(os.path.join(folder, "u1.yml"), "ties", base_path, good), EXIT_USAGE,
          "shard-size", ["--shard-size", "lots"]),
-        ("--device cuda without CUDA", os.path.join(folder, "u1.yml"), EXIT_USAGE, "cuda", ["--device", "cuda"]),
+        # Without the CUDA backend a usage error, with it a GPU error: there is no device 999.
+        ("--device cuda:999", os.path.join(folder, "u1.yml"), (EXIT_USAGE, EXIT_DEVICE), "cuda", ["--device", "cuda:999"]),
+        ("--device tpu", os.path.join(folder, "u1.yml"), EXIT_USAGE, "tpu", ["--device", "tpu"]),
         ("output under a file", os.path.join(folder, "u1.yml"), EXIT_OUTPUT, "", [],),
     ]
     for label, config, expected_exit, needle, options in cases:
@@ -498,8 +500,9 @@ def group_errors(binary, work):
         if label == "output under a file":
             out = os.path.join(garbage, "out")
         result = run(binary, config, out, *options)
-        check(result.returncode == expected_exit, "%s: exit %d, expected %d: %s" % (label, result.returncode, expected_exit,
-                                                                                    result.stderr.strip()))
+        allowed = expected_exit if isinstance(expected_exit, tuple) else (expected_exit,)
+        check(result.returncode in allowed, "%s: exit %d, expected %s: %s" % (label, result.returncode, expected_exit,
+                                                                             result.stderr.strip()))
         check(needle in result.stderr, "%s: the message %r does not name %r" % (label, result.stderr.strip(), needle))
         check(result.stderr.count("\n") == 1, "%s: expected one line of error, got %r" % (label, result.stderr))
         check(not os.path.exists(out), "%s: an output folder was left" % label)
@@ -514,10 +517,50 @@ def group_errors(binary, work):
     print("errors: %d error cases, each with its exit code, message and no output" % (len(cases) + 1))
 
 
+def group_gpu(binary, work):
+    """--device cuda writes the same bytes as --device cpu, for every method (GPU machines only)."""
+    os.makedirs(work, exist_ok=True)
+    probe = run(binary, "/nonexistent.yml", os.path.join(work, "probe"), "--device", "cuda", "--dry-run")
+    if probe.returncode in (EXIT_USAGE, EXIT_DEVICE):
+        print("gpu: skipped, no CUDA backend or device here: " + probe.stderr.strip())
+        return
+    rng = np.random.default_rng(12)
+    base, models = make_weights(rng, 3)
+    compared = 0
+    for dtype_name in ("F32", "BF16"):
+        folder = os.path.join(work, dtype_name)
+        os.makedirs(folder, exist_ok=True)
+        position_ids = np.arange(16, dtype=np.int64)
+        base_path = write_model(os.path.join(folder, "base"), base, dtype_name, "sharded", position_ids=position_ids)
+        paths = [write_model(os.path.join(folder, "m%d" % i), models[i], dtype_name, "single", position_ids=position_ids)
+                 for i in range(3)]
+        for c, (method, needs_base, top, per_model) in enumerate(method_cases()):
+            label = "%s %s case %d" % (dtype_name, method, c)
+            config = write_config(os.path.join(folder, "case%d.yml" % c), method, base_path if needs_base else None,
+                                  list(zip(paths, per_model)), top)
+            outputs = {}
+            for device in ("cpu", "cuda"):
+                out = os.path.join(folder, "out%d_%s" % (c, device))
+                result = run(binary, config, out, "--quiet", "--device", device, "--shard-size", "20KB")
+                check(result.returncode == 0, "%s on %s: exit %d: %s" % (label, device, result.returncode,
+                                                                         result.stderr.strip()))
+                outputs[device] = out
+            if not all(os.path.isdir(o) for o in outputs.values()):
+                continue
+            names = sorted(os.listdir(outputs["cpu"]))
+            check(names == sorted(os.listdir(outputs["cuda"])), "%s: different files: %s" % (label, names))
+            for name in names:
+                with open(os.path.join(outputs["cpu"], name), "rb") as a, open(os.path.join(outputs["cuda"], name), "rb") as b:
+                    check(a.read() == b.read(), "%s: %s differs between --device cpu and --device cuda" % (label, name))
+            compared += 1
+    print("gpu: %d merges written bit-identically by --device cpu and --device cuda" % compared)
+
+
 def main():
     binary, work = sys.argv[1], sys.argv[2]
-    groups = {"methods": group_methods, "files": group_files, "lora": group_lora, "errors": group_errors}
-    chosen = sys.argv[3:] or list(groups)
+    groups = {"methods": group_methods, "files": group_files, "lora": group_lora, "errors": group_errors,
+              "gpu": group_gpu}
+    chosen = sys.argv[3:] or [g for g in groups if g != "gpu"]
     shutil.rmtree(work, ignore_errors=True)
     os.makedirs(work)
     for name in chosen:

@@ -4,7 +4,7 @@
 //               [--out-dtype D] [--allow-overwrite] [--quiet] [--device cpu|cuda]
 //
 // Exit status (docs/cli.md): 0 success, 1 unexpected failure, 2 bad command line, 3 config error,
-// 4 input error, 5 output error, 130 interrupted. On any failure no output folder is left.
+// 4 input error, 5 output error, 6 GPU error, 130 interrupted. On any failure no output folder is left.
 
 #include <unistd.h>
 
@@ -21,6 +21,9 @@
 #include "human_bytes.hpp"
 #include "merge_config.hpp"
 #include "merge_job.hpp"
+#if defined(ALLOY_HAVE_CUDA_BACKEND)
+#include "gpu_merge.hpp"
+#endif
 
 namespace {
 
@@ -33,6 +36,7 @@ enum exit_status : int {
   exit_config = 3,
   exit_input = 4,
   exit_output = 5,
+  exit_device = 6,
   exit_interrupted = 130,
 };
 
@@ -178,12 +182,35 @@ int main(int argc, char** argv) {
       return usage_error("--out-dtype '" + out_dtype_text + "' is not one of float32, float16, bfloat16");
     }
   }
-  if (device != "cpu") {
-    if (device == "cuda" || device.starts_with("cuda:")) {
-      return usage_error("--device " + device + ": this alloy-merge has no CUDA backend; merge with --device cpu");
+  const bool on_gpu = device == "cuda" || device.starts_with("cuda:");
+  if (device != "cpu" && !on_gpu) return usage_error("--device '" + device + "' is not cpu, cuda or cuda:N");
+#if defined(ALLOY_HAVE_CUDA_BACKEND)
+  if (on_gpu) {
+    int ordinal = 0;
+    if (device.starts_with("cuda:")) {
+      const std::string digits = device.substr(5);
+      if (digits.empty() || digits.size() > 3 || digits.find_first_not_of("0123456789") != std::string::npos) {
+        return usage_error("--device " + device + ": expected cuda or cuda:N with N a device number");
+      }
+      ordinal = std::stoi(digits);
     }
-    return usage_error("--device '" + device + "' is not cpu or cuda");
+    int count = 0;
+    const cudaError_t status = cudaGetDeviceCount(&count);
+    if (status != cudaSuccess || ordinal >= count) {
+      std::cerr << "alloy-merge: GPU error: --device " << device << ": "
+                << (status != cudaSuccess ? std::string("no usable CUDA device (") + cudaGetErrorString(status) + ")"
+                                          : "only " + std::to_string(count) + " CUDA device(s) here")
+                << "\n";
+      return exit_device;
+    }
+    if (const cudaError_t set = cudaSetDevice(ordinal); set != cudaSuccess) {
+      std::cerr << "alloy-merge: GPU error: selecting CUDA device " << ordinal << ": " << cudaGetErrorString(set) << "\n";
+      return exit_device;
+    }
   }
+#else
+  if (on_gpu) return usage_error("--device " + device + ": this alloy-merge was built without the CUDA backend; merge with --device cpu");
+#endif
 
   std::signal(SIGINT, on_signal);
   std::signal(SIGTERM, on_signal);
@@ -217,7 +244,15 @@ int main(int argc, char** argv) {
                                         .max_shard_bytes = *shard_bytes,
                                         .allow_overwrite = allow_overwrite,
                                         .progress = [&](std::size_t done, std::size_t bytes) { progress.update(done, bytes); }};
+#if defined(ALLOY_HAVE_CUDA_BACKEND)
+    if (on_gpu) {
+      alloy::tools::run_merge_on_gpu(job, backend, options);
+    } else {
+      alloy::tools::run_merge(job, backend, options);
+    }
+#else
     alloy::tools::run_merge(job, backend, options);
+#endif
     if (!quiet) {
       const double seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - started).count();
       std::printf("alloy-merge: %s merged %zu tensors (%s) into %s in %.1f s\n", job.config.method.c_str(),
@@ -228,12 +263,13 @@ int main(int argc, char** argv) {
     std::cerr << "\nalloy-merge: interrupted; nothing was written\n";
     return exit_interrupted;
   } catch (const alloy::tools::stage_error& e) {
-    static constexpr const char* labels[] = {"config error", "input error", "output error"};
+    static constexpr const char* labels[] = {"config error", "input error", "output error", "GPU error"};
     std::cerr << "alloy-merge: " << labels[static_cast<int>(e.kind())] << ": " << e.what() << "\n";
     switch (e.kind()) {
       case failure_kind::config: return exit_config;
       case failure_kind::input: return exit_input;
       case failure_kind::output: return exit_output;
+      case failure_kind::device: return exit_device;
     }
     return exit_unexpected;
   } catch (const std::exception& e) {

@@ -24,7 +24,7 @@
 namespace alloy::tools {
 
 // Which stage an error belongs to; main maps each to a documented exit code.
-enum class failure_kind { config, input, output };
+enum class failure_kind { config, input, output, device };
 
 class stage_error : public error {
  public:
@@ -44,7 +44,10 @@ decltype(auto) in_stage(failure_kind kind, Body&& body) {
   } catch (const stage_error&) {
     throw;
   } catch (const error& e) {
-    throw stage_error(e.code() == error_code::invalid_argument ? failure_kind::config : kind, e);
+    throw stage_error(e.code() == error_code::invalid_argument ? failure_kind::config
+                      : e.code() == error_code::device         ? failure_kind::device
+                                                                : kind,
+                      e);
   }
 }
 
@@ -329,35 +332,20 @@ struct write_options {
   std::function<void(std::size_t, std::size_t)> progress;
 };
 
-// Merges and writes. The folder appears under its final name only when complete.
-inline void run_merge(const merge_job& job, const cpu_backend& backend, const write_options& options) {
-  std::optional<model_writer> writer;
+namespace detail {
+
+// The output folder's writer: a staging folder renamed into place by finish_output.
+inline void open_writer(std::optional<model_writer>& writer, const merge_job& job, const write_options& options) {
   in_stage(failure_kind::output, [&] {
     writer.emplace(options.output, job.output_specs(),
                    model_write_options{.max_shard_bytes = options.max_shard_bytes, .metadata = {{"format", "pt"}},
                                        .allow_overwrite = options.allow_overwrite});
   });
-  const method_definition& def = find_merge_method(job.config.method);
-  const model_input* base = job.base != nullptr && def.needs_base ? job.base : nullptr;
-  std::vector<std::byte> buffer;
-  std::vector<const_tensor_view> views(job.models.size());
-  std::size_t written = 0;
-  for (std::size_t index = 0; index < job.tensors.size(); ++index) {
-    const planned_tensor& tensor = job.tensors[index];
-    const tensor_view output = in_stage(failure_kind::input, [&] {
-      buffer.resize(tensor.dims.numel() * size_of(tensor.output_dtype));
-      for (std::size_t i = 0; i < job.models.size(); ++i) views[i] = job.models[i]->view(tensor.name);
-      const std::optional<const_tensor_view> base_view =
-          base != nullptr ? std::optional<const_tensor_view>(base->view(tensor.name)) : std::nullopt;
-      const tensor_view out(buffer.data(), tensor.output_dtype, tensor.dims);
-      merge_model_tensor(job.recipe, backend, tensor.name, tensor.depth, base_view, views, out);
-      return out;
-    });
-    in_stage(failure_kind::output, [&] { writer->write(tensor.name, output); });
-    for (const auto& input : job.inputs) input->release(tensor.name);
-    written += output.byte_size();
-    if (options.progress) options.progress(index + 1, written);
-  }
+}
+
+// The carried files (config with the written dtype, tokenizer, generation config), the config as
+// written and a model card; then the folder appears under its final name.
+inline void finish_output(const merge_job& job, model_writer& writer) {
   in_stage(failure_kind::output, [&] {
     const model_input& source = job.reference();
     if (!source.folder().empty()) {
@@ -369,16 +357,52 @@ inline void run_merge(const merge_job& job, const cpu_backend& backend, const wr
           const std::string contents = in_stage(failure_kind::input, [&] {
             return updated_model_config(path, detail::output_dtype_of(job.config));
           });
-          writer->add_file(name, contents);
+          writer.add_file(name, contents);
         } else {
-          writer->copy_file(path, name);
+          writer.copy_file(path, name);
         }
       }
     }
-    writer->add_file("mergekit_config.yml", job.config.source_text);
-    writer->add_file("README.md", model_card(job));
-    writer->commit();
+    writer.add_file("mergekit_config.yml", job.config.source_text);
+    writer.add_file("README.md", model_card(job));
+    writer.commit();
   });
+}
+
+// The base's and the models' views of one tensor (the base only for methods that read it).
+inline std::optional<const_tensor_view> gather_views(const merge_job& job, const planned_tensor& tensor,
+                                                     std::vector<const_tensor_view>& views) {
+  const method_definition& def = find_merge_method(job.config.method);
+  views.resize(job.models.size());
+  for (std::size_t i = 0; i < job.models.size(); ++i) views[i] = job.models[i]->view(tensor.name);
+  if (job.base == nullptr || !def.needs_base) return std::nullopt;
+  return job.base->view(tensor.name);
+}
+
+}  // namespace detail
+
+// Merges and writes. The folder appears under its final name only when complete.
+inline void run_merge(const merge_job& job, const cpu_backend& backend, const write_options& options) {
+  std::optional<model_writer> writer;
+  detail::open_writer(writer, job, options);
+  std::vector<std::byte> buffer;
+  std::vector<const_tensor_view> views;
+  std::size_t written = 0;
+  for (std::size_t index = 0; index < job.tensors.size(); ++index) {
+    const planned_tensor& tensor = job.tensors[index];
+    const tensor_view output = in_stage(failure_kind::input, [&] {
+      buffer.resize(tensor.dims.numel() * size_of(tensor.output_dtype));
+      const std::optional<const_tensor_view> base_view = detail::gather_views(job, tensor, views);
+      const tensor_view out(buffer.data(), tensor.output_dtype, tensor.dims);
+      merge_model_tensor(job.recipe, backend, tensor.name, tensor.depth, base_view, views, out);
+      return out;
+    });
+    in_stage(failure_kind::output, [&] { writer->write(tensor.name, output); });
+    for (const auto& input : job.inputs) input->release(tensor.name);
+    written += output.byte_size();
+    if (options.progress) options.progress(index + 1, written);
+  }
+  detail::finish_output(job, *writer);
 }
 
 }  // namespace alloy::tools

@@ -158,6 +158,41 @@ class device_mask {
   std::size_t size_ = 0;
 };
 
+// A CUDA event: a point in a stream that the host or another stream can wait for, and time.
+class event {
+ public:
+  explicit event(bool timing = false) {
+    check(cudaEventCreateWithFlags(&event_, timing ? cudaEventDefault : cudaEventDisableTiming), "creating a CUDA event");
+  }
+  event(event&& other) noexcept : event_(std::exchange(other.event_, nullptr)) {}
+  event& operator=(event&& other) noexcept {
+    if (this != &other) {
+      if (event_ != nullptr) (void)cudaEventDestroy(event_);
+      event_ = std::exchange(other.event_, nullptr);
+    }
+    return *this;
+  }
+  event(const event&) = delete;
+  event& operator=(const event&) = delete;
+  ~event() {
+    if (event_ != nullptr) (void)cudaEventDestroy(event_);
+  }
+
+  void record(cudaStream_t stream) { check(cudaEventRecord(event_, stream), "recording a CUDA event"); }
+  void synchronize() const { check(cudaEventSynchronize(event_), "waiting for a CUDA event"); }
+  // Makes `stream` wait for this event without blocking the host.
+  void wait_in(cudaStream_t stream) const { check(cudaStreamWaitEvent(stream, event_, 0), "making a stream wait"); }
+  // Milliseconds from `start` to this event (both recorded with timing).
+  [[nodiscard]] float milliseconds_since(const event& start) const {
+    float ms = 0.0f;
+    check(cudaEventElapsedTime(&ms, start.event_, event_), "timing CUDA events");
+    return ms;
+  }
+
+ private:
+  cudaEvent_t event_ = nullptr;
+};
+
 class backend;
 
 namespace detail {

@@ -86,6 +86,17 @@ class tensor_store : public named_store<tensor_store> {
   }
   [[nodiscard]] static std::string_view description() noexcept { return "a torch tensor_store"; }
 
+  // Lets views of CUDA tensors be taken: they point to device memory, which only alloy's CUDA
+  // backend (alloy::cuda) may read; the CPU backend must not be given them.
+  tensor_store& with_device_views() & noexcept {
+    device_views_ = true;
+    return *this;
+  }
+  tensor_store&& with_device_views() && noexcept {
+    device_views_ = true;
+    return std::move(*this);
+  }
+
   // The tensor itself (for optimizer state, devices, autograd).
   [[nodiscard]] const ::torch::Tensor& tensor(std::string_view name) const {
     const auto position = index_.find(name);
@@ -94,12 +105,14 @@ class tensor_store : public named_store<tensor_store> {
   }
 
  private:
+  bool device_views_ = false;
+
   [[nodiscard]] tensor_view view_of(std::size_t position) const {
     const ::torch::Tensor& t = tensors_[position];
     const std::string& name = index_.names()[position];
-    if (!t.device().is_cpu()) {
+    if (!t.device().is_cpu() && !(device_views_ && t.device().is_cuda())) {
       detail::fail(error_code::invalid_argument, "tensor ", detail::quoted{name}, " is on ", t.device().str(),
-                   "; alloy's CPU backend views CPU tensors only (the CUDA backend is separate)");
+                   "; alloy's CPU backend views CPU tensors only (for the CUDA backend, call with_device_views())");
     }
     if (!t.is_contiguous()) {
       detail::fail(error_code::invalid_argument, "tensor ", detail::quoted{name},
