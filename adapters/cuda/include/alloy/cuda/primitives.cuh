@@ -56,17 +56,34 @@ __device__ __forceinline__ float load_element(const void* data, dtype type, std:
   }
 }
 
-// Four consecutive elements from `first` (a multiple of 4, pointer aligned) in one vector load.
-__device__ __forceinline__ void load_quad(const void* data, dtype type, std::size_t first, float* out) {
-  if (type == dtype::f32) {
-    const float4 v = __ldg(reinterpret_cast<const float4*>(static_cast<const float*>(data) + first));
-    out[0] = v.x, out[1] = v.y, out[2] = v.z, out[3] = v.w;
-    return;
+// E consecutive elements from `first` (a multiple of E, the pointer 16-byte aligned) in one
+// 16-byte load: E = 4 for f32 (or mixed) inputs, E = 8 when every input and the output are 16-bit.
+template <int E>
+__device__ __forceinline__ void load_vector(const void* data, dtype type, std::size_t first, float* out) {
+  if constexpr (E == 4) {
+    if (type == dtype::f32) {
+      const float4 v = __ldg(reinterpret_cast<const float4*>(static_cast<const float*>(data) + first));
+      out[0] = v.x, out[1] = v.y, out[2] = v.z, out[3] = v.w;
+      return;
+    }
   }
-  const uint2 raw = __ldg(reinterpret_cast<const uint2*>(static_cast<const unsigned short*>(data) + first));
-  const std::uint16_t h[4] = {static_cast<std::uint16_t>(raw.x & 0xffffu), static_cast<std::uint16_t>(raw.x >> 16),
-                              static_cast<std::uint16_t>(raw.y & 0xffffu), static_cast<std::uint16_t>(raw.y >> 16)};
-  for (int e = 0; e < 4; ++e) out[e] = type == dtype::bf16 ? bf16_bits_to_f32(h[e]) : f16_bits_to_f32(h[e]);
+  constexpr int words = E / 2;  // 32-bit words holding two 16-bit values each
+  std::uint32_t raw[words];
+  if constexpr (E == 8) {
+    const uint4 v = __ldg(reinterpret_cast<const uint4*>(static_cast<const unsigned short*>(data) + first));
+    raw[0] = v.x, raw[1] = v.y, raw[2] = v.z, raw[3] = v.w;
+  } else {
+    const uint2 v = __ldg(reinterpret_cast<const uint2*>(static_cast<const unsigned short*>(data) + first));
+    raw[0] = v.x, raw[1] = v.y;
+  }
+  const bool brain = type == dtype::bf16;
+#pragma unroll
+  for (int w = 0; w < words; ++w) {
+    const auto low = static_cast<std::uint16_t>(raw[w] & 0xffffu);
+    const auto high = static_cast<std::uint16_t>(raw[w] >> 16);
+    out[2 * w] = brain ? bf16_bits_to_f32(low) : f16_bits_to_f32(low);
+    out[2 * w + 1] = brain ? bf16_bits_to_f32(high) : f16_bits_to_f32(high);
+  }
 }
 
 __device__ __forceinline__ void store_element(void* data, dtype type, std::size_t i, float value) {
@@ -77,14 +94,29 @@ __device__ __forceinline__ void store_element(void* data, dtype type, std::size_
   }
 }
 
-__device__ __forceinline__ void store_quad(void* data, dtype type, std::size_t first, const float* values) {
-  if (type == dtype::f32) {
-    *reinterpret_cast<float4*>(static_cast<float*>(data) + first) = make_float4(values[0], values[1], values[2], values[3]);
-    return;
+template <int E>
+__device__ __forceinline__ void store_vector(void* data, dtype type, std::size_t first, const float* values) {
+  if constexpr (E == 4) {
+    if (type == dtype::f32) {
+      *reinterpret_cast<float4*>(static_cast<float*>(data) + first) = make_float4(values[0], values[1], values[2], values[3]);
+      return;
+    }
   }
-  std::uint32_t h[4];
-  for (int e = 0; e < 4; ++e) h[e] = type == dtype::bf16 ? f32_to_bf16_bits(values[e]) : f32_to_f16_bits(values[e]);
-  *reinterpret_cast<uint2*>(static_cast<std::uint16_t*>(data) + first) = make_uint2(h[0] | (h[1] << 16), h[2] | (h[3] << 16));
+  constexpr int words = E / 2;
+  std::uint32_t packed[words];
+  const bool brain = type == dtype::bf16;
+#pragma unroll
+  for (int w = 0; w < words; ++w) {
+    const std::uint32_t low = brain ? f32_to_bf16_bits(values[2 * w]) : f32_to_f16_bits(values[2 * w]);
+    const std::uint32_t high = brain ? f32_to_bf16_bits(values[2 * w + 1]) : f32_to_f16_bits(values[2 * w + 1]);
+    packed[w] = low | (high << 16);
+  }
+  auto* target = static_cast<std::uint16_t*>(data) + first;
+  if constexpr (E == 8) {
+    *reinterpret_cast<uint4*>(target) = make_uint4(packed[0], packed[1], packed[2], packed[3]);
+  } else {
+    *reinterpret_cast<uint2*>(target) = make_uint2(packed[0], packed[1]);
+  }
 }
 
 // values[i] for a kernel: input i at one element, read from global memory on demand.
@@ -95,47 +127,61 @@ struct global_values {
   [[nodiscard]] __device__ std::size_t size() const { return inputs.count; }
 };
 
-// values[i] from registers: K inputs loaded four elements at a time, element e of the quad.
-template <int K>
-struct quad_values {
-  const float* first;  // &loaded[e]; input i at first[4 i]
-  __device__ float operator[](std::size_t i) const { return first[i * 4]; }
+// values[i] from registers: K inputs loaded E elements at a time, element e of the vector.
+template <int K, int E>
+struct vector_values {
+  const float* first;  // &loaded[e]; input i at first[E i]
+  __device__ float operator[](std::size_t i) const { return first[i * E]; }
   [[nodiscard]] __device__ static constexpr std::size_t size() { return K; }
 };
 
-template <int K, class Kernel>
+// K inputs (0: any number, read on demand), E elements per thread per step.
+template <int K, int E, class Kernel>
 __global__ void __launch_bounds__(block_threads)
     elementwise_kernel(Kernel kernel, device_inputs in, void* out, dtype out_type, std::size_t n, bool aligned) {
-  const std::size_t quads = (n + 3) / 4;
+  constexpr int slots = K > 0 ? K : 1;
+  const void* data[slots];
+  dtype types[slots];
+  if constexpr (K > 0) {
+    // Read once: the loop below then issues its loads without waiting on the pointer table.
+#pragma unroll
+    for (int i = 0; i < K; ++i) {
+      data[i] = in.data[i];
+      types[i] = in.types[i];
+    }
+  }
+  const std::size_t steps = (n + E - 1) / E;
   const std::size_t stride = static_cast<std::size_t>(gridDim.x) * blockDim.x;
-  for (std::size_t q = static_cast<std::size_t>(blockIdx.x) * blockDim.x + threadIdx.x; q < quads; q += stride) {
-    const std::size_t first = q * 4;
-    const bool whole = aligned && first + 4 <= n;
-    float result[4] = {0.0f, 0.0f, 0.0f, 0.0f};
+  for (std::size_t step = static_cast<std::size_t>(blockIdx.x) * blockDim.x + threadIdx.x; step < steps; step += stride) {
+    const std::size_t first = step * E;
+    const bool whole = aligned && first + E <= n;
+    float result[E];
+#pragma unroll
+    for (int e = 0; e < E; ++e) result[e] = 0.0f;
     if constexpr (K > 0) {
-      float loaded[K * 4];
+      float loaded[K * E];
 #pragma unroll
       for (int i = 0; i < K; ++i) {
         if (whole) {
-          load_quad(in.data[i], in.types[i], first, loaded + i * 4);
+          load_vector<E>(data[i], types[i], first, loaded + i * E);
         } else {
 #pragma unroll
-          for (int e = 0; e < 4; ++e) {
-            loaded[i * 4 + e] = first + e < n ? load_element(in.data[i], in.types[i], first + e) : 0.0f;
+          for (int e = 0; e < E; ++e) {
+            loaded[i * E + e] = first + e < n ? load_element(data[i], types[i], first + e) : 0.0f;
           }
         }
       }
 #pragma unroll
-      for (int e = 0; e < 4; ++e) result[e] = kernel(quad_values<K>{loaded + e}, first + e);
+      for (int e = 0; e < E; ++e) result[e] = kernel(vector_values<K, E>{loaded + e}, first + e);
     } else {
-      for (int e = 0; e < 4; ++e) {
+      for (int e = 0; e < E; ++e) {
         if (first + e < n) result[e] = kernel(global_values{in, first + e}, first + e);
       }
     }
     if (whole) {
-      store_quad(out, out_type, first, result);
+      store_vector<E>(out, out_type, first, result);
     } else {
-      for (int e = 0; e < 4; ++e) {
+      for (int e = 0; e < E; ++e) {
         if (first + e < n) store_element(out, out_type, first + e, result[e]);
       }
     }
@@ -184,23 +230,33 @@ void elementwise(const backend& b, tensor_view output, std::span<const const_ten
       alloy::detail::fail(error_code::invalid_argument, "an input aliases the output with another dtype");
     }
   }
+  // 16-bit inputs and output move eight elements per 16-byte access, anything else four.
+  bool narrow = size_of(output.dtype()) == 2;
+  for (const auto& input : inputs) narrow = narrow && size_of(input.dtype()) == 2;
   const detail::device_inputs staged = detail::stage_inputs(b, inputs);
-  const unsigned grid = detail::grid_for(b, (n + 3) / 4);
-  const auto launch = [&]<int K>() {
-    detail::elementwise_kernel<K, Kernel><<<grid, detail::block_threads, 0, b.stream()>>>(
+  const auto launch = [&]<int K, int E>() {
+    const unsigned grid = detail::grid_for(b, (n + E - 1) / E);
+    detail::elementwise_kernel<K, E, Kernel><<<grid, detail::block_threads, 0, b.stream()>>>(
         kernel, staged, output.data(), output.dtype(), n, aligned);
   };
-  switch (inputs.size()) {
-    case 1: launch.template operator()<1>(); break;
-    case 2: launch.template operator()<2>(); break;
-    case 3: launch.template operator()<3>(); break;
-    case 4: launch.template operator()<4>(); break;
-    case 5: launch.template operator()<5>(); break;
-    case 6: launch.template operator()<6>(); break;
-    case 7: launch.template operator()<7>(); break;
-    case 8: launch.template operator()<8>(); break;
-    case 9: launch.template operator()<9>(); break;
-    default: launch.template operator()<0>(); break;
+  const auto dispatch = [&]<int E>() {
+    switch (inputs.size()) {
+      case 1: launch.template operator()<1, E>(); break;
+      case 2: launch.template operator()<2, E>(); break;
+      case 3: launch.template operator()<3, E>(); break;
+      case 4: launch.template operator()<4, E>(); break;
+      case 5: launch.template operator()<5, E>(); break;
+      case 6: launch.template operator()<6, E>(); break;
+      case 7: launch.template operator()<7, E>(); break;
+      case 8: launch.template operator()<8, E>(); break;
+      case 9: launch.template operator()<9, E>(); break;
+      default: launch.template operator()<0, E>(); break;
+    }
+  };
+  if (narrow) {
+    dispatch.template operator()<8>();
+  } else {
+    dispatch.template operator()<4>();
   }
   check(cudaGetLastError(), "launching an elementwise kernel");
 }
@@ -291,7 +347,13 @@ __global__ void __launch_bounds__(block_threads)
   const std::size_t stride = static_cast<std::size_t>(gridDim.x) * blockDim.x;
   for (std::size_t i = static_cast<std::size_t>(blockIdx.x) * blockDim.x + threadIdx.x; i < n; i += stride) {
     const std::uint32_t key = alloy::detail::float_bits(alloy::detail::rank_magnitude(value(global_values{in, i}, i)));
-    if ((key & prefix_mask) == prefix) atomicAdd(&counts[(key >> shift) & (bins - 1)], 1u);
+    // Magnitudes crowd into few bins (their exponents): one atomic per distinct bin per warp.
+    const bool counted = (key & prefix_mask) == prefix;
+    const std::uint32_t bin = counted ? (key >> shift) & (bins - 1) : 0xffffffffu;
+    const unsigned peers = __match_any_sync(__activemask(), bin);
+    if (counted && static_cast<int>(threadIdx.x % 32) == __ffs(static_cast<int>(peers)) - 1) {
+      atomicAdd(&counts[bin], static_cast<unsigned>(__popc(peers)));
+    }
   }
   __syncthreads();
   for (std::uint32_t bin = threadIdx.x; bin < bins; bin += blockDim.x) {
@@ -317,7 +379,8 @@ selection select_descending(const backend& b, const device_inputs& in, std::size
   std::uint32_t prefix_mask = 0;
   std::size_t remaining = position;
   selection result;
-  const unsigned grid = grid_for(b, n);
+  // Fewer blocks than an elementwise pass: each block adds its shared histogram into the global one.
+  const unsigned grid = std::min(grid_for(b, n), static_cast<unsigned>(b.multiprocessors()) * 4u);
   for (int pass = 0; pass < 3; ++pass) {
     const std::uint32_t bins = 1u << widths[pass];
     check(cudaMemsetAsync(histogram.data(), 0, bins * sizeof(unsigned long long), b.stream()), "clearing a histogram");
