@@ -127,6 +127,52 @@ struct global_values {
   [[nodiscard]] __device__ std::size_t size() const { return inputs.count; }
 };
 
+// The pointer table of K inputs copied into registers once per thread (K = 0: left in memory),
+// and values[i] read through it on demand: what the selection kernels, with one or two inputs,
+// read elements through.
+template <int K>
+struct held_inputs {
+  const void* data[K > 0 ? K : 1];
+  dtype types[K > 0 ? K : 1];
+  device_inputs table;
+  __device__ explicit held_inputs(device_inputs in) : table(in) {
+    if constexpr (K > 0) {
+#pragma unroll
+      for (int i = 0; i < K; ++i) {
+        data[i] = in.data[i];
+        types[i] = in.types[i];
+      }
+    }
+  }
+  __device__ float load(std::size_t i, std::size_t index) const {
+    if constexpr (K > 0) {
+      return load_element(data[i], types[i], index);
+    } else {
+      return load_element(table.data[i], table.types[i], index);
+    }
+  }
+};
+
+template <int K>
+struct held_values {
+  held_inputs<K> inputs;  // by value, so that it stays in registers
+  std::size_t index;
+  __device__ float operator[](std::size_t i) const { return inputs.load(i, index); }
+  [[nodiscard]] __device__ std::size_t size() const { return K > 0 ? static_cast<std::size_t>(K) : inputs.table.count; }
+};
+
+// Runs launch.template operator()<K>() with K the input count for one or two inputs, else 0.
+template <class Launch>
+void with_input_count(std::size_t count, const Launch& launch) {
+  if (count == 1) {
+    launch.template operator()<1>();
+  } else if (count == 2) {
+    launch.template operator()<2>();
+  } else {
+    launch.template operator()<0>();
+  }
+}
+
 // values[i] from registers: K inputs loaded E elements at a time, element e of the vector.
 template <int K, int E>
 struct vector_values {
@@ -230,33 +276,26 @@ void elementwise(const backend& b, tensor_view output, std::span<const const_ten
       alloy::detail::fail(error_code::invalid_argument, "an input aliases the output with another dtype");
     }
   }
-  // 16-bit inputs and output move eight elements per 16-byte access, anything else four.
-  bool narrow = size_of(output.dtype()) == 2;
-  for (const auto& input : inputs) narrow = narrow && size_of(input.dtype()) == 2;
   const detail::device_inputs staged = detail::stage_inputs(b, inputs);
-  const auto launch = [&]<int K, int E>() {
-    const unsigned grid = detail::grid_for(b, (n + E - 1) / E);
+  // Four elements per thread and step: one 16-byte access for f32, 8 bytes for 16-bit dtypes. (Eight
+  // 16-bit elements per 16-byte access measured slower on an H100: more registers, fewer threads.)
+  constexpr int E = 4;
+  const unsigned grid = detail::grid_for(b, (n + E - 1) / E);
+  const auto launch = [&]<int K>() {
     detail::elementwise_kernel<K, E, Kernel><<<grid, detail::block_threads, 0, b.stream()>>>(
         kernel, staged, output.data(), output.dtype(), n, aligned);
   };
-  const auto dispatch = [&]<int E>() {
-    switch (inputs.size()) {
-      case 1: launch.template operator()<1, E>(); break;
-      case 2: launch.template operator()<2, E>(); break;
-      case 3: launch.template operator()<3, E>(); break;
-      case 4: launch.template operator()<4, E>(); break;
-      case 5: launch.template operator()<5, E>(); break;
-      case 6: launch.template operator()<6, E>(); break;
-      case 7: launch.template operator()<7, E>(); break;
-      case 8: launch.template operator()<8, E>(); break;
-      case 9: launch.template operator()<9, E>(); break;
-      default: launch.template operator()<0, E>(); break;
-    }
-  };
-  if (narrow) {
-    dispatch.template operator()<8>();
-  } else {
-    dispatch.template operator()<4>();
+  switch (inputs.size()) {
+    case 1: launch.template operator()<1>(); break;
+    case 2: launch.template operator()<2>(); break;
+    case 3: launch.template operator()<3>(); break;
+    case 4: launch.template operator()<4>(); break;
+    case 5: launch.template operator()<5>(); break;
+    case 6: launch.template operator()<6>(); break;
+    case 7: launch.template operator()<7>(); break;
+    case 8: launch.template operator()<8>(); break;
+    case 9: launch.template operator()<9>(); break;
+    default: launch.template operator()<0>(); break;
   }
   check(cudaGetLastError(), "launching an elementwise kernel");
 }
@@ -337,16 +376,17 @@ namespace detail {
 
 inline constexpr std::size_t segment_elements = block_threads * 32;  // one block of the mask kernels
 
-template <class Value>
+template <int K, class Value>
 __global__ void __launch_bounds__(block_threads)
     radix_histogram_kernel(Value value, device_inputs in, std::size_t n, std::uint32_t prefix, std::uint32_t prefix_mask,
                            int shift, std::uint32_t bins, unsigned long long* histogram) {
   __shared__ unsigned int counts[2048];
   for (std::uint32_t bin = threadIdx.x; bin < bins; bin += blockDim.x) counts[bin] = 0;
   __syncthreads();
+  const held_inputs<K> held(in);
   const std::size_t stride = static_cast<std::size_t>(gridDim.x) * blockDim.x;
   for (std::size_t i = static_cast<std::size_t>(blockIdx.x) * blockDim.x + threadIdx.x; i < n; i += stride) {
-    const std::uint32_t key = alloy::detail::float_bits(alloy::detail::rank_magnitude(value(global_values{in, i}, i)));
+    const std::uint32_t key = alloy::detail::float_bits(alloy::detail::rank_magnitude(value(held_values<K>{held, i}, i)));
     // Magnitudes crowd into few bins (their exponents): one atomic per distinct bin per warp.
     const bool counted = (key & prefix_mask) == prefix;
     const std::uint32_t bin = counted ? (key >> shift) & (bins - 1) : 0xffffffffu;
@@ -379,13 +419,14 @@ selection select_descending(const backend& b, const device_inputs& in, std::size
   std::uint32_t prefix_mask = 0;
   std::size_t remaining = position;
   selection result;
-  // Fewer blocks than an elementwise pass: each block adds its shared histogram into the global one.
-  const unsigned grid = std::min(grid_for(b, n), static_cast<unsigned>(b.multiprocessors()) * 4u);
+  const unsigned grid = grid_for(b, n);
   for (int pass = 0; pass < 3; ++pass) {
     const std::uint32_t bins = 1u << widths[pass];
     check(cudaMemsetAsync(histogram.data(), 0, bins * sizeof(unsigned long long), b.stream()), "clearing a histogram");
-    radix_histogram_kernel<<<grid, block_threads, 0, b.stream()>>>(value, in, n, prefix, prefix_mask, shifts[pass], bins,
-                                                                   histogram.data());
+    with_input_count(in.count, [&]<int K>() {
+      radix_histogram_kernel<K><<<grid, block_threads, 0, b.stream()>>>(value, in, n, prefix, prefix_mask, shifts[pass],
+                                                                         bins, histogram.data());
+    });
     check(cudaGetLastError(), "launching a histogram kernel");
     check(cudaMemcpyAsync(host.data(), histogram.data(), bins * sizeof(unsigned long long), cudaMemcpyDeviceToHost,
                           b.stream()),
@@ -415,16 +456,17 @@ struct band_bounds {
   bool everything[2] = {false, false};
 };
 
-template <class Value>
+template <int K, class Value>
 __global__ void __launch_bounds__(block_threads)
     tie_count_kernel(Value value, device_inputs in, std::size_t n, band_bounds bounds, std::size_t segments,
                      unsigned long long* counts) {
   const std::size_t start = static_cast<std::size_t>(blockIdx.x) * segment_elements;
   unsigned ties[2] = {0, 0};
+  const held_inputs<K> held(in);
   for (std::size_t r = 0; r < segment_elements / block_threads; ++r) {
     const std::size_t i = start + r * block_threads + threadIdx.x;
     if (i >= n) break;
-    const float m = alloy::detail::rank_magnitude(value(global_values{in, i}, i));
+    const float m = alloy::detail::rank_magnitude(value(held_values<K>{held, i}, i));
     ties[0] += m == bounds.threshold[0];
     ties[1] += m == bounds.threshold[1];
   }
@@ -437,7 +479,7 @@ __global__ void __launch_bounds__(block_threads)
   }
 }
 
-template <class Value>
+template <int K, class Value>
 __global__ void __launch_bounds__(block_threads)
     band_mask_kernel(Value value, device_inputs in, std::size_t n, band_bounds bounds, std::size_t segments,
                      const unsigned long long* ties_earlier, std::uint32_t* words, std::size_t word_count) {
@@ -445,10 +487,11 @@ __global__ void __launch_bounds__(block_threads)
   __shared__ typename scan::TempStorage storage;
   const std::size_t start = static_cast<std::size_t>(blockIdx.x) * segment_elements;
   unsigned long long seen[2] = {ties_earlier[blockIdx.x], ties_earlier[segments + blockIdx.x]};
+  const held_inputs<K> held(in);
   for (std::size_t r = 0; r < segment_elements / block_threads; ++r) {
     const std::size_t i = start + r * block_threads + threadIdx.x;
     const bool valid = i < n;
-    const float m = valid ? alloy::detail::rank_magnitude(value(global_values{in, i}, i)) : 0.0f;
+    const float m = valid ? alloy::detail::rank_magnitude(value(held_values<K>{held, i}, i)) : 0.0f;
     const unsigned equal[2] = {valid && m == bounds.threshold[0] ? 1u : 0u, valid && m == bounds.threshold[1] ? 1u : 0u};
     unsigned prefix = 0;
     unsigned total = 0;
@@ -507,8 +550,10 @@ device_mask rank_band_mask(const backend& b, std::span<const const_tensor_view> 
   const std::size_t segments = (elements + detail::segment_elements - 1) / detail::segment_elements;
   device_buffer<unsigned long long> counts(2 * segments, b.stream());
   device_buffer<unsigned long long> earlier(2 * segments, b.stream());
-  detail::tie_count_kernel<<<static_cast<unsigned>(segments), detail::block_threads, 0, b.stream()>>>(
-      value, staged, elements, bounds, segments, counts.data());
+  detail::with_input_count(inputs.size(), [&]<int K>() {
+    detail::tie_count_kernel<K><<<static_cast<unsigned>(segments), detail::block_threads, 0, b.stream()>>>(
+        value, staged, elements, bounds, segments, counts.data());
+  });
   check(cudaGetLastError(), "launching the tie count kernel");
   std::size_t scratch_bytes = 0;
   check(cub::DeviceScan::ExclusiveSum(nullptr, scratch_bytes, counts.data(), earlier.data(), segments, b.stream()),
@@ -519,9 +564,11 @@ device_mask rank_band_mask(const backend& b, std::span<const const_tensor_view> 
                                         earlier.data() + k * segments, segments, b.stream()),
           "scanning tie counts");
   }
-  detail::band_mask_kernel<<<static_cast<unsigned>(segments), detail::block_threads, 0, b.stream()>>>(
-      value, staged, elements, bounds, segments, earlier.data(), reinterpret_cast<std::uint32_t*>(mask.mutable_words()),
-      mask.word_count() * 2);
+  detail::with_input_count(inputs.size(), [&]<int K>() {
+    detail::band_mask_kernel<K><<<static_cast<unsigned>(segments), detail::block_threads, 0, b.stream()>>>(
+        value, staged, elements, bounds, segments, earlier.data(),
+        reinterpret_cast<std::uint32_t*>(mask.mutable_words()), mask.word_count() * 2);
+  });
   check(cudaGetLastError(), "launching the mask kernel");
   return mask;
 }
