@@ -1,10 +1,11 @@
 """alloy-merge on models of a realistic size: time and peak resident memory.
 
   merge_cli_bench.py ALLOY_MERGE WORK_DIR [--gigabytes 1.1] [--dtype BF16] [--methods linear,ties]
+                    [--threads N] [--device cpu|cuda]
 
 Writes a base and two fine-tuned variants, each a sharded folder of about --gigabytes GB shaped
 like a Llama layer stack (4096-wide projections, a 32000 x 4096 embedding), streaming each file to
-disk; then runs alloy-merge on each method under /usr/bin/time and prints wall time, peak RSS
+disk; then runs alloy-merge on each method (wait4's resource usage) and prints wall time, peak RSS
 (largest resident set of the process), and the ratio of peak RSS to the largest tensor times the
 number of inputs. Inputs are read from the page cache when the machine has room for them (it
 usually does right after writing); the figures say so.
@@ -85,6 +86,7 @@ def main():
     parser.add_argument("--dtype", default="BF16")
     parser.add_argument("--methods", default="linear,task_arithmetic,ties,dare_ties")
     parser.add_argument("--threads", default="")
+    parser.add_argument("--device", default="cpu")
     args = parser.parse_args()
     os.makedirs(args.work, exist_ok=True)
     element = st.DTYPES[args.dtype].itemsize
@@ -119,17 +121,17 @@ def main():
                 f.write("  - model: %s\n%s" % (os.path.join(args.work, model), parameters))
         out = os.path.join(args.work, "out_" + method)
         subprocess.run(["rm", "-rf", out], check=True)
-        command = ["/usr/bin/time", "-v", args.binary, config, out, "--quiet"]
+        command = [args.binary, config, out, "--quiet", "--device", args.device]
         if args.threads:
             command += ["--threads", args.threads]
-        result = subprocess.run(command, capture_output=True, text=True)
-        if result.returncode != 0:
-            print(result.stderr)
+        began = time.time()
+        process = subprocess.Popen(command, stderr=subprocess.PIPE, text=True)
+        _, status, usage = os.wait4(process.pid, 0)
+        seconds = time.time() - began
+        if status != 0:
+            print(process.stderr.read())
             sys.exit(1)
-        rss_kb = int(re.search(r"Maximum resident set size \(kbytes\): (\d+)", result.stderr).group(1))
-        wall = re.search(r"Elapsed \(wall clock\) time \(h:mm:ss or m:ss\): ([\d:.]+)", result.stderr).group(1)
-        parts = [float(p) for p in wall.split(":")]
-        seconds = parts[-1] + 60 * parts[-2] + (3600 * parts[-3] if len(parts) > 2 else 0)
+        rss_kb = usage.ru_maxrss
         inputs = 3
         read = total * inputs
         print("%-16s %6.1f s  read %.2f GB + write %.2f GB  %.2f GB/s  peak RSS %.0f MB = %.2f x (largest tensor x %d inputs)" %

@@ -2,7 +2,9 @@
 # On a machine with an NVIDIA GPU: builds alloy with its CUDA backend (and LibTorch, where Python's
 # torch is installed), then runs every test labelled gpu and prints the CUDA backend's comparison
 # against the CPU. With --bench it also runs the GPU benchmarks (bench/cuda_bench) and writes their
-# JSON into $OUT (default build/gpu-out). With --all it runs the whole test suite there too.
+# JSON into $OUT (default build/gpu-out; ALLOY_BENCH_FILTER narrows them, as --benchmark_filter).
+# With --cli-bench it times alloy-merge on 1.2 GB models with --device cpu and --device cuda. With
+# --all it runs the whole test suite there too.
 #
 # Build dependencies that the GPU image lacks are read from .gpu_deps (scripts/gpu_deps.sh makes
 # it on a Debian machine); nothing is downloaded.
@@ -10,11 +12,13 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 bench=0
 all=0
+cli_bench=0
 for argument in "$@"; do
   case $argument in
     --bench) bench=1 ;;
     --all) all=1 ;;
-    *) echo "usage: scripts/gpu_check.sh [--bench] [--all]" >&2; exit 2 ;;
+    --cli-bench) cli_bench=1 ;;
+    *) echo "usage: scripts/gpu_check.sh [--bench] [--cli-bench] [--all]" >&2; exit 2 ;;
   esac
 done
 deps=$PWD/${ALLOY_GPU_DEPS:-.gpu_deps}
@@ -46,6 +50,14 @@ fi
 tail -25 "$out/ctest.log"
 if [[ $bench == 1 && -x $build/bench/cuda_bench ]]; then
   "$build"/bench/cuda_bench --benchmark_out="$out/cuda_bench.json" --benchmark_out_format=json \
-    --benchmark_counters_tabular=true 2>&1 | tee "$out/cuda_bench.txt" | tail -80
+    --benchmark_filter="${ALLOY_BENCH_FILTER:-.}" 2>&1 | tee "$out/cuda_bench.txt" | grep -E "^device" || true
+  "$python" bench/cuda_table.py "$out/cuda_bench.json" | tee "$out/cuda_table.md"
+fi
+if [[ $cli_bench == 1 ]]; then
+  for device in cpu cuda; do
+    echo "alloy-merge --device $device:"
+    "$python" bench/merge_cli_bench.py "$build"/tools/alloy-merge "$build/cli-bench" --gigabytes 1.1 \
+      --methods linear,ties,dare_ties --device "$device" 2>&1 | tee -a "$out/cli_bench.txt"
+  done
 fi
 exit $status
