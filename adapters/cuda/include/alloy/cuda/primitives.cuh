@@ -56,34 +56,17 @@ __device__ __forceinline__ float load_element(const void* data, dtype type, std:
   }
 }
 
-// E consecutive elements from `first` (a multiple of E, the pointer 16-byte aligned) in one
-// 16-byte load: E = 4 for f32 (or mixed) inputs, E = 8 when every input and the output are 16-bit.
-template <int E>
-__device__ __forceinline__ void load_vector(const void* data, dtype type, std::size_t first, float* out) {
-  if constexpr (E == 4) {
-    if (type == dtype::f32) {
-      const float4 v = __ldg(reinterpret_cast<const float4*>(static_cast<const float*>(data) + first));
-      out[0] = v.x, out[1] = v.y, out[2] = v.z, out[3] = v.w;
-      return;
-    }
+// Four consecutive elements from `first` (a multiple of 4, pointer aligned) in one vector load.
+__device__ __forceinline__ void load_quad(const void* data, dtype type, std::size_t first, float* out) {
+  if (type == dtype::f32) {
+    const float4 v = __ldg(reinterpret_cast<const float4*>(static_cast<const float*>(data) + first));
+    out[0] = v.x, out[1] = v.y, out[2] = v.z, out[3] = v.w;
+    return;
   }
-  constexpr int words = E / 2;  // 32-bit words holding two 16-bit values each
-  std::uint32_t raw[words];
-  if constexpr (E == 8) {
-    const uint4 v = __ldg(reinterpret_cast<const uint4*>(static_cast<const unsigned short*>(data) + first));
-    raw[0] = v.x, raw[1] = v.y, raw[2] = v.z, raw[3] = v.w;
-  } else {
-    const uint2 v = __ldg(reinterpret_cast<const uint2*>(static_cast<const unsigned short*>(data) + first));
-    raw[0] = v.x, raw[1] = v.y;
-  }
-  const bool brain = type == dtype::bf16;
-#pragma unroll
-  for (int w = 0; w < words; ++w) {
-    const auto low = static_cast<std::uint16_t>(raw[w] & 0xffffu);
-    const auto high = static_cast<std::uint16_t>(raw[w] >> 16);
-    out[2 * w] = brain ? bf16_bits_to_f32(low) : f16_bits_to_f32(low);
-    out[2 * w + 1] = brain ? bf16_bits_to_f32(high) : f16_bits_to_f32(high);
-  }
+  const uint2 raw = __ldg(reinterpret_cast<const uint2*>(static_cast<const unsigned short*>(data) + first));
+  const std::uint16_t h[4] = {static_cast<std::uint16_t>(raw.x & 0xffffu), static_cast<std::uint16_t>(raw.x >> 16),
+                              static_cast<std::uint16_t>(raw.y & 0xffffu), static_cast<std::uint16_t>(raw.y >> 16)};
+  for (int e = 0; e < 4; ++e) out[e] = type == dtype::bf16 ? bf16_bits_to_f32(h[e]) : f16_bits_to_f32(h[e]);
 }
 
 __device__ __forceinline__ void store_element(void* data, dtype type, std::size_t i, float value) {
@@ -94,29 +77,14 @@ __device__ __forceinline__ void store_element(void* data, dtype type, std::size_
   }
 }
 
-template <int E>
-__device__ __forceinline__ void store_vector(void* data, dtype type, std::size_t first, const float* values) {
-  if constexpr (E == 4) {
-    if (type == dtype::f32) {
-      *reinterpret_cast<float4*>(static_cast<float*>(data) + first) = make_float4(values[0], values[1], values[2], values[3]);
-      return;
-    }
+__device__ __forceinline__ void store_quad(void* data, dtype type, std::size_t first, const float* values) {
+  if (type == dtype::f32) {
+    *reinterpret_cast<float4*>(static_cast<float*>(data) + first) = make_float4(values[0], values[1], values[2], values[3]);
+    return;
   }
-  constexpr int words = E / 2;
-  std::uint32_t packed[words];
-  const bool brain = type == dtype::bf16;
-#pragma unroll
-  for (int w = 0; w < words; ++w) {
-    const std::uint32_t low = brain ? f32_to_bf16_bits(values[2 * w]) : f32_to_f16_bits(values[2 * w]);
-    const std::uint32_t high = brain ? f32_to_bf16_bits(values[2 * w + 1]) : f32_to_f16_bits(values[2 * w + 1]);
-    packed[w] = low | (high << 16);
-  }
-  auto* target = static_cast<std::uint16_t*>(data) + first;
-  if constexpr (E == 8) {
-    *reinterpret_cast<uint4*>(target) = make_uint4(packed[0], packed[1], packed[2], packed[3]);
-  } else {
-    *reinterpret_cast<uint2*>(target) = make_uint2(packed[0], packed[1]);
-  }
+  std::uint32_t h[4];
+  for (int e = 0; e < 4; ++e) h[e] = type == dtype::bf16 ? f32_to_bf16_bits(values[e]) : f32_to_f16_bits(values[e]);
+  *reinterpret_cast<uint2*>(static_cast<std::uint16_t*>(data) + first) = make_uint2(h[0] | (h[1] << 16), h[2] | (h[3] << 16));
 }
 
 // values[i] for a kernel: input i at one element, read from global memory on demand.
@@ -127,107 +95,47 @@ struct global_values {
   [[nodiscard]] __device__ std::size_t size() const { return inputs.count; }
 };
 
-// The pointer table of K inputs copied into registers once per thread (K = 0: left in memory),
-// and values[i] read through it on demand: what the selection kernels, with one or two inputs,
-// read elements through.
+// values[i] from registers: K inputs loaded four elements at a time, element e of the quad.
 template <int K>
-struct held_inputs {
-  const void* data[K > 0 ? K : 1];
-  dtype types[K > 0 ? K : 1];
-  device_inputs table;
-  __device__ explicit held_inputs(device_inputs in) : table(in) {
-    if constexpr (K > 0) {
-#pragma unroll
-      for (int i = 0; i < K; ++i) {
-        data[i] = in.data[i];
-        types[i] = in.types[i];
-      }
-    }
-  }
-  __device__ float load(std::size_t i, std::size_t index) const {
-    if constexpr (K > 0) {
-      return load_element(data[i], types[i], index);
-    } else {
-      return load_element(table.data[i], table.types[i], index);
-    }
-  }
-};
-
-template <int K>
-struct held_values {
-  held_inputs<K> inputs;  // by value, so that it stays in registers
-  std::size_t index;
-  __device__ float operator[](std::size_t i) const { return inputs.load(i, index); }
-  [[nodiscard]] __device__ std::size_t size() const { return K > 0 ? static_cast<std::size_t>(K) : inputs.table.count; }
-};
-
-// Runs launch.template operator()<K>() with K the input count for one or two inputs, else 0.
-template <class Launch>
-void with_input_count(std::size_t count, const Launch& launch) {
-  if (count == 1) {
-    launch.template operator()<1>();
-  } else if (count == 2) {
-    launch.template operator()<2>();
-  } else {
-    launch.template operator()<0>();
-  }
-}
-
-// values[i] from registers: K inputs loaded E elements at a time, element e of the vector.
-template <int K, int E>
-struct vector_values {
-  const float* first;  // &loaded[e]; input i at first[E i]
-  __device__ float operator[](std::size_t i) const { return first[i * E]; }
+struct quad_values {
+  const float* first;  // &loaded[e]; input i at first[4 i]
+  __device__ float operator[](std::size_t i) const { return first[i * 4]; }
   [[nodiscard]] __device__ static constexpr std::size_t size() { return K; }
 };
 
-// K inputs (0: any number, read on demand), E elements per thread per step.
-template <int K, int E, class Kernel>
+template <int K, class Kernel>
 __global__ void __launch_bounds__(block_threads)
     elementwise_kernel(Kernel kernel, device_inputs in, void* out, dtype out_type, std::size_t n, bool aligned) {
-  constexpr int slots = K > 0 ? K : 1;
-  const void* data[slots];
-  dtype types[slots];
-  if constexpr (K > 0) {
-    // Read once: the loop below then issues its loads without waiting on the pointer table.
-#pragma unroll
-    for (int i = 0; i < K; ++i) {
-      data[i] = in.data[i];
-      types[i] = in.types[i];
-    }
-  }
-  const std::size_t steps = (n + E - 1) / E;
+  const std::size_t quads = (n + 3) / 4;
   const std::size_t stride = static_cast<std::size_t>(gridDim.x) * blockDim.x;
-  for (std::size_t step = static_cast<std::size_t>(blockIdx.x) * blockDim.x + threadIdx.x; step < steps; step += stride) {
-    const std::size_t first = step * E;
-    const bool whole = aligned && first + E <= n;
-    float result[E];
-#pragma unroll
-    for (int e = 0; e < E; ++e) result[e] = 0.0f;
+  for (std::size_t q = static_cast<std::size_t>(blockIdx.x) * blockDim.x + threadIdx.x; q < quads; q += stride) {
+    const std::size_t first = q * 4;
+    const bool whole = aligned && first + 4 <= n;
+    float result[4] = {0.0f, 0.0f, 0.0f, 0.0f};
     if constexpr (K > 0) {
-      float loaded[K * E];
+      float loaded[K * 4];
 #pragma unroll
       for (int i = 0; i < K; ++i) {
         if (whole) {
-          load_vector<E>(data[i], types[i], first, loaded + i * E);
+          load_quad(in.data[i], in.types[i], first, loaded + i * 4);
         } else {
 #pragma unroll
-          for (int e = 0; e < E; ++e) {
-            loaded[i * E + e] = first + e < n ? load_element(data[i], types[i], first + e) : 0.0f;
+          for (int e = 0; e < 4; ++e) {
+            loaded[i * 4 + e] = first + e < n ? load_element(in.data[i], in.types[i], first + e) : 0.0f;
           }
         }
       }
 #pragma unroll
-      for (int e = 0; e < E; ++e) result[e] = kernel(vector_values<K, E>{loaded + e}, first + e);
+      for (int e = 0; e < 4; ++e) result[e] = kernel(quad_values<K>{loaded + e}, first + e);
     } else {
-      for (int e = 0; e < E; ++e) {
+      for (int e = 0; e < 4; ++e) {
         if (first + e < n) result[e] = kernel(global_values{in, first + e}, first + e);
       }
     }
     if (whole) {
-      store_vector<E>(out, out_type, first, result);
+      store_quad(out, out_type, first, result);
     } else {
-      for (int e = 0; e < E; ++e) {
+      for (int e = 0; e < 4; ++e) {
         if (first + e < n) store_element(out, out_type, first + e, result[e]);
       }
     }
@@ -277,12 +185,9 @@ void elementwise(const backend& b, tensor_view output, std::span<const const_ten
     }
   }
   const detail::device_inputs staged = detail::stage_inputs(b, inputs);
-  // Four elements per thread and step: one 16-byte access for f32, 8 bytes for 16-bit dtypes. (Eight
-  // 16-bit elements per 16-byte access measured slower on an H100: more registers, fewer threads.)
-  constexpr int E = 4;
-  const unsigned grid = detail::grid_for(b, (n + E - 1) / E);
+  const unsigned grid = detail::grid_for(b, (n + 3) / 4);
   const auto launch = [&]<int K>() {
-    detail::elementwise_kernel<K, E, Kernel><<<grid, detail::block_threads, 0, b.stream()>>>(
+    detail::elementwise_kernel<K, Kernel><<<grid, detail::block_threads, 0, b.stream()>>>(
         kernel, staged, output.data(), output.dtype(), n, aligned);
   };
   switch (inputs.size()) {
@@ -376,24 +281,17 @@ namespace detail {
 
 inline constexpr std::size_t segment_elements = block_threads * 32;  // one block of the mask kernels
 
-template <int K, class Value>
+template <class Value>
 __global__ void __launch_bounds__(block_threads)
     radix_histogram_kernel(Value value, device_inputs in, std::size_t n, std::uint32_t prefix, std::uint32_t prefix_mask,
                            int shift, std::uint32_t bins, unsigned long long* histogram) {
   __shared__ unsigned int counts[2048];
   for (std::uint32_t bin = threadIdx.x; bin < bins; bin += blockDim.x) counts[bin] = 0;
   __syncthreads();
-  const held_inputs<K> held(in);
   const std::size_t stride = static_cast<std::size_t>(gridDim.x) * blockDim.x;
   for (std::size_t i = static_cast<std::size_t>(blockIdx.x) * blockDim.x + threadIdx.x; i < n; i += stride) {
-    const std::uint32_t key = alloy::detail::float_bits(alloy::detail::rank_magnitude(value(held_values<K>{held, i}, i)));
-    // Magnitudes crowd into few bins (their exponents): one atomic per distinct bin per warp.
-    const bool counted = (key & prefix_mask) == prefix;
-    const std::uint32_t bin = counted ? (key >> shift) & (bins - 1) : 0xffffffffu;
-    const unsigned peers = __match_any_sync(__activemask(), bin);
-    if (counted && static_cast<int>(threadIdx.x % 32) == __ffs(static_cast<int>(peers)) - 1) {
-      atomicAdd(&counts[bin], static_cast<unsigned>(__popc(peers)));
-    }
+    const std::uint32_t key = alloy::detail::float_bits(alloy::detail::rank_magnitude(value(global_values{in, i}, i)));
+    if ((key & prefix_mask) == prefix) atomicAdd(&counts[(key >> shift) & (bins - 1)], 1u);
   }
   __syncthreads();
   for (std::uint32_t bin = threadIdx.x; bin < bins; bin += blockDim.x) {
@@ -423,10 +321,8 @@ selection select_descending(const backend& b, const device_inputs& in, std::size
   for (int pass = 0; pass < 3; ++pass) {
     const std::uint32_t bins = 1u << widths[pass];
     check(cudaMemsetAsync(histogram.data(), 0, bins * sizeof(unsigned long long), b.stream()), "clearing a histogram");
-    with_input_count(in.count, [&]<int K>() {
-      radix_histogram_kernel<K><<<grid, block_threads, 0, b.stream()>>>(value, in, n, prefix, prefix_mask, shifts[pass],
-                                                                         bins, histogram.data());
-    });
+    radix_histogram_kernel<<<grid, block_threads, 0, b.stream()>>>(value, in, n, prefix, prefix_mask, shifts[pass], bins,
+                                                                   histogram.data());
     check(cudaGetLastError(), "launching a histogram kernel");
     check(cudaMemcpyAsync(host.data(), histogram.data(), bins * sizeof(unsigned long long), cudaMemcpyDeviceToHost,
                           b.stream()),
@@ -456,17 +352,16 @@ struct band_bounds {
   bool everything[2] = {false, false};
 };
 
-template <int K, class Value>
+template <class Value>
 __global__ void __launch_bounds__(block_threads)
     tie_count_kernel(Value value, device_inputs in, std::size_t n, band_bounds bounds, std::size_t segments,
                      unsigned long long* counts) {
   const std::size_t start = static_cast<std::size_t>(blockIdx.x) * segment_elements;
   unsigned ties[2] = {0, 0};
-  const held_inputs<K> held(in);
   for (std::size_t r = 0; r < segment_elements / block_threads; ++r) {
     const std::size_t i = start + r * block_threads + threadIdx.x;
     if (i >= n) break;
-    const float m = alloy::detail::rank_magnitude(value(held_values<K>{held, i}, i));
+    const float m = alloy::detail::rank_magnitude(value(global_values{in, i}, i));
     ties[0] += m == bounds.threshold[0];
     ties[1] += m == bounds.threshold[1];
   }
@@ -479,7 +374,7 @@ __global__ void __launch_bounds__(block_threads)
   }
 }
 
-template <int K, class Value>
+template <class Value>
 __global__ void __launch_bounds__(block_threads)
     band_mask_kernel(Value value, device_inputs in, std::size_t n, band_bounds bounds, std::size_t segments,
                      const unsigned long long* ties_earlier, std::uint32_t* words, std::size_t word_count) {
@@ -487,11 +382,10 @@ __global__ void __launch_bounds__(block_threads)
   __shared__ typename scan::TempStorage storage;
   const std::size_t start = static_cast<std::size_t>(blockIdx.x) * segment_elements;
   unsigned long long seen[2] = {ties_earlier[blockIdx.x], ties_earlier[segments + blockIdx.x]};
-  const held_inputs<K> held(in);
   for (std::size_t r = 0; r < segment_elements / block_threads; ++r) {
     const std::size_t i = start + r * block_threads + threadIdx.x;
     const bool valid = i < n;
-    const float m = valid ? alloy::detail::rank_magnitude(value(held_values<K>{held, i}, i)) : 0.0f;
+    const float m = valid ? alloy::detail::rank_magnitude(value(global_values{in, i}, i)) : 0.0f;
     const unsigned equal[2] = {valid && m == bounds.threshold[0] ? 1u : 0u, valid && m == bounds.threshold[1] ? 1u : 0u};
     unsigned prefix = 0;
     unsigned total = 0;
@@ -550,10 +444,8 @@ device_mask rank_band_mask(const backend& b, std::span<const const_tensor_view> 
   const std::size_t segments = (elements + detail::segment_elements - 1) / detail::segment_elements;
   device_buffer<unsigned long long> counts(2 * segments, b.stream());
   device_buffer<unsigned long long> earlier(2 * segments, b.stream());
-  detail::with_input_count(inputs.size(), [&]<int K>() {
-    detail::tie_count_kernel<K><<<static_cast<unsigned>(segments), detail::block_threads, 0, b.stream()>>>(
-        value, staged, elements, bounds, segments, counts.data());
-  });
+  detail::tie_count_kernel<<<static_cast<unsigned>(segments), detail::block_threads, 0, b.stream()>>>(
+      value, staged, elements, bounds, segments, counts.data());
   check(cudaGetLastError(), "launching the tie count kernel");
   std::size_t scratch_bytes = 0;
   check(cub::DeviceScan::ExclusiveSum(nullptr, scratch_bytes, counts.data(), earlier.data(), segments, b.stream()),
@@ -564,11 +456,9 @@ device_mask rank_band_mask(const backend& b, std::span<const const_tensor_view> 
                                         earlier.data() + k * segments, segments, b.stream()),
           "scanning tie counts");
   }
-  detail::with_input_count(inputs.size(), [&]<int K>() {
-    detail::band_mask_kernel<K><<<static_cast<unsigned>(segments), detail::block_threads, 0, b.stream()>>>(
-        value, staged, elements, bounds, segments, earlier.data(),
-        reinterpret_cast<std::uint32_t*>(mask.mutable_words()), mask.word_count() * 2);
-  });
+  detail::band_mask_kernel<<<static_cast<unsigned>(segments), detail::block_threads, 0, b.stream()>>>(
+      value, staged, elements, bounds, segments, earlier.data(), reinterpret_cast<std::uint32_t*>(mask.mutable_words()),
+      mask.word_count() * 2);
   check(cudaGetLastError(), "launching the mask kernel");
   return mask;
 }
