@@ -85,6 +85,17 @@ inline void check_computable(const_tensor_view view, std::string_view role) {
   }
 }
 
+// Every input computable and of `elements` elements: what each backend's primitives check first.
+inline void check_inputs(std::span<const const_tensor_view> inputs, std::size_t elements) {
+  for (const auto& input : inputs) {
+    check_computable(input, "an input tensor");
+    if (input.numel() != elements) {
+      fail(error_code::shape_mismatch, "input of shape ", input.shape(), " has ", input.numel(), " elements, expected ",
+           elements);
+    }
+  }
+}
+
 }  // namespace detail
 
 // Block-wise traversal of k inputs in f32, chunks in parallel. For each chunk, make_visitor(chunk)
@@ -94,13 +105,7 @@ inline void check_computable(const_tensor_view view, std::string_view role) {
 template <class MakeVisitor>
 void for_each_block(const cpu_backend& backend, std::span<const const_tensor_view> inputs, std::size_t elements,
                     MakeVisitor&& make_visitor) {
-  for (const auto& input : inputs) {
-    detail::check_computable(input, "an input tensor");
-    if (input.numel() != elements) {
-      detail::fail(error_code::shape_mismatch, "input of shape ", input.shape(), " has ", input.numel(),
-                   " elements, expected ", elements);
-    }
-  }
+  detail::check_inputs(inputs, elements);
   const std::size_t k = inputs.size();
   for_each_chunk(backend, elements, [&](std::size_t chunk, std::size_t begin, std::size_t end) {
     auto visit = make_visitor(chunk);

@@ -265,13 +265,7 @@ bit_mask rank_sampling_mask(const cpu_backend& backend, std::span<const const_te
                             std::size_t row_length, const Value& value, std::uint64_t stream_key, double lowest,
                             double spread) {
   const std::size_t n = rows * row_length;
-  for (const auto& input : inputs) {
-    detail::check_computable(input, "an input tensor");
-    if (input.numel() != n) {
-      detail::fail(error_code::shape_mismatch, "input of shape ", input.shape(), " has ", input.numel(),
-                   " elements, expected ", rows, " rows of ", row_length);
-    }
-  }
+  detail::check_inputs(inputs, n);
   std::vector<std::uint8_t> keep(n);
   for_each_index(backend, rows, [&](std::size_t row) {
     const std::size_t first = row * row_length;

@@ -142,16 +142,6 @@ __global__ void __launch_bounds__(block_threads)
   }
 }
 
-inline void check_inputs(std::span<const const_tensor_view> inputs, std::size_t elements) {
-  for (const auto& input : inputs) {
-    alloy::detail::check_computable(input, "an input tensor");
-    if (input.numel() != elements) {
-      fail(error_code::shape_mismatch, "input of shape ", input.shape(), " has ", input.numel(), " elements, expected ",
-           elements);
-    }
-  }
-}
-
 inline device_inputs stage_inputs(const backend& b, std::span<const const_tensor_view> inputs) {
   std::vector<const void*> data;
   std::vector<dtype> types;
@@ -175,7 +165,7 @@ template <class Kernel>
 void elementwise(const backend& b, tensor_view output, std::span<const const_tensor_view> inputs, const Kernel& kernel) {
   alloy::detail::check_computable(output, "the output tensor");
   const std::size_t n = output.numel();
-  detail::check_inputs(inputs, n);
+  alloy::detail::check_inputs(inputs, n);
   if (n == 0) return;
   bool aligned = reinterpret_cast<std::uintptr_t>(output.data()) % 16 == 0;
   for (const auto& input : inputs) {
@@ -253,7 +243,7 @@ __global__ void __launch_bounds__(block_threads)
 template <class Accumulate>
 std::vector<double> reduce_sums(const backend& b, std::span<const const_tensor_view> inputs, std::size_t elements,
                                 std::size_t terms, const Accumulate& accumulate) {
-  detail::check_inputs(inputs, elements);
+  alloy::detail::check_inputs(inputs, elements);
   std::vector<double> total(terms, 0.0);
   if (elements == 0 || terms == 0) return total;
   const detail::device_inputs staged = detail::stage_inputs(b, inputs);
@@ -429,7 +419,7 @@ device_mask rank_band_mask(const backend& b, std::span<const const_tensor_view> 
     }
     return mask;
   }
-  detail::check_inputs(inputs, elements);
+  alloy::detail::check_inputs(inputs, elements);
   const detail::device_inputs staged = detail::stage_inputs(b, inputs);
   detail::band_bounds bounds;
   const std::size_t positions[2] = {first, last};
@@ -499,7 +489,7 @@ device_mask rank_sampling_mask(const backend& b, std::span<const const_tensor_vi
                                std::size_t row_length, const Value& value, std::uint64_t stream_key, double lowest,
                                double spread) {
   const std::size_t n = rows * row_length;
-  detail::check_inputs(inputs, n);
+  alloy::detail::check_inputs(inputs, n);
   device_mask mask(n, b.stream());
   if (mask.word_count() != 0) check(cudaMemsetAsync(mask.mutable_words(), 0, mask.word_count() * 8, b.stream()), "clearing a mask");
   if (n == 0) return mask;
