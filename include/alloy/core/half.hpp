@@ -36,14 +36,13 @@ ALLOY_HD ALLOY_ALWAYS_INLINE float bf16_bits_to_f32(std::uint16_t bits) noexcept
 
 ALLOY_HD ALLOY_ALWAYS_INLINE std::uint16_t f32_to_bf16_bits(float value) noexcept {
   const std::uint32_t x = detail::float_bits(value);
-  if ((x & 0x7fffffffu) > 0x7f800000u) {
-    // NaN: truncating could clear every payload bit and produce infinity; force the quiet bit.
-    return static_cast<std::uint16_t>((x >> 16) | 0x0040u);
-  }
   // Adding 0x7fff plus the lowest kept bit rounds to nearest even; a carry out of the mantissa
   // moves into the exponent, and past the largest finite value it lands exactly on infinity.
-  const std::uint32_t rounded = x + 0x7fffu + ((x >> 16) & 1u);
-  return static_cast<std::uint16_t>(rounded >> 16);
+  const std::uint32_t rounded = (x + 0x7fffu + ((x >> 16) & 1u)) >> 16;
+  // NaN: truncating could clear every payload bit and produce infinity; force the quiet bit.
+  const std::uint32_t quiet_nan = (x >> 16) | 0x0040u;
+  // A select rather than a branch, so that loops over blocks vectorise.
+  return static_cast<std::uint16_t>((x & 0x7fffffffu) > 0x7f800000u ? quiet_nan : rounded);
 }
 
 ALLOY_HD ALLOY_ALWAYS_INLINE float f16_bits_to_f32(std::uint16_t bits) noexcept {

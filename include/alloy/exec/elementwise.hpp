@@ -1,9 +1,9 @@
 #pragma once
 // Element-wise map over k input tensors into one output: the one loop every merge policy runs.
 //
-// Inputs of any mergeable dtype are converted block by block into f32 scratch (a cache-resident
-// block of 512 elements per input), the kernel computes in f32 from those values, and the
-// result is rounded once into the output dtype. The kernel is a small ALLOY_HD function object:
+// Inputs of any mergeable dtype are read block by block as f32 (f32 inputs where they are, f16 and
+// bf16 converted into a cache-resident scratch block of 512 elements per input), the kernel
+// computes in f32 from those values, and the result is rounded once into the output dtype. The kernel is a small ALLOY_HD function object:
 //
 //   template <class Values> float operator()(const Values& values, std::size_t index) const
 //
@@ -12,6 +12,7 @@
 // into the CPU backend's block, registers on a GPU); the same kernel runs unchanged on both.
 
 #include <cstddef>
+#include <cstdint>
 #include <cstring>
 #include <span>
 #include <type_traits>
@@ -101,7 +102,8 @@ inline void check_inputs(std::span<const const_tensor_view> inputs, std::size_t 
 // Block-wise traversal of k inputs in f32, chunks in parallel. For each chunk, make_visitor(chunk)
 // creates a visitor (so reductions keep per-chunk state); the visitor is called as
 // visit(columns, count, first) with columns[i] pointing at `count` f32 values of input i, for
-// elements [first, first + count). Loops over a block vectorise; nothing is called per element.
+// elements [first, first + count): into the input itself when it is (aligned) f32, else into a
+// converted copy. Loops over a block vectorise; nothing is called per element.
 template <class MakeVisitor>
 void for_each_block(const cpu_backend& backend, std::span<const const_tensor_view> inputs, std::size_t elements,
                     MakeVisitor&& make_visitor) {
@@ -111,11 +113,17 @@ void for_each_block(const cpu_backend& backend, std::span<const const_tensor_vie
     auto visit = make_visitor(chunk);
     std::vector<float> storage(k * detail::block_elements);
     std::vector<const float*> columns(k == 0 ? 1 : k);
-    for (std::size_t i = 0; i < k; ++i) columns[i] = storage.data() + i * detail::block_elements;
     for (std::size_t block = begin; block < end; block += detail::block_elements) {
       const std::size_t count = std::min(detail::block_elements, end - block);
       for (std::size_t i = 0; i < k; ++i) {
-        detail::load_block(inputs[i], block, count, storage.data() + i * detail::block_elements);
+        const std::byte* data = inputs[i].data();
+        if (inputs[i].dtype() == dtype::f32 && reinterpret_cast<std::uintptr_t>(data) % alignof(float) == 0) {
+          columns[i] = reinterpret_cast<const float*>(data) + block;  // read in place: no copy
+        } else {
+          float* converted = storage.data() + i * detail::block_elements;
+          detail::load_block(inputs[i], block, count, converted);
+          columns[i] = converted;
+        }
       }
       visit(static_cast<const float* const*>(columns.data()), count, block);
     }
@@ -123,20 +131,22 @@ void for_each_block(const cpu_backend& backend, std::span<const const_tensor_vie
 }
 
 namespace detail {
-// Input i at one element of a block: what a kernel's values[i] reads, without gathering.
+// Input i at element j of a block: what a kernel's values[i] reads, without gathering.
 // size() is the number of inputs; kernels loop to it.
 struct block_values {
-  const float* first;
+  const float* const* columns;
+  std::size_t j;
   std::size_t count;
-  ALLOY_HD float operator[](std::size_t input) const { return first[input * block_elements]; }
+  ALLOY_HD float operator[](std::size_t input) const { return columns[input][j]; }
   [[nodiscard]] ALLOY_HD std::size_t size() const { return count; }
 };
 // The same with the input count known at compile time, so that a kernel's loop over inputs
 // unrolls and the loop over elements vectorises.
 template <std::size_t Count>
 struct fixed_block_values {
-  const float* first;
-  ALLOY_HD float operator[](std::size_t input) const { return first[input * block_elements]; }
+  const float* const* columns;
+  std::size_t j;
+  ALLOY_HD float operator[](std::size_t input) const { return columns[input][j]; }
   [[nodiscard]] ALLOY_HD static constexpr std::size_t size() { return Count; }
 };
 
@@ -146,7 +156,7 @@ void elementwise_blocks(const cpu_backend& backend, tensor_view output, std::spa
   for_each_block(backend, inputs, output.numel(), [&](std::size_t) {
     return [&](const float* const* columns, std::size_t count, std::size_t first) {
       alignas(64) float results[block_elements];
-      for (std::size_t j = 0; j < count; ++j) results[j] = kernel(make_values(columns[0] + j), first + j);
+      for (std::size_t j = 0; j < count; ++j) results[j] = kernel(make_values(columns, j), first + j);
       store_block(output, first, count, results);
     };
   });
@@ -168,7 +178,9 @@ void elementwise(const cpu_backend& backend, tensor_view output,
   const std::size_t k = inputs.size();
   const auto run = [&]<std::size_t Count>(std::integral_constant<std::size_t, Count>) {
     detail::elementwise_blocks(backend, output, inputs, kernel,
-                               [](const float* first) { return detail::fixed_block_values<Count>{first}; });
+                               [](const float* const* columns, std::size_t j) {
+                                 return detail::fixed_block_values<Count>{columns, j};
+                               });
   };
   switch (k) {
     case 1: run(std::integral_constant<std::size_t, 1>{}); return;
@@ -182,7 +194,9 @@ void elementwise(const cpu_backend& backend, tensor_view output,
     case 9: run(std::integral_constant<std::size_t, 9>{}); return;
     default:
       detail::elementwise_blocks(backend, output, inputs, kernel,
-                                 [k](const float* first) { return detail::block_values{first, k}; });
+                                 [k](const float* const* columns, std::size_t j) {
+                                   return detail::block_values{columns, j, k};
+                                 });
   }
 }
 

@@ -23,7 +23,7 @@ std::vector<double> reduce_sums(const cpu_backend& backend, std::span<const cons
     partial[chunk].assign(terms, 0.0);
     return [sums = partial[chunk].data(), &accumulate, &inputs](const float* const* columns, std::size_t count,
                                                        std::size_t first) {
-      for (std::size_t j = 0; j < count; ++j) accumulate(detail::block_values{columns[0] + j, inputs.size()}, first + j, sums);
+      for (std::size_t j = 0; j < count; ++j) accumulate(detail::block_values{columns, j, inputs.size()}, first + j, sums);
     };
   });
   std::vector<double> total(terms, 0.0);

@@ -134,7 +134,7 @@ radix_selection select_descending(const cpu_backend& backend, std::span<const co
       return [&, counts = histogram.data() + chunk * bins](const float* const* columns, std::size_t count,
                                                             std::size_t offset) {
         for (std::size_t j = 0; j < count; ++j) {
-          const std::uint32_t key = std::bit_cast<std::uint32_t>(rank_magnitude(value(block_values{columns[0] + j, inputs.size()}, offset + j)));
+          const std::uint32_t key = std::bit_cast<std::uint32_t>(rank_magnitude(value(block_values{columns, j, inputs.size()}, offset + j)));
           if ((key & prefix_mask) == prefix) ++counts[(key >> shift) & (bins - 1)];
         }
       };
@@ -211,7 +211,7 @@ bit_mask rank_band_mask(const cpu_backend& backend, std::span<const const_tensor
     return [&, ties_seen = std::array<std::size_t, 2>{ties_at(0), ties_at(1)}](
                const float* const* columns, std::size_t count, std::size_t offset) mutable {
       for (std::size_t j = 0; j < count; ++j) {
-        const float m = detail::rank_magnitude(value(detail::block_values{columns[0] + j, inputs.size()}, offset + j));
+        const float m = detail::rank_magnitude(value(detail::block_values{columns, j, inputs.size()}, offset + j));
         bool before[2];
         for (int b = 0; b < 2; ++b) {
           const auto& bound = bounds[b];
