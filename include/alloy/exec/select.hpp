@@ -125,30 +125,41 @@ radix_selection select_descending(const cpu_backend& backend, std::span<const co
   radix_selection result;
   constexpr int shifts[3] = {21, 10, 0};
   constexpr int widths[3] = {11, 11, 10};
+  // Each chunk counts into `lanes` interleaved copies of its histogram: magnitudes crowd into few
+  // bins (their exponents), and consecutive increments of one counter would wait on each other.
+  constexpr std::size_t lanes = 4;
   std::vector<std::uint32_t> histogram;
+  const auto chunk_count_of = [&](std::size_t chunk, std::uint32_t bin, std::uint32_t bins) {
+    std::size_t total = 0;
+    for (std::size_t lane = 0; lane < lanes; ++lane) total += histogram[(chunk * lanes + lane) * bins + bin];
+    return total;
+  };
   for (int pass = 0; pass < 3; ++pass) {
     const int shift = shifts[pass];
     const std::uint32_t bins = 1u << widths[pass];
-    histogram.assign(chunks * bins, 0);
+    histogram.assign(chunks * lanes * bins, 0);
     for_each_block(backend, inputs, elements, [&](std::size_t chunk) {
-      return [&, counts = histogram.data() + chunk * bins](const float* const* columns, std::size_t count,
-                                                            std::size_t offset) {
+      return [&, counts = histogram.data() + chunk * lanes * bins](const float* const* columns, std::size_t count,
+                                                                    std::size_t offset) {
         for (std::size_t j = 0; j < count; ++j) {
           const std::uint32_t key = std::bit_cast<std::uint32_t>(rank_magnitude(value(block_values{columns, j, inputs.size()}, offset + j)));
-          if ((key & prefix_mask) == prefix) ++counts[(key >> shift) & (bins - 1)];
+          if ((key & prefix_mask) == prefix) ++counts[(j % lanes) * bins + ((key >> shift) & (bins - 1))];
         }
       };
     });
+    std::vector<std::size_t> totals(bins, 0);
+    for (std::size_t c = 0; c < chunks * lanes; ++c) {
+      const std::uint32_t* counts = histogram.data() + c * bins;
+      for (std::uint32_t bin = 0; bin < bins; ++bin) totals[bin] += counts[bin];
+    }
     std::uint32_t chosen = 0;
     for (std::uint32_t bin = bins; bin-- > 0;) {
-      std::size_t total = 0;
-      for (std::size_t c = 0; c < chunks; ++c) total += histogram[c * bins + bin];
-      if (remaining < total) {
+      if (remaining < totals[bin]) {
         chosen = bin;
         break;
       }
-      remaining -= total;
-      result.greater += total;
+      remaining -= totals[bin];
+      result.greater += totals[bin];
     }
     prefix |= chosen << shift;
     prefix_mask |= (bins - 1) << shift;
@@ -157,7 +168,7 @@ radix_selection select_descending(const cpu_backend& backend, std::span<const co
       std::size_t running = 0;
       for (std::size_t c = 0; c < chunks; ++c) {
         result.ties_before_chunk[c] = running;
-        running += histogram[c * bins + chosen];
+        running += chunk_count_of(c, chosen, bins);
       }
     }
   }
