@@ -5,7 +5,7 @@
 
 Writes a base and two fine-tuned variants, each a sharded folder of about --gigabytes GB shaped
 like a Llama layer stack (4096-wide projections, a 32000 x 4096 embedding), streaming each file to
-disk; then runs alloy-merge on each method (wait4's resource usage) and prints wall time, peak RSS
+disk; then runs alloy-merge on each method under /usr/bin/time and prints wall time, peak RSS
 (largest resident set of the process), and the ratio of peak RSS to the largest tensor times the
 number of inputs. Inputs are read from the page cache when the machine has room for them (it
 usually does right after writing); the figures say so.
@@ -124,14 +124,26 @@ def main():
         command = [args.binary, config, out, "--quiet", "--device", args.device]
         if args.threads:
             command += ["--threads", args.threads]
-        began = time.time()
-        process = subprocess.Popen(command, stderr=subprocess.PIPE, text=True)
-        _, status, usage = os.wait4(process.pid, 0)
-        seconds = time.time() - began
-        if status != 0:
-            print(process.stderr.read())
-            sys.exit(1)
-        rss_kb = usage.ru_maxrss
+        if os.path.exists("/usr/bin/time"):
+            # GNU time forks the merge from a small process, so its peak RSS is alloy-merge's own.
+            result = subprocess.run(["/usr/bin/time", "-v"] + command, capture_output=True, text=True)
+            if result.returncode != 0:
+                print(result.stderr)
+                sys.exit(1)
+            rss_kb = int(re.search(r"Maximum resident set size \(kbytes\): (\d+)", result.stderr).group(1))
+            wall = re.search(r"Elapsed \(wall clock\) time \(h:mm:ss or m:ss\): ([\d:.]+)", result.stderr).group(1)
+            parts = [float(p) for p in wall.split(":")]
+            seconds = parts[-1] + 60 * parts[-2] + (3600 * parts[-3] if len(parts) > 2 else 0)
+        else:
+            # Without GNU time (GPU images): wall time only; a child forked from this Python process
+            # inherits its resident pages, so wait4's peak RSS would not be alloy-merge's.
+            began = time.time()
+            result = subprocess.run(command, capture_output=True, text=True)
+            seconds = time.time() - began
+            if result.returncode != 0:
+                print(result.stderr)
+                sys.exit(1)
+            rss_kb = 0
         inputs = 3
         read = total * inputs
         print("%-16s %6.1f s  read %.2f GB + write %.2f GB  %.2f GB/s  peak RSS %.0f MB = %.2f x (largest tensor x %d inputs)" %
