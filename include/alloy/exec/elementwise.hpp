@@ -3,7 +3,8 @@
 //
 // Inputs of any mergeable dtype are read block by block as f32 (f32 inputs where they are, f16 and
 // bf16 converted into a cache-resident scratch block of 512 elements per input), the kernel
-// computes in f32 from those values, and the result is rounded once into the output dtype. The kernel is a small ALLOY_HD function object:
+// computes in f32 from those values, and the result is rounded once into the output dtype. The
+// kernel is a small ALLOY_HD function object:
 //
 //   template <class Values> float operator()(const Values& values, std::size_t index) const
 //
