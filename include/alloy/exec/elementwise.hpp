@@ -9,7 +9,7 @@
 //   template <class Values> float operator()(const Values& values, std::size_t index) const
 //
 // where values[i] is input i at element `index` (the flat row-major position, which random
-// policies use as a counter). Values is whatever the backend indexes cheaply (a strided view
+// policies use as a counter). Values is whatever the backend indexes cheaply (column pointers
 // into the CPU backend's block, registers on a GPU); the same kernel runs unchanged on both.
 
 #include <cstddef>
