@@ -1,13 +1,15 @@
 """alloy-merge on models of a realistic size: time and peak resident memory.
 
   merge_cli_bench.py ALLOY_MERGE WORK_DIR [--gigabytes 1.1] [--dtype BF16] [--methods linear,ties]
-                    [--threads N] [--device cpu|cuda]
+                    [--threads N] [--device cpu|cuda] [--python]
 
 Writes a base and two fine-tuned variants, each a sharded folder of about --gigabytes GB shaped
 like a Llama layer stack (4096-wide projections, a 32000 x 4096 embedding), streaming each file to
 disk; then runs alloy-merge on each method under /usr/bin/time and prints wall time, peak RSS
 (largest resident set of the process), and the ratio of peak RSS to the largest tensor times the
-number of inputs. Inputs are read from the page cache when the machine has room for them (it
+number of inputs. With --python it also times the same merge done in Python the way mergekit does it
+(bench/torch_baseline.py's PyTorch eager merge, tensor by tensor, reading and writing the same
+safetensors files). Inputs are read from the page cache when the machine has room for them (it
 usually does right after writing); the figures say so.
 """
 
@@ -23,6 +25,7 @@ import time
 import numpy as np
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "tests", "reference"))
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import safetensors_numpy as st  # noqa: E402
 
 WIDTH = 4096
@@ -78,6 +81,39 @@ def write_sharded(folder, shapes, dtype_name, values_for, shard_bytes=2_000_000_
         json.dump({"architectures": ["LlamaForCausalLM"], "torch_dtype": "bfloat16"}, f)
 
 
+def python_torch_version():
+    import torch
+    return torch.__version__
+
+
+def python_merge(method, work, out):
+    """The merge as a Python merger does it: each shard's tensors loaded, merged with PyTorch eager
+    operations (torch_baseline.merge, mergekit's math, in bf16 as mergekit computes), written."""
+    import torch
+    import torch_baseline
+    torch.set_num_threads(os.cpu_count())
+    started = time.time()
+    with open(os.path.join(work, "base", "model.safetensors.index.json")) as f:
+        weight_map = json.load(f)["weight_map"]
+    os.makedirs(out)
+    names = ["base", "math", "code"]
+    for shard in sorted(set(weight_map.values())):
+        loaded = [st.read(os.path.join(work, name, shard))[0] for name in names]
+        merged = []
+        for tensor_name, (dtype_name, bits) in loaded[0].items():
+            def as_torch(entry):
+                return torch.from_numpy(entry[1].astype(np.int16)).view(torch.bfloat16)
+            base, math, code = (as_torch(part[tensor_name]) for part in loaded)
+            with torch.no_grad():
+                if method == "linear":
+                    result = torch_baseline.merge("linear", base, [base, math, code])
+                else:
+                    result = torch_baseline.merge(method, base, [math, code], density=0.5)
+            merged.append((tensor_name, dtype_name, result.to(torch.bfloat16).view(torch.int16).numpy().view(np.uint16)))
+        st.write(os.path.join(out, shard), merged)
+    return time.time() - started
+
+
 def main():
     parser = argparse.ArgumentParser()
     parser.add_argument("binary")
@@ -87,7 +123,10 @@ def main():
     parser.add_argument("--methods", default="linear,task_arithmetic,ties,dare_ties")
     parser.add_argument("--threads", default="")
     parser.add_argument("--device", default="cpu")
+    parser.add_argument("--python", action="store_true")
     args = parser.parse_args()
+    if args.python and args.dtype != "BF16":
+        parser.error("--python merges BF16 models only")
     os.makedirs(args.work, exist_ok=True)
     element = st.DTYPES[args.dtype].itemsize
     shapes = tensors_for(args.gigabytes, element)
@@ -144,12 +183,18 @@ def main():
                 print(result.stderr)
                 sys.exit(1)
             rss_kb = 0
+        alloy_seconds = seconds
         inputs = 3
         read = total * inputs
         print("%-16s %6.1f s  read %.2f GB + write %.2f GB  %.2f GB/s  peak RSS %.0f MB = %.2f x (largest tensor x %d inputs)" %
               (method, seconds, read / 1e9, total / 1e9, (read + total) / 1e9 / seconds, rss_kb / 1e3,
                rss_kb * 1e3 / (largest * inputs), inputs))
         subprocess.run(["rm", "-rf", out], check=True)
+        if args.python:
+            seconds = python_merge(method, args.work, out)
+            print("%-16s %6.1f s  Python (PyTorch %s eager, mergekit's operations); alloy-merge is %.1fx faster" %
+                  (method + " (Python)", seconds, python_torch_version(), seconds / alloy_seconds))
+            subprocess.run(["rm", "-rf", out], check=True)
 
 
 if __name__ == "__main__":

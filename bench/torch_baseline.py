@@ -43,16 +43,16 @@ def bernoulli(tv, density):
     return (work * mask / density).to(tv.dtype)
 
 
-def merge(method, base, models):
+def merge(method, base, models, density=DENSITY):
     k = len(models)
-    weights = torch.full((k, 1), 1.0 / k, dtype=base.dtype)
+    weights = torch.full((k,) + (1,) * base.dim(), 1.0 / k, dtype=base.dtype)  # broadcast as mergekit's
     if method == "linear":
         return (weights * torch.stack(models)).sum(0) / weights.sum(0)
     tvs = [m - base for m in models]
     if method == "ties":
-        tvs = [magnitude(tv, DENSITY) for tv in tvs]
+        tvs = [magnitude(tv, density) for tv in tvs]
     elif method == "dare_ties":
-        tvs = [bernoulli(tv, DENSITY) for tv in tvs]
+        tvs = [bernoulli(tv, density) for tv in tvs]
     deltas = torch.stack(tvs)
     if method == "magmax":
         index = deltas.abs().argmax(0, keepdim=True)
