@@ -141,9 +141,13 @@ radix_selection select_descending(const cpu_backend& backend, std::span<const co
     for_each_block(backend, inputs, elements, [&](std::size_t chunk) {
       return [&, counts = histogram.data() + chunk * lanes * bins](const float* const* columns, std::size_t count,
                                                                     std::size_t offset) {
+        // The keys first (a loop that vectorises), then the counting.
+        alignas(64) std::uint32_t keys[block_elements];
         for (std::size_t j = 0; j < count; ++j) {
-          const std::uint32_t key = std::bit_cast<std::uint32_t>(rank_magnitude(value(block_values{columns, j, inputs.size()}, offset + j)));
-          if ((key & prefix_mask) == prefix) ++counts[(j % lanes) * bins + ((key >> shift) & (bins - 1))];
+          keys[j] = std::bit_cast<std::uint32_t>(rank_magnitude(value(block_values{columns, j, inputs.size()}, offset + j)));
+        }
+        for (std::size_t j = 0; j < count; ++j) {
+          if ((keys[j] & prefix_mask) == prefix) ++counts[(j % lanes) * bins + ((keys[j] >> shift) & (bins - 1))];
         }
       };
     });
