@@ -94,30 +94,66 @@ alloy::merge_policy policy_named(std::string_view name) {
   }, "");
 }
 
+// A uniform number in [0, 1) from a 32-bit hash of x.
+float uniform_hash(std::uint32_t x) {
+  x ^= x >> 15;
+  x *= 2246822519u;
+  x ^= x >> 13;
+  x *= 3266489917u;
+  x ^= x >> 16;
+  return static_cast<float>(x >> 8) * (1.0f / 16777216.0f);
+}
+
+// Element i of the base (seed 0) or of fine-tuned model `seed`: weights in [-0.02, 0.02) as a
+// trained layer's, plus a task vector in [-0.001, 0.001), so magnitudes are distinct as real task
+// vectors' are. bench/torch_baseline.py computes the same values.
+float bench_value(std::uint32_t i, unsigned seed) {
+  const float base = 0.04f * (uniform_hash(i * 2654435761u) - 0.5f);
+  if (seed == 0) return base;
+  return base + 0.002f * (uniform_hash(i * 2654435761u + seed * 40503u) - 0.5f);
+}
+
+// The inputs of the merges: a base and up to 16 fine-tuned models of one size and dtype, made
+// once and kept while consecutive benchmarks use them (the grid is registered size by size).
+struct bench_inputs {
+  std::int64_t count = 0;
+  alloy::dtype type = alloy::dtype::f32;
+  alloy::memory_store store;
+  std::size_t models = 0;
+};
+
+bench_inputs& inputs_for(std::int64_t count, alloy::dtype type, std::size_t models) {
+  static bench_inputs cached;
+  if (cached.count != count || cached.type != type || cached.models < models) {
+    cached.store = alloy::memory_store{};  // release the previous size first
+    cached.count = count;
+    cached.type = type;
+    cached.models = std::max<std::size_t>(models, count <= (std::int64_t{1} << 24) ? 16 : 8);
+    std::vector<float> values(static_cast<std::size_t>(count));
+    for (std::size_t seed = 0; seed <= cached.models; ++seed) {
+      for (std::size_t i = 0; i < values.size(); ++i) values[i] = bench_value(static_cast<std::uint32_t>(i), static_cast<unsigned>(seed));
+      alloy::convert(alloy::const_tensor_view(std::span<const float>(values), alloy::shape{count}),
+                     cached.store.insert(seed == 0 ? "base" : std::to_string(seed - 1), type, {count}));
+    }
+    cached.store.insert("out", type, {count});
+  }
+  return cached;
+}
+
 // args: elements, models, dtype (0 f32, 1 bf16), threads
 void BM_merge(benchmark::State& state, std::string_view method) {
   const auto count = static_cast<std::int64_t>(state.range(0));
   const auto models = static_cast<std::size_t>(state.range(1));
   const alloy::dtype type = state.range(2) == 0 ? alloy::dtype::f32 : alloy::dtype::bf16;
   const int threads = static_cast<int>(state.range(3));
-  alloy::memory_store store;
-  const auto fill = [&](alloy::tensor_view view, unsigned seed) {
-    std::vector<float> values(static_cast<std::size_t>(count));
-    for (std::size_t i = 0; i < values.size(); ++i) values[i] = static_cast<float>((i * 2654435761u + seed * 97u) % 1000) * 1e-3f - 0.5f;
-    alloy::convert(alloy::const_tensor_view(std::span<const float>(values), alloy::shape{count}), view);
-  };
-  fill(store.insert("base", type, {count}), 0);
+  bench_inputs& data = inputs_for(count, type, models);
   std::vector<alloy::const_tensor_view> views;
-  for (std::size_t i = 0; i < models; ++i) {
-    std::string name = std::to_string(i);
-    fill(store.insert(name, type, {count}), static_cast<unsigned>(i + 1));
-    views.push_back(store.view(name));
-  }
-  const alloy::tensor_view out = store.insert("out", type, {count});
+  for (std::size_t i = 0; i < models; ++i) views.push_back(data.store.view(std::to_string(i)));
+  const alloy::tensor_view out = *data.store.find_mutable("out");
   std::vector<alloy::model_parameters> parameters(models, alloy::model_parameters{1.0 / static_cast<double>(models), 0.3});
   const auto policy = policy_named(method);
   const bool uses_base = std::visit([](const auto& p) { return p.needs_base(); }, policy);
-  const alloy::merge_inputs inputs{"bench.weight", store.view("base"), views, parameters};
+  const alloy::merge_inputs inputs{"bench.weight", data.store.view("base"), views, parameters};
   const alloy::cpu_backend backend{threads};
   for (auto _ : state) {
     alloy::merge_with(policy, backend, inputs, out);
@@ -127,28 +163,33 @@ void BM_merge(benchmark::State& state, std::string_view method) {
                        static_cast<double>(models + (uses_base ? 1 : 0) + 1);
   state.SetBytesProcessed(static_cast<std::int64_t>(bytes) * state.iterations());
   auto& triad = triad_bytes_per_second[threads];
-  if (triad == 0) triad = measure_triad_bandwidth(static_cast<std::size_t>(count), threads);
+  if (triad == 0) triad = measure_triad_bandwidth(std::size_t{1} << 24, threads);
   state.counters["vs_triad"] = benchmark::Counter(bytes / triad * static_cast<double>(state.iterations()),
                                                   benchmark::Counter::kIsRate);
 }
 
-void merge_arguments(benchmark::internal::Benchmark* b) {
-  b->ArgNames({"elements", "models", "bf16", "threads"});
-  for (int threads : {1, 2}) {
-    for (int models : {2, 4}) {
-      for (int bf16 : {0, 1}) b->Args({1 << 24, models, bf16, threads});
+// The grid: 1, 16, 64 and 256 Mi parameters (16 models at the two smaller sizes) x f32/bf16 x
+// every policy x 2, 4, 8 models x 1 and 2 threads, size by size so that each size's inputs are
+// made once. Names read BM_merge/<policy>/elements:../models:../bf16:../threads:..
+void register_merges() {
+  const char* const methods[] = {"linear", "task_arithmetic", "ties", "dare_ties", "magmax"};
+  for (std::int64_t elements : {std::int64_t{1} << 20, std::int64_t{1} << 24, std::int64_t{1} << 26, std::int64_t{1} << 28}) {
+    for (int bf16 : {0, 1}) {
+      for (const char* method : methods) {
+        auto* b = benchmark::RegisterBenchmark((std::string("BM_merge/") + method).c_str(),
+                                               [method](benchmark::State& state) { BM_merge(state, method); });
+        b->ArgNames({"elements", "models", "bf16", "threads"});
+        for (std::int64_t models : {2, 4, 8, 16}) {
+          if (models == 16 && elements > (std::int64_t{1} << 24)) continue;
+          for (int threads : {1, 2}) b->Args({elements, models, bf16, threads});
+        }
+        b->Unit(benchmark::kMillisecond)->UseRealTime();
+      }
     }
   }
-  b->Unit(benchmark::kMillisecond)->UseRealTime();
 }
 
 }  // namespace
-
-BENCHMARK_CAPTURE(BM_merge, linear, "linear")->Apply(merge_arguments);
-BENCHMARK_CAPTURE(BM_merge, task_arithmetic, "task_arithmetic")->Apply(merge_arguments);
-BENCHMARK_CAPTURE(BM_merge, ties, "ties")->Apply(merge_arguments);
-BENCHMARK_CAPTURE(BM_merge, dare_ties, "dare_ties")->Apply(merge_arguments);
-BENCHMARK_CAPTURE(BM_merge, magmax, "magmax")->Apply(merge_arguments);
 
 BENCHMARK(BM_copy)->Arg(1 << 24);
 BENCHMARK_TEMPLATE(BM_convert, float, alloy::bfloat16)->Arg(1 << 24);
@@ -159,6 +200,7 @@ BENCHMARK_TEMPLATE(BM_convert, alloy::float16, float)->Arg(1 << 24);
 int main(int argc, char** argv) {
   copy_bytes_per_second = measure_copy_bandwidth(std::size_t{256} << 20);
   benchmark::AddCustomContext("copy_GBps", std::to_string(copy_bytes_per_second / 1e9));
+  register_merges();
   benchmark::Initialize(&argc, argv);
   if (benchmark::ReportUnrecognizedArguments(argc, argv)) return 1;
   benchmark::RunSpecifiedBenchmarks();

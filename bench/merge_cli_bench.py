@@ -1,9 +1,9 @@
 """alloy-merge on models of a realistic size: time and peak resident memory.
 
   merge_cli_bench.py ALLOY_MERGE WORK_DIR [--gigabytes 1.1] [--dtype BF16] [--methods linear,ties]
-                    [--threads N] [--device cpu|cuda] [--python]
+                    [--models 2] [--threads N] [--device cpu|cuda] [--python] [--csv FILE]
 
-Writes a base and two fine-tuned variants, each a sharded folder of about --gigabytes GB shaped
+Writes a base and --models fine-tuned variants (two by default), each a sharded folder of about --gigabytes GB shaped
 like a Llama layer stack (4096-wide projections, a 32000 x 4096 embedding), streaming each file to
 disk; then runs alloy-merge on each method under /usr/bin/time and prints wall time, peak RSS
 (largest resident set of the process), and the ratio of peak RSS to the largest tensor times the
@@ -81,6 +81,11 @@ def write_sharded(folder, shapes, dtype_name, values_for, shard_bytes=2_000_000_
         json.dump({"architectures": ["LlamaForCausalLM"], "torch_dtype": "bfloat16"}, f)
 
 
+def fine_tuned_names(count):
+    """The fine-tuned models' folder names: math and code (the original two), then ft3, ft4, ..."""
+    return ["math", "code"][:count] + ["ft%d" % i for i in range(3, count + 1)]
+
+
 def python_torch_version():
     import torch
     return torch.__version__
@@ -96,7 +101,7 @@ def python_merge(method, work, out):
     with open(os.path.join(work, "base", "model.safetensors.index.json")) as f:
         weight_map = json.load(f)["weight_map"]
     os.makedirs(out)
-    names = ["base", "math", "code"]
+    names = ["base"] + fine_tuned_names(2)
     for shard in sorted(set(weight_map.values())):
         loaded = [st.read(os.path.join(work, name, shard))[0] for name in names]
         merged = []
@@ -124,15 +129,18 @@ def main():
     parser.add_argument("--threads", default="")
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--python", action="store_true")
+    parser.add_argument("--models", type=int, default=2, help="fine-tuned models merged with the base")
+    parser.add_argument("--csv", help="append one line per method: method,models,gigabytes,seconds,peak_rss_mb")
     args = parser.parse_args()
-    if args.python and args.dtype != "BF16":
-        parser.error("--python merges BF16 models only")
+    if args.python and (args.dtype != "BF16" or args.models != 2):
+        parser.error("--python merges two BF16 models only")
     os.makedirs(args.work, exist_ok=True)
     element = st.DTYPES[args.dtype].itemsize
     shapes = tensors_for(args.gigabytes, element)
     largest = max(int(np.prod(s)) for _, s in shapes) * element
     total = sum(int(np.prod(s)) for _, s in shapes) * element
-    models = ["base", "math", "code"]
+    fine_tuned = fine_tuned_names(args.models)
+    models = ["base"] + fine_tuned
     started = time.time()
     for index, model in enumerate(models):
         folder = os.path.join(args.work, model)
@@ -146,17 +154,18 @@ def main():
             noise = np.random.default_rng(index * 7919 + len(name)).standard_normal(shape, dtype=np.float32)
             return base + noise * np.float32(0.002)
         write_sharded(folder, shapes, args.dtype, values_for)
-    print("models: 3 x %.2f GB (%s, %d tensors, largest %.0f MB), written in %.0f s" %
-          (total / 1e9, args.dtype, len(shapes), largest / 1e6, time.time() - started))
+    print("models: %d x %.2f GB (%s, %d tensors, largest %.0f MB), written in %.0f s" %
+          (len(models), total / 1e9, args.dtype, len(shapes), largest / 1e6, time.time() - started))
     for method in args.methods.split(","):
-        parameters = "    parameters: {weight: 0.5%s}\n" % (", density: 0.5" if method in ("ties", "dare_ties") else "")
+        weight = 1.0 / len(fine_tuned)
+        parameters = "    parameters: {weight: %g%s}\n" % (weight, ", density: 0.5" if method in ("ties", "dare_ties") else "")
         config = os.path.join(args.work, method + ".yml")
         with open(config, "w") as f:
             f.write("merge_method: %s\n" % method)
             if method != "linear":
                 f.write("base_model: %s\n" % os.path.join(args.work, "base"))
             f.write("models:\n")
-            for model in (["base"] if method == "linear" else []) + ["math", "code"]:
+            for model in (["base"] if method == "linear" else []) + fine_tuned:
                 f.write("  - model: %s\n%s" % (os.path.join(args.work, model), parameters))
         out = os.path.join(args.work, "out_" + method)
         subprocess.run(["rm", "-rf", out], check=True)
@@ -184,11 +193,14 @@ def main():
                 sys.exit(1)
             rss_kb = 0
         alloy_seconds = seconds
-        inputs = 3
+        inputs = len(models)
         read = total * inputs
         print("%-16s %6.1f s  read %.2f GB + write %.2f GB  %.2f GB/s  peak RSS %.0f MB = %.2f x (largest tensor x %d inputs)" %
               (method, seconds, read / 1e9, total / 1e9, (read + total) / 1e9 / seconds, rss_kb / 1e3,
                rss_kb * 1e3 / (largest * inputs), inputs))
+        if args.csv:
+            with open(args.csv, "a") as f:
+                f.write("%s,%d,%.3f,%.2f,%.0f\n" % (method, args.models, total / 1e9, seconds, rss_kb / 1e3))
         subprocess.run(["rm", "-rf", out], check=True)
         if args.python:
             seconds = python_merge(method, args.work, out)

@@ -21,12 +21,25 @@ import torch
 DENSITY = 0.3  # alloy_bench's per-model density
 
 
+def uniform_hash(x):
+    """alloy_bench's uniform_hash: a 32-bit hash of x (uint64 array of 32-bit values) to [0, 1)."""
+    m = np.uint64(0xFFFFFFFF)
+    x = x ^ (x >> np.uint64(15))
+    x = (x * np.uint64(2246822519)) & m
+    x = x ^ (x >> np.uint64(13))
+    x = (x * np.uint64(3266489917)) & m
+    x = x ^ (x >> np.uint64(16))
+    return (x >> np.uint64(8)).astype(np.float32) * np.float32(1.0 / 16777216.0)
+
+
 def fill(count, seed, dtype):
-    """alloy_bench's values: ((i * 2654435761 + seed * 97) % 1000) * 1e-3 - 0.5, as float32."""
-    i = np.arange(count, dtype=np.uint64)
-    values = ((i * np.uint64(2654435761) + np.uint64(seed * 97)) % np.uint64(1000)).astype(np.float32) * np.float32(
-        1e-3) - np.float32(0.5)
-    return torch.from_numpy(values).to(dtype)
+    """alloy_bench's bench_value: base weights in [-0.02, 0.02), model `seed` adds [-0.001, 0.001)."""
+    m = np.uint64(0xFFFFFFFF)
+    i = (np.arange(count, dtype=np.uint64) * np.uint64(2654435761)) & m
+    values = np.float32(0.04) * (uniform_hash(i) - np.float32(0.5))
+    if seed:
+        values = values + np.float32(0.002) * (uniform_hash((i + np.uint64(seed * 40503)) & m) - np.float32(0.5))
+    return torch.from_numpy(values.astype(np.float32)).to(dtype)
 
 
 def magnitude(tv, density):
@@ -82,7 +95,7 @@ def main():
     for threads in (1, 2):
         torch.set_num_threads(threads)
         for method in ("linear", "task_arithmetic", "ties", "dare_ties", "magmax"):
-            for models in (2, 4):
+            for models in (2, 4, 8):
                 for dtype in (torch.float32, torch.bfloat16):
                     base = fill(args.elements, 0, dtype)
                     tensors = [fill(args.elements, i + 1, dtype) for i in range(models)]
@@ -93,7 +106,7 @@ def main():
                             started = time.perf_counter()
                             merge(method, base, tensors)
                             times.append((time.perf_counter() - started) * 1e3)
-                    record = {"method": method, "models": models, "dtype": "bf16" if dtype == torch.bfloat16 else "f32",
+                    record = {"method": method, "elements": args.elements, "models": models, "dtype": "bf16" if dtype == torch.bfloat16 else "f32",
                               "threads": threads, "ms": statistics.median(times)}
                     records.append(record)
                     print("torch %-16s models %d %-4s threads %d  %8.1f ms" % (

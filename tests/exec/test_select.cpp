@@ -77,3 +77,79 @@ TEST_CASE("NaN ranks as the largest magnitude", "[exec][select]") {
   CHECK(top1.test(1));
   CHECK(top1.count() == 1);
 }
+
+namespace {
+
+// The mask of rank positions [first, last) by a stable sort on magnitude (NaN largest).
+std::vector<bool> sorted_band(const std::vector<float>& v, std::size_t first, std::size_t last) {
+  const auto magnitude = [](float x) { return std::isnan(x) ? std::numeric_limits<float>::infinity() : std::fabs(x); };
+  std::vector<std::size_t> order(v.size());
+  std::iota(order.begin(), order.end(), 0);
+  std::stable_sort(order.begin(), order.end(), [&](std::size_t a, std::size_t b) { return magnitude(v[a]) > magnitude(v[b]); });
+  std::vector<bool> want(v.size());
+  for (std::size_t r = first; r < last; ++r) want[order[r]] = true;
+  return want;
+}
+
+std::size_t differences(const bit_mask& mask, const std::vector<bool>& want) {
+  std::size_t wrong = 0;
+  for (std::size_t i = 0; i < want.size(); ++i) wrong += mask.test(i) != want[i] ? 1u : 0u;
+  return wrong;
+}
+
+}  // namespace
+
+// Tensors of a million elements and more take the one-pass path, where a sample brackets the
+// boundary; it must give the sort's answer whatever the data does to the sample.
+TEST_CASE("band masks of large tensors agree with a full sort", "[exec][select]") {
+  const std::size_t n = (std::size_t{1} << 20) + 4099;
+  std::vector<std::pair<const char*, std::vector<float>>> cases;
+  {
+    std::vector<float> v(n);  // smooth, distinct magnitudes, with NaN, -0 and infinities among them
+    for (std::size_t i = 0; i < n; ++i) v[i] = std::sin(static_cast<float>(i) * 0.7071f) * static_cast<float>(1 + i % 97);
+    v[5] = std::numeric_limits<float>::quiet_NaN();
+    v[77777] = -0.0f;
+    v[n - 1] = -std::numeric_limits<float>::infinity();
+    cases.emplace_back("smooth", std::move(v));
+  }
+  {
+    std::vector<float> v(n);  // bf16-like: 41 distinct magnitudes, heavy ties at every boundary
+    for (std::size_t i = 0; i < n; ++i) v[i] = static_cast<float>(static_cast<int>((i * 2654435761u) % 81) - 40) / 16.0f;
+    cases.emplace_back("ties", std::move(v));
+  }
+  {
+    std::vector<float> v(n, 0.0f);  // mostly zero task vector: the boundary inside the zeros
+    for (std::size_t i = 0; i < n; i += 7) v[i] = static_cast<float>(i % 1000) + 1.0f;
+    cases.emplace_back("sparse", std::move(v));
+  }
+  {
+    // Adversarial for the sample: the 16 elements at the start of every sampled run are tiny,
+    // everything else large, so the sample's bracket misses the boundary.
+    std::vector<float> v(n);
+    const std::size_t stride = n / 4096;
+    for (std::size_t i = 0; i < n; ++i) v[i] = i % stride < 16 ? 1e-6f * static_cast<float>(i % 16) : 1.0f + static_cast<float>(i % 13);
+    cases.emplace_back("misleading sample", std::move(v));
+  }
+  // Both paths are exercised: the bracket holds on smooth data and is refused on the misleading one.
+  const auto bracketed = [](const std::vector<float>& v, std::size_t position) {
+    const const_tensor_view view(std::span<const float>(v), shape{static_cast<std::int64_t>(v.size())});
+    const const_tensor_view inputs[] = {view};
+    return detail::bracketed_leading_ranks(cpu_backend{}, inputs, v.size(), [](const auto& x, std::size_t) { return x[0]; },
+                                           position)
+        .has_value();
+  };
+  CHECK(bracketed(cases[0].second, n / 2));
+  CHECK_FALSE(bracketed(cases[3].second, n / 2));
+  for (const auto& [name, v] : cases) {
+    for (auto [first, last] : {std::pair<std::size_t, std::size_t>{0, n / 2}, {0, n / 10}, {0, n - 3}, {0, 1},
+                               {n / 100, n / 3}}) {
+      INFO(name << ": ranks [" << first << ", " << last << ")");
+      const auto want = sorted_band(v, first, last);
+      for (int threads : {1, 2}) {
+        const auto mask = band(v, first, last, threads);
+        CHECK(differences(mask, want) == 0);
+        CHECK(mask.count() == last - first);
+      }
+    }
+  }
+}

@@ -28,6 +28,12 @@ ALLOY_HD ALLOY_ALWAYS_INLINE float bits_float(std::uint32_t bits) noexcept {
 #endif
 }
 
+// x where `keep`, else +0: a select written on the bits, because compilers keep a branch for the
+// ternary form under the default floating-point model, and a branch stops vectorisation.
+ALLOY_HD ALLOY_ALWAYS_INLINE float keep_or_zero(bool keep, float x) noexcept {
+  return bits_float(float_bits(x) & (0u - static_cast<std::uint32_t>(keep)));
+}
+
 }  // namespace detail
 
 ALLOY_HD ALLOY_ALWAYS_INLINE float bf16_bits_to_f32(std::uint16_t bits) noexcept {

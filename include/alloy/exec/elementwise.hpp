@@ -11,6 +11,16 @@
 // where values[i] is input i at element `index` (the flat row-major position, which random
 // policies use as a counter). Values is whatever the backend indexes cheaply (column pointers
 // into the CPU backend's block, registers on a GPU); the same kernel runs unchanged on both.
+//
+// A kernel whose per-element form cannot vectorise (a bit or a hash decides per element what
+// enters the arithmetic) may also give the CPU backend a block form, as Eigen's functors give a
+// packet form beside the scalar one:
+//
+//   template <std::size_t Inputs> void evaluate_block(const float* const* columns, std::size_t count,
+//                                                     std::size_t first, float* results) const
+//
+// with columns[i] pointing at `count` f32 values of input i for elements [first, first + count).
+// It must compute exactly what operator() computes; the CPU backend calls it for 2-9 and 17 inputs.
 
 #include <cstddef>
 #include <cstdint>
@@ -178,11 +188,26 @@ void elementwise(const cpu_backend& backend, tensor_view output,
   }
   const std::size_t k = inputs.size();
   const auto run = [&]<std::size_t Count>(std::integral_constant<std::size_t, Count>) {
-    detail::elementwise_blocks(backend, output, inputs, kernel,
-                               [](const float* const* columns, std::size_t j) {
-                                 return detail::fixed_block_values<Count>{columns, j};
-                               });
+    if constexpr (requires(const float* const* columns, float* results) {
+                    kernel.template evaluate_block<Count>(columns, std::size_t{}, std::size_t{}, results);
+                  }) {
+      for_each_block(backend, inputs, output.numel(), [&](std::size_t) {
+        return [&](const float* const* columns, std::size_t count, std::size_t first) {
+          alignas(64) float results[detail::block_elements];
+          kernel.template evaluate_block<Count>(columns, count, first, results);
+          detail::store_block(output, first, count, results);
+        };
+      });
+    } else {
+      detail::elementwise_blocks(backend, output, inputs, kernel,
+                                 [](const float* const* columns, std::size_t j) {
+                                   return detail::fixed_block_values<Count>{columns, j};
+                                 });
+    }
   };
+  // The count fixed at compile time for up to 8 models and a base, and for 16 and a base (each
+  // count compiles every kernel once more); other counts run with the count as a run-time value,
+  // 10-15x slower per input (docs/benchmarks.md).
   switch (k) {
     case 1: run(std::integral_constant<std::size_t, 1>{}); return;
     case 2: run(std::integral_constant<std::size_t, 2>{}); return;
@@ -193,6 +218,7 @@ void elementwise(const cpu_backend& backend, tensor_view output,
     case 7: run(std::integral_constant<std::size_t, 7>{}); return;
     case 8: run(std::integral_constant<std::size_t, 8>{}); return;
     case 9: run(std::integral_constant<std::size_t, 9>{}); return;
+    case 17: run(std::integral_constant<std::size_t, 17>{}); return;
     default:
       detail::elementwise_blocks(backend, output, inputs, kernel,
                                  [k](const float* const* columns, std::size_t j) {

@@ -9,15 +9,22 @@
 
 #include <algorithm>
 #include <array>
+#include <atomic>
 #include <bit>
 #include <cmath>
 #include <cstddef>
 #include <cstdint>
+#include <cstring>
 #include <functional>
 #include <limits>
 #include <numeric>
+#include <optional>
 #include <span>
 #include <vector>
+
+#if defined(__SSE2__)
+#include <emmintrin.h>
+#endif
 
 #include "alloy/core/config.hpp"
 #include "alloy/core/error.hpp"
@@ -73,23 +80,69 @@ class bit_mask {
 
 namespace detail {
 
+// Bits [first, first + count) of a mask's words as one 0/1 word each (first a multiple of 64), so
+// that a loop over them can select without branches. Four bits per table lookup.
+inline void unpack_bits(const std::uint64_t* words, std::size_t first, std::size_t count, std::uint32_t* out) noexcept {
+  static constexpr auto nibbles = [] {
+    std::array<std::array<std::uint32_t, 4>, 16> table{};
+    for (std::uint32_t n = 0; n < 16; ++n) {
+      for (std::uint32_t b = 0; b < 4; ++b) table[n][b] = (n >> b) & 1u;
+    }
+    return table;
+  }();
+  std::size_t j = 0;
+  for (; j + 4 <= count; j += 4) {
+    const auto nibble = (words[(first + j) >> 6] >> ((first + j) & 63)) & 15u;
+    std::memcpy(out + j, nibbles[nibble].data(), sizeof(nibbles[nibble]));
+  }
+  for (; j < count; ++j) out[j] = (words[(first + j) >> 6] >> ((first + j) & 63)) & 1u;
+}
+
+// For up to 64 keys (magnitudes' bit patterns, at most 0x7f800000): the bits of the keys above
+// `upper` and of those in [lower, upper].
+struct key_classes {
+  std::uint64_t above = 0;
+  std::uint64_t inside = 0;
+};
+inline key_classes classify_keys(const std::uint32_t* keys, std::size_t count, std::uint32_t lower,
+                                 std::uint32_t upper) noexcept {
+  key_classes classes;
+  upper = std::min<std::uint32_t>(upper, 0x7fffffffu);  // keys compare as signed 32-bit below
+  std::size_t j = 0;
+#if defined(__SSE2__)
+  const __m128i upper4 = _mm_set1_epi32(static_cast<int>(upper));
+  const __m128i lower4 = _mm_set1_epi32(static_cast<int>(lower));
+  for (; j + 4 <= count; j += 4) {
+    const __m128i key = _mm_loadu_si128(reinterpret_cast<const __m128i*>(keys + j));
+    const __m128i above = _mm_cmpgt_epi32(key, upper4);
+    const __m128i below = _mm_cmpgt_epi32(lower4, key);
+    const auto above_bits = static_cast<std::uint64_t>(_mm_movemask_ps(_mm_castsi128_ps(above)));
+    const auto outside_bits = static_cast<std::uint64_t>(_mm_movemask_ps(_mm_castsi128_ps(_mm_or_si128(above, below))));
+    classes.above |= above_bits << j;
+    classes.inside |= (~outside_bits & 15u) << j;
+  }
+#endif
+  for (; j < count; ++j) {
+    classes.above |= std::uint64_t{keys[j] > upper} << j;
+    classes.inside |= std::uint64_t{keys[j] >= lower && keys[j] <= upper} << j;
+  }
+  return classes;
+}
+
 // |value| with the sign bit cleared (so -0 ranks as 0), and NaN as +infinity.
 ALLOY_HD ALLOY_ALWAYS_INLINE float rank_magnitude(float value) noexcept {
   const std::uint32_t bits = float_bits(value) & 0x7fffffffu;
   return bits_float(bits > 0x7f800000u ? 0x7f800000u : bits);
 }
 
-// The boundary before position `position` of the rank order: element e is before it when
-// |e| > threshold, or |e| == threshold and e is among the first `ties_before` such elements.
-struct rank_boundary {
-  std::size_t position = 0;
-  float threshold = std::numeric_limits<float>::infinity();
-  std::size_t ties_before = 0;
-  std::vector<std::size_t> ties_before_chunk;  // per chunk: elements == threshold in earlier chunks
-  bool everything = false;                     // position == n
-  bool nothing = true;                         // position == 0
+// Input i at one element of a row held as one f32 buffer per input, `stride` apart.
+struct strided_values {
+  const float* first;
+  std::size_t stride;
+  std::size_t count;
+  float operator[](std::size_t input) const { return first[input * stride]; }
+  [[nodiscard]] std::size_t size() const { return count; }
 };
-
 }  // namespace detail
 
 // The k-th largest magnitude (k >= 1) among `magnitudes`, which it reorders (O(n) selection).
@@ -193,56 +246,166 @@ inline float kth_largest_magnitude(const cpu_backend& backend, const_tensor_view
       .threshold;
 }
 
+namespace detail {
+
+// The elements at rank positions [0, position) by the exact radix selection: three histogram
+// passes, then a mask pass that takes the threshold's ties in index order.
+template <class Value>
+bit_mask exact_leading_ranks(const cpu_backend& backend, std::span<const const_tensor_view> inputs,
+                             std::size_t elements, const Value& value, std::size_t position) {
+  // The boundary sits before `position`: the element at position - 1 is the last one before it.
+  const radix_selection selection = select_descending(backend, inputs, elements, value, position - 1);
+  const float threshold = selection.threshold;
+  const std::size_t ties_before = position - selection.greater;
+  bit_mask mask(elements);
+  for_each_block(backend, inputs, elements, [&](std::size_t chunk) {
+    return [&, ties_seen = selection.ties_before_chunk[chunk]](const float* const* columns, std::size_t count,
+                                                                std::size_t offset) mutable {
+      for (std::size_t j = 0; j < count; ++j) {
+        const float m = rank_magnitude(value(block_values{columns, j, inputs.size()}, offset + j));
+        if (m > threshold || (m == threshold && ties_seen++ < ties_before)) mask.set(offset + j);
+      }
+    };
+  });
+  return mask;
+}
+
+// The same mask in one pass over the tensor, where a sample brackets the boundary: 64 Ki
+// magnitudes read in 4096 runs of 16 give two keys that, with overwhelming probability, enclose
+// the magnitude at `position`. One pass then sets the bits of everything above the bracket and
+// gathers the elements inside it (a few per cent of the tensor); the boundary is chosen exactly
+// among those. It returns nothing where the bracket turns out not to enclose the boundary or
+// gathers more than an eighth of the tensor (one magnitude repeated that often): the caller
+// then runs the exact selection, so the result never depends on the sample, only the time.
+template <class Value>
+std::optional<bit_mask> bracketed_leading_ranks(const cpu_backend& backend, std::span<const const_tensor_view> inputs,
+                                                std::size_t elements, const Value& value, std::size_t position) {
+  constexpr std::size_t runs = 4096;
+  constexpr std::size_t run_length = 16;
+  constexpr std::size_t samples = runs * run_length;
+  if (elements < 16 * samples) return std::nullopt;  // small tensors: the exact passes are cheap
+  const std::size_t k = inputs.size();
+
+  std::vector<std::uint32_t> sample(samples);
+  for_each_index(backend, runs, [&](std::size_t run) {
+    const std::size_t first = run * (elements / runs);
+    std::vector<float> loaded(k * run_length);
+    for (std::size_t i = 0; i < k; ++i) load_block(inputs[i], first, run_length, loaded.data() + i * run_length);
+    for (std::size_t j = 0; j < run_length; ++j) {
+      sample[run * run_length + j] = std::bit_cast<std::uint32_t>(
+          rank_magnitude(value(strided_values{loaded.data() + j, run_length, k}, first + j)));
+    }
+  });
+  // Expected sample elements before the boundary, +/- eight standard deviations (and a margin
+  // for the correlation of neighbouring elements within a run).
+  const double fraction = static_cast<double>(position) / static_cast<double>(elements);
+  const double expected = fraction * static_cast<double>(samples);
+  const double spread = 8.0 * std::sqrt(static_cast<double>(samples) * fraction * (1.0 - fraction)) + 64.0;
+  const auto descending_key = [&](double rank) {
+    auto nth = sample.begin() + static_cast<std::ptrdiff_t>(rank);
+    std::nth_element(sample.begin(), nth, sample.end(), std::greater<std::uint32_t>());
+    return *nth;
+  };
+  // Keys above `upper` are before the boundary; keys in [lower, upper] are gathered.
+  const std::uint32_t upper =
+      expected - spread < 0.0 ? std::numeric_limits<std::uint32_t>::max() : descending_key(expected - spread);
+  const std::uint32_t lower =
+      expected + spread >= static_cast<double>(samples) ? 0u : descending_key(expected + spread);
+
+  struct candidate {
+    std::uint32_t key;
+    std::uint32_t offset;  // within its chunk
+  };
+  const std::size_t chunks = cpu_backend::chunk_count(elements);
+  std::vector<std::vector<candidate>> gathered(chunks);
+  std::vector<std::size_t> above(chunks, 0);
+  std::atomic<std::size_t> gathered_total{0};
+  std::atomic<bool> overflow{false};
+  const std::size_t cap = elements / 8;
+  bit_mask mask(elements);
+  for_each_block(backend, inputs, elements, [&](std::size_t chunk) {
+    return [&, chunk](const float* const* columns, std::size_t count, std::size_t offset) {
+      if (overflow.load(std::memory_order_relaxed)) return;
+      alignas(64) std::uint32_t keys[block_elements];
+      for (std::size_t j = 0; j < count; ++j) {
+        keys[j] = std::bit_cast<std::uint32_t>(rank_magnitude(value(block_values{columns, j, k}, offset + j)));
+      }
+      // Blocks start on a word (block_elements is a multiple of 64); the words are this chunk's.
+      auto& list = gathered[chunk];
+      const std::size_t before = list.size();
+      const auto chunk_offset = static_cast<std::uint32_t>(offset - chunk * cpu_backend::chunk_elements);
+      for (std::size_t word = 0; word * 64 < count; ++word) {
+        const key_classes classes =
+            classify_keys(keys + word * 64, std::min<std::size_t>(64, count - word * 64), lower, upper);
+        mask.set_word((offset >> 6) + word, classes.above);
+        above[chunk] += static_cast<std::size_t>(std::popcount(classes.above));
+        for (std::uint64_t inside = classes.inside; inside != 0; inside &= inside - 1) {
+          const auto j = word * 64 + static_cast<std::size_t>(std::countr_zero(inside));
+          list.push_back({keys[j], chunk_offset + static_cast<std::uint32_t>(j)});
+        }
+      }
+      if (gathered_total.fetch_add(list.size() - before, std::memory_order_relaxed) + list.size() - before > cap) {
+        overflow.store(true, std::memory_order_relaxed);
+      }
+    };
+  });
+  if (overflow.load()) return std::nullopt;
+  const std::size_t above_total = std::accumulate(above.begin(), above.end(), std::size_t{0});
+  const std::size_t candidates = gathered_total.load();
+  if (above_total > position || above_total + candidates < position) return std::nullopt;
+
+  // Take the first `wanted` candidates in rank order: keys above the wanted-th largest, then its
+  // ties in index order (the lists are in chunk order, each in index order).
+  const std::size_t wanted = position - above_total;
+  if (wanted == 0) return mask;
+  std::vector<std::uint32_t> keys;
+  keys.reserve(candidates);
+  for (const auto& list : gathered) {
+    for (const candidate& c : list) keys.push_back(c.key);
+  }
+  const auto nth = keys.begin() + static_cast<std::ptrdiff_t>(wanted - 1);
+  std::nth_element(keys.begin(), nth, keys.end(), std::greater<std::uint32_t>());
+  const std::uint32_t threshold = *nth;
+  const auto greater = static_cast<std::size_t>(
+      std::count_if(keys.begin(), keys.end(), [threshold](std::uint32_t key) { return key > threshold; }));
+  std::size_t ties_left = wanted - greater;
+  for (std::size_t chunk = 0; chunk < chunks; ++chunk) {
+    for (const candidate& c : gathered[chunk]) {
+      const bool tie_taken = c.key == threshold && ties_left > 0;
+      if (c.key > threshold || tie_taken) mask.set(chunk * cpu_backend::chunk_elements + c.offset);
+      if (tie_taken) --ties_left;
+    }
+  }
+  return mask;
+}
+
+// The elements at rank positions [0, position).
+template <class Value>
+bit_mask leading_ranks(const cpu_backend& backend, std::span<const const_tensor_view> inputs, std::size_t elements,
+                       const Value& value, std::size_t position) {
+  if (position == 0) return bit_mask(elements, false);
+  if (position >= elements) return bit_mask(elements, true);
+  if (auto mask = bracketed_leading_ranks(backend, inputs, elements, value, position)) return std::move(*mask);
+  return exact_leading_ranks(backend, inputs, elements, value, position);
+}
+
+}  // namespace detail
+
 // Keeps the elements whose rank position lies in [first, last), where the ranked quantity is
-// value(values, index) over `inputs` (for example |model - base|). Exact count, O(n).
+// value(values, index) over `inputs` (for example |model - base|). Exact count, O(n): one pass
+// over the inputs per boundary where a sample brackets it, else a radix selection.
 template <class Value>
 bit_mask rank_band_mask(const cpu_backend& backend, std::span<const const_tensor_view> inputs,
                         std::size_t elements, const Value& value, std::size_t first, std::size_t last) {
+  detail::check_inputs(inputs, elements);
   last = std::min(last, elements);
   first = std::min(first, last);
-  if (first == 0 && last == elements) return bit_mask(elements, true);
   if (first == last) return bit_mask(elements, false);
-
-  detail::rank_boundary bounds[2];
-  const std::size_t positions[2] = {first, last};
-  for (int b = 0; b < 2; ++b) {
-    auto& bound = bounds[b];
-    bound.position = positions[b];
-    bound.nothing = positions[b] == 0;
-    bound.everything = positions[b] >= elements;
-    if (bound.nothing || bound.everything) continue;
-    // The boundary sits before position P: the element at P - 1 is the last one before it.
-    auto selection = detail::select_descending(backend, inputs, elements, value, bound.position - 1);
-    bound.threshold = selection.threshold;
-    bound.ties_before = bound.position - selection.greater;
-    bound.ties_before_chunk = std::move(selection.ties_before_chunk);
-  }
-
-  bit_mask mask(elements);
-  for_each_block(backend, inputs, elements, [&](std::size_t chunk) {
-    const auto ties_at = [&](int b) {
-      return bounds[b].ties_before_chunk.empty() ? std::size_t{0} : bounds[b].ties_before_chunk[chunk];
-    };
-    return [&, ties_seen = std::array<std::size_t, 2>{ties_at(0), ties_at(1)}](
-               const float* const* columns, std::size_t count, std::size_t offset) mutable {
-      for (std::size_t j = 0; j < count; ++j) {
-        const float m = detail::rank_magnitude(value(detail::block_values{columns, j, inputs.size()}, offset + j));
-        bool before[2];
-        for (int b = 0; b < 2; ++b) {
-          const auto& bound = bounds[b];
-          if (bound.nothing) {
-            before[b] = false;
-          } else if (bound.everything || m > bound.threshold) {
-            before[b] = true;
-          } else if (m == bound.threshold) {
-            before[b] = ties_seen[static_cast<std::size_t>(b)]++ < bound.ties_before;
-          } else {
-            before[b] = false;
-          }
-        }
-        if (before[1] && !before[0]) mask.set(offset + j);
-      }
-    };
+  bit_mask mask = detail::leading_ranks(backend, inputs, elements, value, last);
+  if (first == 0) return mask;
+  const bit_mask dropped = detail::leading_ranks(backend, inputs, elements, value, first);
+  for_each_chunk(backend, (elements + 63) / 64, [&](std::size_t, std::size_t begin, std::size_t end) {
+    for (std::size_t w = begin; w < end; ++w) mask.set_word(w, mask.word(w) & ~dropped.word(w));
   });
   return mask;
 }
@@ -260,14 +423,6 @@ ALLOY_HD inline float rank_keep_probability(std::size_t rank, std::size_t length
 #endif
 }
 
-// Input i at one element of a row held as one f32 buffer per input, `stride` apart.
-struct strided_values {
-  const float* first;
-  std::size_t stride;
-  std::size_t count;
-  float operator[](std::size_t input) const { return first[input * stride]; }
-  [[nodiscard]] std::size_t size() const { return count; }
-};
 }  // namespace detail
 
 // Keeps each element with a probability that rises with its rank inside its row (DELLA's

@@ -66,7 +66,10 @@ struct task_vector_term {
   }
 };
 
-// The per-element math of steps 2-5; values[0] is the base, values[1 + i] model i.
+// The per-element math of steps 2-5; values[0] is the base, values[1 + i] model i. Steps 3-5 are
+// written once (`combine`), without branches on the data, for both of its forms: per element
+// (operator(), what a GPU thread runs) and per block of the CPU backend (evaluate_block, where the
+// keep decisions are expanded first so that the arithmetic vectorises). Both give the same bits.
 struct task_vector_kernel {
   const task_vector_term* terms = nullptr;  // one per model: values.size() - 1
   sign_consensus consensus = sign_consensus::none;
@@ -80,40 +83,134 @@ struct task_vector_kernel {
     return term.weight * ((values[1 + i] - values[0]) * term.scale);
   }
 
-  template <class Values>
-  ALLOY_HD float operator()(const Values& values, std::size_t index) const {
-    const std::size_t count = values.size() - 1;
+  // Steps 3-5 for one element from its weighted kept deltas e(i), i < count. A skipped term and an
+  // added zero are the same here: the sums start at +0 and never become -0.
+  template <sign_consensus Consensus, bool Normalize, class Deltas, class Weights>
+  [[nodiscard]] ALLOY_HD ALLOY_ALWAYS_INLINE static float combine(const Deltas& e, const Weights& weight, std::size_t count,
+                                                                  float base, float lambda) {
     float mixed = 0.0f;
     float divisor = 0.0f;
-    if (consensus == sign_consensus::none) {
+    if constexpr (Consensus == sign_consensus::none) {
       for (std::size_t i = 0; i < count; ++i) {
-        mixed += weighted_delta(values, i, index);
-        divisor += terms[i].weight;
+        mixed += e(i);
+        divisor += weight(i);
       }
-      if (divisor < 1e-8f && divisor > -1e-8f) divisor = 1.0f;
+      const bool tiny = (divisor < 1e-8f) & (divisor > -1e-8f);
+      divisor = detail::keep_or_zero(!tiny, divisor) + detail::keep_or_zero(tiny, 1.0f);
     } else {
-      // Weighted deltas are computed once (random masks hash per call); models beyond the
-      // buffer are recomputed in the second loop.
-      constexpr std::size_t buffered = 16;
-      float e[buffered];
       float election = 0.0f;
       for (std::size_t i = 0; i < count; ++i) {
-        const float ei = weighted_delta(values, i, index);
-        if (i < buffered) e[i] = ei;
-        election += consensus == sign_consensus::sum ? ei : static_cast<float>((ei > 0) - (ei < 0));
+        const float ei = e(i);
+        if constexpr (Consensus == sign_consensus::sum) {
+          election += ei;
+        } else {
+          election += static_cast<float>((ei > 0.0f) - (ei < 0.0f));
+        }
       }
       const bool positive = election >= 0.0f;
       for (std::size_t i = 0; i < count; ++i) {
-        const float ei = i < buffered ? e[i] : weighted_delta(values, i, index);
-        if (positive ? ei > 0.0f : ei < 0.0f) {
-          mixed += ei;
-          divisor += terms[i].weight;
-        }
+        const float ei = e(i);
+        const bool agree = (positive & (ei > 0.0f)) | (!positive & (ei < 0.0f));
+        mixed += detail::keep_or_zero(agree, ei);
+        divisor += detail::keep_or_zero(agree, weight(i));
       }
-      if (divisor == 0.0f) divisor = 1.0f;
+      divisor += detail::keep_or_zero(divisor == 0.0f, 1.0f);
     }
-    if (normalize) mixed /= divisor;
-    return values[0] + lambda * mixed;
+    if constexpr (Normalize) mixed /= divisor;
+    return base + lambda * mixed;
+  }
+
+  // e(i) at one element: computed once for the first `buffered` models (random masks hash per
+  // call), recomputed beyond.
+  template <class Values>
+  struct element_deltas {
+    static constexpr std::size_t buffered = 16;
+    const task_vector_kernel* kernel;
+    const Values* values;
+    std::size_t index;
+    float e[buffered];
+    ALLOY_HD float operator()(std::size_t i) const { return i < buffered ? e[i] : kernel->weighted_delta(*values, i, index); }
+  };
+
+  struct term_weights {
+    const task_vector_term* terms;
+    ALLOY_HD float operator()(std::size_t i) const { return terms[i].weight; }
+  };
+
+  template <class Values>
+  ALLOY_HD float operator()(const Values& values, std::size_t index) const {
+    const std::size_t count = values.size() - 1;
+    element_deltas<Values> e{this, &values, index, {}};
+    for (std::size_t i = 0; i < count && i < e.buffered; ++i) e.e[i] = weighted_delta(values, i, index);
+    const term_weights weights{terms};
+    return dispatch([&](auto combined) { return combined(e, weights, count, values[0], lambda); });
+  }
+
+  // The CPU backend's form: `count` elements of a block starting at `first` (a multiple of 64),
+  // columns[0] the base and columns[1 + i] model i, as f32.
+  template <std::size_t Inputs>
+    requires(Inputs >= 2)
+  void evaluate_block(const float* const* columns, std::size_t count, std::size_t first, float* results) const {
+    constexpr std::size_t models = Inputs - 1;
+    constexpr std::size_t block = 512;  // detail::block_elements
+    // Locals, so that the compiler knows the stores into `results` change none of them.
+    alignas(64) float deltas[models][block];
+    float weights[models];
+    for (std::size_t i = 0; i < models; ++i) weights[i] = terms[i].weight;
+    const float scaled_by = lambda;
+    for (std::size_t i = 0; i < models; ++i) {
+      alignas(64) std::uint32_t keep[block];
+      const task_vector_term& term = terms[i];
+      switch (term.rule) {
+        case task_vector_term::keep_rule::all:
+          for (std::size_t j = 0; j < count; ++j) keep[j] = 1;
+          break;
+        case task_vector_term::keep_rule::bits:
+          detail::unpack_bits(term.bits, first, count, keep);
+          break;
+        case task_vector_term::keep_rule::random:
+          for (std::size_t j = 0; j < count; ++j) keep[j] = uniform01(term.random_key, first + j) < term.keep_probability;
+          break;
+      }
+      const float* base = columns[0];
+      const float* model = columns[1 + i];
+      const float weight = term.weight;
+      const float scale = term.scale;
+      float* delta = deltas[i];
+      for (std::size_t j = 0; j < count; ++j) {
+        const float d = weight * ((model[j] - base[j]) * scale);
+        delta[j] = detail::keep_or_zero(keep[j] != 0, d);
+      }
+    }
+    const float* base = columns[0];
+    dispatch([&](auto combined) {
+      for (std::size_t j = 0; j < count; ++j) {
+        results[j] = combined([&](std::size_t i) { return deltas[i][j]; }, [&](std::size_t i) { return weights[i]; },
+                              models, base[j], scaled_by);
+      }
+      return 0.0f;
+    });
+  }
+
+ private:
+  // Calls body(combine<C, N>) for this kernel's consensus and normalisation, so that the loop in
+  // body is compiled without branches on either.
+  template <class Body>
+  ALLOY_HD ALLOY_ALWAYS_INLINE float dispatch(const Body& body) const {
+    const auto with = [&](auto consensus_mode, auto normalized) {
+      return body([](const auto& e, const auto& weights, std::size_t count, float base, float scale) {
+        return combine<decltype(consensus_mode)::value, decltype(normalized)::value>(e, weights, count, base, scale);
+      });
+    };
+    using none = std::integral_constant<sign_consensus, sign_consensus::none>;
+    using sum = std::integral_constant<sign_consensus, sign_consensus::sum>;
+    using count = std::integral_constant<sign_consensus, sign_consensus::count>;
+    switch (consensus) {
+      case sign_consensus::none: return normalize ? with(none{}, std::true_type{}) : with(none{}, std::false_type{});
+      case sign_consensus::sum: return normalize ? with(sum{}, std::true_type{}) : with(sum{}, std::false_type{});
+      case sign_consensus::count: return normalize ? with(count{}, std::true_type{}) : with(count{}, std::false_type{});
+    }
+    return 0.0f;
   }
 };
 
