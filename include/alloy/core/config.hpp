@@ -18,3 +18,11 @@
 #else
 #define ALLOY_ALWAYS_INLINE inline
 #endif
+
+// A pointer through which alone its array is accessed in a function: lets the compiler vectorise
+// loops that write one array while reading many (it otherwise gives up checking every overlap).
+#if defined(__GNUC__) || defined(__clang__) || defined(_MSC_VER)
+#define ALLOY_RESTRICT __restrict
+#else
+#define ALLOY_RESTRICT
+#endif

@@ -34,6 +34,12 @@ ALLOY_HD ALLOY_ALWAYS_INLINE float keep_or_zero(bool keep, float x) noexcept {
   return bits_float(float_bits(x) & (0u - static_cast<std::uint32_t>(keep)));
 }
 
+// condition ? a : b on the bits, for the same reason.
+ALLOY_HD ALLOY_ALWAYS_INLINE float select_bits(bool condition, float a, float b) noexcept {
+  const std::uint32_t mask = 0u - static_cast<std::uint32_t>(condition);
+  return bits_float((float_bits(a) & mask) | (float_bits(b) & ~mask));
+}
+
 }  // namespace detail
 
 ALLOY_HD ALLOY_ALWAYS_INLINE float bf16_bits_to_f32(std::uint16_t bits) noexcept {

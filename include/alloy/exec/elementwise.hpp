@@ -12,15 +12,16 @@
 // policies use as a counter). Values is whatever the backend indexes cheaply (column pointers
 // into the CPU backend's block, registers on a GPU); the same kernel runs unchanged on both.
 //
-// A kernel whose per-element form cannot vectorise (a bit or a hash decides per element what
-// enters the arithmetic) may also give the CPU backend a block form, as Eigen's functors give a
-// packet form beside the scalar one:
+// A kernel whose per-element form does not vectorise well (a bit or a hash decides per element
+// what enters the arithmetic, or many inputs are read at once) may also give the CPU backend a
+// block form, as Eigen's functors give a packet form beside the scalar one:
 //
-//   template <std::size_t Inputs> void evaluate_block(const float* const* columns, std::size_t count,
-//                                                     std::size_t first, float* results) const
+//   void evaluate_block(const float* const* columns, std::size_t inputs, std::size_t count,
+//                       std::size_t first, float* results) const
 //
-// with columns[i] pointing at `count` f32 values of input i for elements [first, first + count).
-// It must compute exactly what operator() computes; the CPU backend calls it for 2-9 and 17 inputs.
+// with columns[i] (i < inputs) pointing at `count` f32 values of input i for elements
+// [first, first + count), first a multiple of 64. It must compute exactly what operator()
+// computes, operation for operation; the CPU backend then calls it for every block.
 
 #include <cstddef>
 #include <cstdint>
@@ -161,6 +162,22 @@ struct fixed_block_values {
   [[nodiscard]] ALLOY_HD static constexpr std::size_t size() { return Count; }
 };
 
+// Calls body(std::integral_constant<std::size_t, n>{}) for n in [1, 8) (nothing for 0): block
+// forms that take inputs in groups of eight use it for the last group.
+template <class Body>
+void with_count_below_8(std::size_t n, Body&& body) {
+  switch (n) {
+    case 1: body(std::integral_constant<std::size_t, 1>{}); return;
+    case 2: body(std::integral_constant<std::size_t, 2>{}); return;
+    case 3: body(std::integral_constant<std::size_t, 3>{}); return;
+    case 4: body(std::integral_constant<std::size_t, 4>{}); return;
+    case 5: body(std::integral_constant<std::size_t, 5>{}); return;
+    case 6: body(std::integral_constant<std::size_t, 6>{}); return;
+    case 7: body(std::integral_constant<std::size_t, 7>{}); return;
+    default: return;
+  }
+}
+
 template <class Kernel, class MakeValues>
 void elementwise_blocks(const cpu_backend& backend, tensor_view output, std::span<const const_tensor_view> inputs,
                         const Kernel& kernel, const MakeValues& make_values) {
@@ -187,27 +204,26 @@ void elementwise(const cpu_backend& backend, tensor_view output,
     }
   }
   const std::size_t k = inputs.size();
+  if constexpr (requires(const float* const* columns, float* results) {
+                  kernel.evaluate_block(columns, std::size_t{}, std::size_t{}, std::size_t{}, results);
+                }) {
+    for_each_block(backend, inputs, output.numel(), [&](std::size_t) {
+      return [&](const float* const* columns, std::size_t count, std::size_t first) {
+        alignas(64) float results[detail::block_elements];
+        kernel.evaluate_block(columns, k, count, first, results);
+        detail::store_block(output, first, count, results);
+      };
+    });
+    return;
+  }
   const auto run = [&]<std::size_t Count>(std::integral_constant<std::size_t, Count>) {
-    if constexpr (requires(const float* const* columns, float* results) {
-                    kernel.template evaluate_block<Count>(columns, std::size_t{}, std::size_t{}, results);
-                  }) {
-      for_each_block(backend, inputs, output.numel(), [&](std::size_t) {
-        return [&](const float* const* columns, std::size_t count, std::size_t first) {
-          alignas(64) float results[detail::block_elements];
-          kernel.template evaluate_block<Count>(columns, count, first, results);
-          detail::store_block(output, first, count, results);
-        };
-      });
-    } else {
-      detail::elementwise_blocks(backend, output, inputs, kernel,
-                                 [](const float* const* columns, std::size_t j) {
-                                   return detail::fixed_block_values<Count>{columns, j};
-                                 });
-    }
+    detail::elementwise_blocks(backend, output, inputs, kernel,
+                               [](const float* const* columns, std::size_t j) {
+                                 return detail::fixed_block_values<Count>{columns, j};
+                               });
   };
-  // The count fixed at compile time for up to 8 models and a base, and for 16 and a base (each
-  // count compiles every kernel once more); other counts run with the count as a run-time value,
-  // 10-15x slower per input (docs/benchmarks.md).
+  // The input count fixed at compile time for up to 8 models and a base (each count compiles
+  // the kernel once more); beyond, it is a run-time value.
   switch (k) {
     case 1: run(std::integral_constant<std::size_t, 1>{}); return;
     case 2: run(std::integral_constant<std::size_t, 2>{}); return;
@@ -218,7 +234,6 @@ void elementwise(const cpu_backend& backend, tensor_view output,
     case 7: run(std::integral_constant<std::size_t, 7>{}); return;
     case 8: run(std::integral_constant<std::size_t, 8>{}); return;
     case 9: run(std::integral_constant<std::size_t, 9>{}); return;
-    case 17: run(std::integral_constant<std::size_t, 17>{}); return;
     default:
       detail::elementwise_blocks(backend, output, inputs, kernel,
                                  [k](const float* const* columns, std::size_t j) {

@@ -30,6 +30,45 @@ struct magmax_kernel {
     }
     return values[0] + lambda * chosen;
   }
+
+  // The CPU's block form: the same choice without branches, eight models at a time (read in
+  // lockstep), the running choice kept between groups. (|d| by clearing the sign bit compares as
+  // d < 0 ? -d : d does, -0 and NaN included.)
+  void evaluate_block(const float* const* columns, std::size_t inputs, std::size_t count, std::size_t,
+                      float* results) const {
+    alignas(64) float largest[512];  // detail::block_elements
+    for (std::size_t j = 0; j < count; ++j) {
+      results[j] = 0.0f;
+      largest[j] = -1.0f;
+    }
+    std::size_t i = 1;
+    for (; i + 8 <= inputs; i += 8) choose<8>(columns[0], columns + i, count, largest, results);
+    detail::with_count_below_8(inputs - i, [&](auto group) {
+      choose<decltype(group)::value>(columns[0], columns + i, count, largest, results);
+    });
+    const float* base = columns[0];
+    const float scale = lambda;
+    for (std::size_t j = 0; j < count; ++j) results[j] = base[j] + scale * results[j];
+  }
+
+ private:
+  template <std::size_t Group>
+  static void choose(const float* base, const float* const* models, std::size_t count, float* ALLOY_RESTRICT largest,
+                     float* ALLOY_RESTRICT chosen) {
+    for (std::size_t j = 0; j < count; ++j) {
+      float best = largest[j];
+      float choice = chosen[j];
+      for (std::size_t g = 0; g < Group; ++g) {
+        const float d = models[g][j] - base[j];
+        const float magnitude = detail::bits_float(detail::float_bits(d) & 0x7fffffffu);
+        const bool larger = magnitude > best;
+        best = detail::select_bits(larger, magnitude, best);
+        choice = detail::select_bits(larger, d, choice);
+      }
+      largest[j] = best;
+      chosen[j] = choice;
+    }
+  }
 };
 
 struct magmax_merge {

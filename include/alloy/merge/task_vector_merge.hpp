@@ -146,12 +146,34 @@ struct task_vector_kernel {
     return dispatch([&](auto combined) { return combined(e, weights, count, values[0], lambda); });
   }
 
-  // The CPU backend's form: `count` elements of a block starting at `first` (a multiple of 64),
-  // columns[0] the base and columns[1 + i] model i, as f32.
-  template <std::size_t Inputs>
-    requires(Inputs >= 2)
-  void evaluate_block(const float* const* columns, std::size_t count, std::size_t first, float* results) const {
-    constexpr std::size_t models = Inputs - 1;
+  // The CPU backend's form (elementwise.hpp): columns[0] the base, columns[1 + i] model i. Up to
+  // 8 models and 16 the count is fixed at compile time, so that the loops over models unroll.
+  void evaluate_block(const float* const* columns, std::size_t inputs, std::size_t count, std::size_t first,
+                      float* results) const {
+    const auto fixed = [&]<std::size_t Models>(std::integral_constant<std::size_t, Models>) {
+      evaluate_models<Models>(columns, count, first, results);
+    };
+    switch (inputs - 1) {
+      case 1: return fixed(std::integral_constant<std::size_t, 1>{});
+      case 2: return fixed(std::integral_constant<std::size_t, 2>{});
+      case 3: return fixed(std::integral_constant<std::size_t, 3>{});
+      case 4: return fixed(std::integral_constant<std::size_t, 4>{});
+      case 5: return fixed(std::integral_constant<std::size_t, 5>{});
+      case 6: return fixed(std::integral_constant<std::size_t, 6>{});
+      case 7: return fixed(std::integral_constant<std::size_t, 7>{});
+      case 8: return fixed(std::integral_constant<std::size_t, 8>{});
+      case 16: return fixed(std::integral_constant<std::size_t, 16>{});
+      default:
+        for (std::size_t j = 0; j < count; ++j) {
+          results[j] = (*this)(detail::block_values{columns, j, inputs}, first + j);
+        }
+    }
+  }
+
+ private:
+  template <std::size_t models>
+  void evaluate_models(const float* const* columns, std::size_t count, std::size_t first,
+                       float* ALLOY_RESTRICT results) const {
     constexpr std::size_t block = 512;  // detail::block_elements
     // Locals, so that the compiler knows the stores into `results` change none of them.
     alignas(64) float deltas[models][block];
@@ -192,7 +214,6 @@ struct task_vector_kernel {
     });
   }
 
- private:
   // Calls body(combine<C, N>) for this kernel's consensus and normalisation, so that the loop in
   // body is compiled without branches on either.
   template <class Body>
