@@ -136,14 +136,34 @@ struct task_vector_kernel {
     const task_vector_term* terms;
     ALLOY_HD float operator()(std::size_t i) const { return terms[i].weight; }
   };
+  // The block form's e(i) and w_i (named types: combine is compiled for the device too).
+  struct block_deltas {
+    const float* deltas;  // deltas[i * 512 + j]: model i's weighted kept delta at element j
+    std::size_t j;
+    ALLOY_HD float operator()(std::size_t i) const { return deltas[i * 512 + j]; }
+  };
+  struct array_weights {
+    const float* weights;
+    ALLOY_HD float operator()(std::size_t i) const { return weights[i]; }
+  };
 
   template <class Values>
   ALLOY_HD float operator()(const Values& values, std::size_t index) const {
     const std::size_t count = values.size() - 1;
     element_deltas<Values> e{this, &values, index, {}};
     for (std::size_t i = 0; i < count && i < e.buffered; ++i) e.e[i] = weighted_delta(values, i, index);
-    const term_weights weights{terms};
-    return dispatch([&](auto combined) { return combined(e, weights, count, values[0], lambda); });
+    const term_weights w{terms};
+    const float b = values[0];
+    using mode = sign_consensus;
+    switch (consensus) {  // no lambdas here: this runs in device code too
+      case mode::none:
+        return normalize ? combine<mode::none, true>(e, w, count, b, lambda) : combine<mode::none, false>(e, w, count, b, lambda);
+      case mode::sum:
+        return normalize ? combine<mode::sum, true>(e, w, count, b, lambda) : combine<mode::sum, false>(e, w, count, b, lambda);
+      case mode::count:
+        return normalize ? combine<mode::count, true>(e, w, count, b, lambda) : combine<mode::count, false>(e, w, count, b, lambda);
+    }
+    return b;
   }
 
   // The CPU backend's form (elementwise.hpp): columns[0] the base, columns[1 + i] model i. Up to
@@ -207,8 +227,7 @@ struct task_vector_kernel {
     const float* base = columns[0];
     dispatch([&](auto combined) {
       for (std::size_t j = 0; j < count; ++j) {
-        results[j] = combined([&](std::size_t i) { return deltas[i][j]; }, [&](std::size_t i) { return weights[i]; },
-                              models, base[j], scaled_by);
+        results[j] = combined(block_deltas{deltas[0], j}, array_weights{weights}, models, base[j], scaled_by);
       }
       return 0.0f;
     });
@@ -217,7 +236,7 @@ struct task_vector_kernel {
   // Calls body(combine<C, N>) for this kernel's consensus and normalisation, so that the loop in
   // body is compiled without branches on either.
   template <class Body>
-  ALLOY_HD ALLOY_ALWAYS_INLINE float dispatch(const Body& body) const {
+  float dispatch(const Body& body) const {
     const auto with = [&](auto consensus_mode, auto normalized) {
       return body([](const auto& e, const auto& weights, std::size_t count, float base, float scale) {
         return combine<decltype(consensus_mode)::value, decltype(normalized)::value>(e, weights, count, base, scale);
