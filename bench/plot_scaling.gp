@@ -27,6 +27,6 @@ set xlabel "fine-tuned models merged"
 set ylabel "peak resident MB"
 set xtics (2, 4, 8, 16)
 set yrange [0:*]
-plot cli using ($3 < 0.7 && strcol(1) eq "linear" ? $2 : 1/0):5 with linespoints title "linear, 0.6 GB models", \
-     cli using ($3 < 0.7 && strcol(1) eq "ties" ? $2 : 1/0):5 with linespoints title "ties, 0.6 GB models"
+plot cli using ($3 < 1.0 && strcol(1) eq "linear" ? $2 : 1/0):5 with linespoints title "linear, 0.73 GB models", \
+     cli using ($3 < 1.0 && strcol(1) eq "ties" ? $2 : 1/0):5 with linespoints title "ties, 0.73 GB models"
 unset multiplot

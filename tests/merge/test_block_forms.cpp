@@ -1,0 +1,108 @@
+// The CPU backend's block forms (evaluate_block) against the per-element forms they stand in for
+// (operator(), what a GPU thread runs): the same bits for every element, on data with the values
+// that branch-free code gets wrong first (NaN, infinities, -0, exact ties, zero task vectors).
+
+#include <bit>
+#include <cmath>
+#include <cstdint>
+#include <limits>
+#include <vector>
+
+#include <catch2/catch.hpp>
+
+#include "alloy/merge/linear_merge.hpp"
+#include "alloy/merge/magmax_merge.hpp"
+#include "alloy/merge/task_vector_merge.hpp"
+
+using namespace alloy;
+
+namespace {
+
+constexpr std::size_t block = detail::block_elements;
+
+// inputs columns of one block: column 0 the base, the others models close to it, with specials.
+std::vector<std::vector<float>> block_columns(std::size_t inputs, unsigned seed) {
+  std::vector<std::vector<float>> columns(inputs, std::vector<float>(block));
+  std::uint32_t state = 2463534242u + seed;
+  const auto next = [&] {
+    state ^= state << 13;
+    state ^= state >> 17;
+    state ^= state << 5;
+    return static_cast<float>(state >> 8) / 16777216.0f - 0.5f;
+  };
+  const float specials[] = {std::numeric_limits<float>::quiet_NaN(), std::numeric_limits<float>::infinity(),
+                            -std::numeric_limits<float>::infinity(), -0.0f, 0.0f, 1e-40f};
+  for (std::size_t j = 0; j < block; ++j) {
+    columns[0][j] = next() * 0.04f;
+    for (std::size_t i = 1; i < inputs; ++i) {
+      const float roll = next();
+      // a tenth equal to the base (zero task vector), some equal to another model (ties)
+      columns[i][j] = roll < -0.4f ? columns[0][j] : roll < -0.35f && i > 1 ? columns[i - 1][j] : columns[0][j] + next() * 0.002f;
+    }
+    if (j % 37 == 5) columns[1 + j % (inputs - 1)][j] = specials[(j / 37) % 6];
+    if (j % 101 == 7) columns[0][j] = specials[(j / 101) % 6];
+  }
+  return columns;
+}
+
+template <class Kernel>
+std::size_t differing_elements(const Kernel& kernel, const std::vector<std::vector<float>>& columns, std::size_t first) {
+  std::vector<const float*> pointers;
+  for (const auto& column : columns) pointers.push_back(column.data());
+  std::vector<float> by_block(block);
+  kernel.evaluate_block(pointers.data(), pointers.size(), block, first, by_block.data());
+  std::size_t differing = 0;
+  for (std::size_t j = 0; j < block; ++j) {
+    const float by_element = kernel(detail::block_values{pointers.data(), j, pointers.size()}, first + j);
+    differing += std::bit_cast<std::uint32_t>(by_element) != std::bit_cast<std::uint32_t>(by_block[j]) ? 1u : 0u;
+  }
+  return differing;
+}
+
+}  // namespace
+
+TEST_CASE("linear-type sums: the block form gives the per-element bits", "[merge][block]") {
+  for (std::size_t inputs : {1u, 2u, 3u, 8u, 9u, 12u, 17u, 20u}) {
+    const auto columns = block_columns(inputs + 1, static_cast<unsigned>(inputs));
+    std::vector<float> weights(inputs);
+    for (std::size_t i = 0; i < inputs; ++i) weights[i] = 0.1f + 0.37f * static_cast<float>(i % 5) - (i == 2 ? 1.0f : 0.0f);
+    const std::vector<std::vector<float>> used(columns.begin() + 1, columns.end());
+    INFO(inputs << " inputs");
+    CHECK(differing_elements(weighted_sum_kernel{weights.data(), 0.3f}, used, 0) == 0);
+  }
+}
+
+TEST_CASE("MagMax: the block form gives the per-element bits", "[merge][block]") {
+  for (std::size_t models : {1u, 2u, 7u, 8u, 9u, 16u, 19u}) {
+    INFO(models << " models");
+    CHECK(differing_elements(magmax_kernel{0.7f}, block_columns(models + 1, static_cast<unsigned>(models)), 0) == 0);
+  }
+}
+
+TEST_CASE("task-vector kernel: the block form gives the per-element bits", "[merge][block]") {
+  const std::size_t first = 3 * block;  // the keep bits and random draws depend on the position
+  std::vector<std::uint64_t> bits((first + block) / 64);
+  std::uint64_t z = 0x9e3779b97f4a7c15ull;
+  for (auto& word : bits) word = z = mix64(z);
+  for (std::size_t models : {1u, 2u, 3u, 8u, 11u, 16u, 18u}) {
+    const auto columns = block_columns(models + 1, static_cast<unsigned>(models * 7));
+    for (auto rule : {task_vector_term::keep_rule::all, task_vector_term::keep_rule::bits, task_vector_term::keep_rule::random}) {
+      std::vector<task_vector_term> terms(models);
+      for (std::size_t i = 0; i < models; ++i) {
+        terms[i].weight = i == 1 ? 0.0f : 0.3f + 0.2f * static_cast<float>(i % 3);
+        terms[i].scale = i % 2 == 0 ? 1.0f : 1.7f;
+        terms[i].rule = rule;
+        terms[i].bits = bits.data();
+        terms[i].random_key = random_stream_key(5, "w", i);
+        terms[i].keep_probability = 0.4f;
+      }
+      for (auto consensus : {sign_consensus::none, sign_consensus::sum, sign_consensus::count}) {
+        for (bool normalize : {false, true}) {
+          INFO(models << " models, keep rule " << static_cast<int>(rule) << ", consensus "
+                      << static_cast<int>(consensus) << ", normalize " << normalize);
+          CHECK(differing_elements(task_vector_kernel{terms.data(), consensus, normalize, 0.9f}, columns, first) == 0);
+        }
+      }
+    }
+  }
+}
