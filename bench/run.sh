@@ -5,8 +5,8 @@
 #      "Scaling" tables (bench/merge_table.py), docs/data/cpu_merge_grid.csv;
 #   2. alloy-merge's peak memory and time as models (2-16) and model size grow
 #      (bench/merge_cli_bench.py), docs/data/cli_scaling.csv, and docs/plots/merge_scaling.svg;
-#   3. the 100-task continual sequence (bench/continual_bench) and docs/plots/continual_sequence.svg
-#      (its summary is printed for docs/benchmarks.md).
+#   3. the 100-task continual sequence (bench/continual_bench), docs/data/continual_sequence.csv and
+#      docs/plots/continual_sequence.svg (its summary is printed for docs/benchmarks.md).
 #   bench/run.sh [merges] [cli] [continual]   # all three by default; build/release must be built
 # About 40 minutes on a 2-core machine; it needs about 12 GB of memory and 25 GB of disk in $TMPDIR.
 set -euo pipefail
@@ -43,6 +43,8 @@ if [[ -f "$root/docs/data/cpu_merge_grid.csv" && -f "$root/docs/data/cli_scaling
     "$root/bench/plot_scaling.gp"
 fi
 if [[ " $parts " == *" continual "* ]]; then
-  ALLOY_CONTINUAL_CSV="$work/continual.csv" "$build/bench/continual_bench"
-  gnuplot -e "csv='$work/continual.csv'; out='$root/docs/plots/continual_sequence.svg'" "$root/bench/plot_continual.gp"
+  continual="$root/docs/data/continual_sequence.csv"
+  rm -f "$continual"
+  ALLOY_CONTINUAL_CSV="$continual" "$build/bench/continual_bench"
+  gnuplot -e "csv='$continual'; out='$root/docs/plots/continual_sequence.svg'" "$root/bench/plot_continual.gp"
 fi

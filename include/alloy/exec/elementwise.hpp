@@ -28,6 +28,7 @@
 #include <cstring>
 #include <span>
 #include <type_traits>
+#include <utility>
 #include <vector>
 
 #include "alloy/core/dtype.hpp"
@@ -162,20 +163,14 @@ struct fixed_block_values {
   [[nodiscard]] ALLOY_HD static constexpr std::size_t size() { return Count; }
 };
 
-// Calls body(std::integral_constant<std::size_t, n>{}) for n in [1, 8) (nothing for 0): block
-// forms that take inputs in groups of eight use it for the last group.
-template <class Body>
-void with_count_below_8(std::size_t n, Body&& body) {
-  switch (n) {
-    case 1: body(std::integral_constant<std::size_t, 1>{}); return;
-    case 2: body(std::integral_constant<std::size_t, 2>{}); return;
-    case 3: body(std::integral_constant<std::size_t, 3>{}); return;
-    case 4: body(std::integral_constant<std::size_t, 4>{}); return;
-    case 5: body(std::integral_constant<std::size_t, 5>{}); return;
-    case 6: body(std::integral_constant<std::size_t, 6>{}); return;
-    case 7: body(std::integral_constant<std::size_t, 7>{}); return;
-    default: return;
-  }
+// Calls body(std::integral_constant<std::size_t, n>{}) when 1 <= n <= Max and returns true;
+// returns false otherwise. Turns a run-time count into a compile-time one, so that loops over
+// inputs unroll.
+template <std::size_t Max, class Body>
+bool with_fixed_count(std::size_t n, Body&& body) {
+  return [&]<std::size_t... I>(std::index_sequence<I...>) {
+    return ((n == I + 1 ? (body(std::integral_constant<std::size_t, I + 1>{}), true) : false) || ...);
+  }(std::make_index_sequence<Max>{});
 }
 
 template <class Kernel, class MakeValues>
@@ -224,21 +219,10 @@ void elementwise(const cpu_backend& backend, tensor_view output,
   };
   // The input count fixed at compile time for up to 8 models and a base (each count compiles
   // the kernel once more); beyond, it is a run-time value.
-  switch (k) {
-    case 1: run(std::integral_constant<std::size_t, 1>{}); return;
-    case 2: run(std::integral_constant<std::size_t, 2>{}); return;
-    case 3: run(std::integral_constant<std::size_t, 3>{}); return;
-    case 4: run(std::integral_constant<std::size_t, 4>{}); return;
-    case 5: run(std::integral_constant<std::size_t, 5>{}); return;
-    case 6: run(std::integral_constant<std::size_t, 6>{}); return;
-    case 7: run(std::integral_constant<std::size_t, 7>{}); return;
-    case 8: run(std::integral_constant<std::size_t, 8>{}); return;
-    case 9: run(std::integral_constant<std::size_t, 9>{}); return;
-    default:
-      detail::elementwise_blocks(backend, output, inputs, kernel,
-                                 [k](const float* const* columns, std::size_t j) {
-                                   return detail::block_values{columns, j, k};
-                                 });
+  if (!detail::with_fixed_count<9>(k, run)) {
+    detail::elementwise_blocks(backend, output, inputs, kernel, [k](const float* const* columns, std::size_t j) {
+      return detail::block_values{columns, j, k};
+    });
   }
 }
 

@@ -32,7 +32,7 @@ struct weighted_sum_kernel {
     for (std::size_t j = 0; j < count; ++j) results[j] = 0.0f;
     std::size_t i = 0;
     for (; i + 8 <= inputs; i += 8) accumulate<8>(columns + i, weights + i, count, results);
-    detail::with_count_below_8(inputs - i, [&](auto group) {
+    detail::with_fixed_count<7>(inputs - i, [&](auto group) {
       accumulate<decltype(group)::value>(columns + i, weights + i, count, results);
     });
     const float factor = scale;

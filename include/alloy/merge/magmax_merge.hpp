@@ -43,7 +43,7 @@ struct magmax_kernel {
     }
     std::size_t i = 1;
     for (; i + 8 <= inputs; i += 8) choose<8>(columns[0], columns + i, count, largest, results);
-    detail::with_count_below_8(inputs - i, [&](auto group) {
+    detail::with_fixed_count<7>(inputs - i, [&](auto group) {
       choose<decltype(group)::value>(columns[0], columns + i, count, largest, results);
     });
     const float* base = columns[0];

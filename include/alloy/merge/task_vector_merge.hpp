@@ -173,21 +173,10 @@ struct task_vector_kernel {
     const auto fixed = [&]<std::size_t Models>(std::integral_constant<std::size_t, Models>) {
       evaluate_models<Models>(columns, count, first, results);
     };
-    switch (inputs - 1) {
-      case 1: return fixed(std::integral_constant<std::size_t, 1>{});
-      case 2: return fixed(std::integral_constant<std::size_t, 2>{});
-      case 3: return fixed(std::integral_constant<std::size_t, 3>{});
-      case 4: return fixed(std::integral_constant<std::size_t, 4>{});
-      case 5: return fixed(std::integral_constant<std::size_t, 5>{});
-      case 6: return fixed(std::integral_constant<std::size_t, 6>{});
-      case 7: return fixed(std::integral_constant<std::size_t, 7>{});
-      case 8: return fixed(std::integral_constant<std::size_t, 8>{});
-      case 16: return fixed(std::integral_constant<std::size_t, 16>{});
-      default:
-        for (std::size_t j = 0; j < count; ++j) {
-          results[j] = (*this)(detail::block_values{columns, j, inputs}, first + j);
-        }
-    }
+    const std::size_t models = inputs - 1;
+    if (detail::with_fixed_count<8>(models, fixed)) return;
+    if (models == 16) return fixed(std::integral_constant<std::size_t, 16>{});
+    for (std::size_t j = 0; j < count; ++j) results[j] = (*this)(detail::block_values{columns, j, inputs}, first + j);
   }
 
  private:
