@@ -36,7 +36,7 @@ struct magmax_kernel {
   // d < 0 ? -d : d does, -0 and NaN included.)
   void evaluate_block(const float* const* columns, std::size_t inputs, std::size_t count, std::size_t,
                       float* results) const {
-    alignas(64) float largest[512];  // detail::block_elements
+    alignas(64) float largest[detail::block_elements];
     for (std::size_t j = 0; j < count; ++j) {
       results[j] = 0.0f;
       largest[j] = -1.0f;

@@ -138,9 +138,9 @@ struct task_vector_kernel {
   };
   // The block form's e(i) and w_i (named types: combine is compiled for the device too).
   struct block_deltas {
-    const float* deltas;  // deltas[i * 512 + j]: model i's weighted kept delta at element j
+    const float* deltas;  // deltas[i * block_elements + j]: model i's weighted kept delta at element j
     std::size_t j;
-    ALLOY_HD float operator()(std::size_t i) const { return deltas[i * 512 + j]; }
+    ALLOY_HD float operator()(std::size_t i) const { return deltas[i * detail::block_elements + j]; }
   };
   struct array_weights {
     const float* weights;
@@ -183,7 +183,7 @@ struct task_vector_kernel {
   template <std::size_t models>
   void evaluate_models(const float* const* columns, std::size_t count, std::size_t first,
                        float* ALLOY_RESTRICT results) const {
-    constexpr std::size_t block = 512;  // detail::block_elements
+    constexpr std::size_t block = detail::block_elements;
     // Locals, so that the compiler knows the stores into `results` change none of them.
     alignas(64) float deltas[models][block];
     float weights[models];
