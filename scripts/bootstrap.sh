@@ -16,6 +16,8 @@ packages=(
   # References for tests and data preparation (called as /usr/bin/python3).
   python3 python3-numpy python3-torch python3-sklearn python3-regex
   gnuplot-nox npm
+  # clang for the fuzz targets (libFuzzer) and the ThreadSanitizer build, with LLVM's OpenMP.
+  clang libclang-rt-14-dev libomp-dev
 )
 
 installed() { dpkg-query -W -f='${Status}' "$1" 2>/dev/null | grep -q "install ok installed"; }

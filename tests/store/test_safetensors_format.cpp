@@ -158,3 +158,44 @@ TEST_CASE("serialized headers are padded to 8 bytes and parse back", "[safetenso
   CHECK_THROWS_AS(serialize_safetensors_header(std::vector<tensor_spec>{{"__metadata__", dtype::f32, {1}}}, {}),
                   error);
 }
+
+TEST_CASE("hostile values are shown in bounded messages", "[safetensors][format][hostile]") {
+  // A million nested arrays where a dtype belongs: refused without recursing through them, and
+  // the message shows a few levels only.
+  const std::size_t depth = 1'000'000;
+  const std::string nested = std::string(depth, '[') + std::string(depth, ']');
+  const std::string deep = refusal(raw_safetensors(R"({"w":{"dtype":)" + nested + R"(,"shape":[2],"data_offsets":[0,8]}})",
+                                                   eight_bytes));
+  CHECK_THAT(deep, Catch::Contains("has dtype [[[[...]]]]"));
+  CHECK(deep.size() < 300);
+
+  // A 10 MB string value and a 10 MB tensor name are cut, with their length said.
+  const std::string long_text(10'000'000, 'x');
+  const std::string long_value = refusal(raw_safetensors(R"({"w":{"dtype":")" + long_text + R"(","shape":[2],"data_offsets":[0,8]}})",
+                                                         eight_bytes));
+  CHECK_THAT(long_value, Catch::Contains("unknown dtype \"xxxx") && Catch::Contains("xxx\"..."));
+  CHECK(long_value.size() < 500);
+  const std::string long_name = refusal(raw_safetensors(R"({")" + long_text + R"(":{"dtype":"F99","shape":[2],"data_offsets":[0,8]}})",
+                                                        eight_bytes));
+  CHECK_THAT(long_name, Catch::Contains("...' (10000000 bytes)"));
+  CHECK(long_name.size() < 500);
+
+  // Control characters in names are escaped, so a message cannot drive the terminal.
+  CHECK_THAT(refusal(raw_safetensors("{\"\\u001b[2Jw\":{\"dtype\":\"F99\",\"shape\":[2],\"data_offsets\":[0,8]}}", eight_bytes)),
+             Catch::Contains("'\\x1b[2Jw'"));
+}
+
+TEST_CASE("more tensors than the cap are refused", "[safetensors][format][hostile]") {
+  std::string header = "{";
+  for (std::size_t i = 0; i <= safetensors_limits::max_tensors; ++i) {
+    header += (i ? ",\"" : "\"") + std::to_string(i) + "\":0";
+  }
+  header += "}";
+  CHECK_THAT(refusal(raw_safetensors(header, ""), error_code::limit),
+             Catch::Contains("lists 1000001 tensors") && Catch::Contains("limit of 1000000"));
+  // The metadata entry is not a tensor: a million tensors and metadata are within the cap (and
+  // fail later, for what they are).
+  header.erase(header.rfind(','));
+  header += R"(,"__metadata__":{}})";
+  CHECK_THAT(refusal(raw_safetensors(header, "")), Catch::Contains("must be described by an object"));
+}

@@ -103,7 +103,38 @@ TEST_CASE("broken indexes are refused with the shard and tensor named", "[store]
          "'c'");
   // The index puts a tensor in the wrong shard.
   expect(R"({"weight_map":{"a":"model-00001-of-00002.safetensors","b":"model-00001-of-00002.safetensors"}})",
-         "names tensor 'b' in shard model-00001-of-00002.safetensors");
+         "names tensor 'b' in shard 'model-00001-of-00002.safetensors'");
+  // Names that climb out of the folder however they are spelled, and other malformed entries.
+  expect(R"({"weight_map":{"a":"sub/../../outside.safetensors"}})", "outside the index's folder");
+  expect(R"({"weight_map":{"a":""}})", "outside the index's folder");
+  expect("{\"weight_map\":{\"a\":\"x\\u0000.safetensors\"}}", "NUL byte");
+  expect(R"({"weight_map":{"":"model-00001-of-00002.safetensors"}})", "empty name");
+  expect(R"({"weight_map":{"a":"model-00001-of-00002.safetensors"},"metadata":[1]})", "metadata is array");
+  expect(std::string(100000, '[') + std::string(100000, ']'), "expected an object");
+}
+
+TEST_CASE("an index over the size cap is refused before it is read", "[store][safetensors][hostile]") {
+  test_folder folder;
+  const auto index = folder / "model.safetensors.index.json";
+  write_text_file(index, "{");
+  std::filesystem::resize_file(index, safetensors_limits::max_index_bytes + 1);  // sparse: no data written
+  CHECK_THAT(error_of(index), Catch::Contains("exceeds the limit of 100000000 bytes"));
+}
+
+TEST_CASE("a shard in a subfolder is read; a subfolder that is a symlink out is refused",
+          "[store][safetensors][hostile]") {
+  test_folder outside;
+  write_raw_safetensors(outside / "a.safetensors", R"({"a":{"dtype":"U8","shape":[1],"data_offsets":[0,1]}})", "x");
+  test_folder folder;
+  std::filesystem::create_directories(folder / "shards");
+  write_raw_safetensors(folder / "shards/a.safetensors", R"({"a":{"dtype":"U8","shape":[1],"data_offsets":[0,1]}})", "x");
+  write_text_file(folder / "model.safetensors.index.json", R"({"weight_map":{"a":"shards/a.safetensors"}})");
+  CHECK(safetensors_store::open(folder.path()).contains("a"));
+
+  std::filesystem::remove_all(folder / "shards");
+  std::filesystem::create_directory_symlink(outside.path(), folder / "shards");
+  CHECK_THAT(error_of(folder.path()), Catch::Contains("'shards/a.safetensors' resolves to") &&
+                                          Catch::Contains("outside the index's folder"));
 }
 
 TEST_CASE("a shard reached through a symlink outside the folder is refused", "[store][safetensors]") {

@@ -66,6 +66,7 @@ inline void run_merge_on_gpu(const merge_job& job, const cpu_backend& host, cons
     const std::size_t output_bytes = tensor.dims.numel() * size_of(tensor.output_dtype);
     in_stage(failure_kind::input, [&] {
       const std::optional<const_tensor_view> base_view = detail::gather_views(job, tensor, views);
+      if (options.check_finite) detail::require_finite_inputs(job, host, tensor, base_view, views);
       detail::reserve(slot.host_output, output_bytes);
       const tensor_view host_output(slot.host_output.data(), tensor.output_dtype, tensor.dims);
       if (!tensor.merged) {
@@ -125,7 +126,10 @@ inline void run_merge_on_gpu(const merge_job& job, const cpu_backend& host, cons
   const auto collect = [&](std::size_t index) {
     const planned_tensor& tensor = job.tensors[index];
     detail::gpu_slot& slot = slots[index % 2];
-    in_stage(failure_kind::input, [&] { slot.done.synchronize(); });
+    in_stage(failure_kind::input, [&] {
+      slot.done.synchronize();
+      if (options.check_finite) detail::require_finite_output(host, *slot.result, tensor);
+    });
     in_stage(failure_kind::output, [&] { writer->write(tensor.name, *slot.result); });
     written += slot.result->byte_size();
     slot.result.reset();

@@ -1,7 +1,7 @@
 // alloy-merge: merges safetensors checkpoints as a mergekit YAML config describes.
 //
 //   alloy-merge CONFIG.yaml OUTPUT_DIR [--dry-run] [--threads N] [--shard-size SIZE]
-//               [--out-dtype D] [--allow-overwrite] [--quiet] [--device cpu|cuda]
+//               [--out-dtype D] [--allow-overwrite] [--check-finite] [--quiet] [--device cpu|cuda]
 //
 // Exit status (docs/cli.md): 0 success, 1 unexpected failure, 2 bad command line, 3 config error,
 // 4 input error, 5 output error, 6 GPU error, 130 interrupted. On any failure no output folder is left.
@@ -138,7 +138,7 @@ int main(int argc, char** argv) {
   CLI::App app{"Merge safetensors checkpoints as a mergekit YAML config describes (alloy)."};
   app.footer(
       "Exit status: 0 success, 1 unexpected failure, 2 bad command line, 3 config error, 4 input error, "
-      "5 output error, 130 interrupted. On failure no output folder is left. See docs/cli.md.");
+      "5 output error, 6 GPU error, 130 interrupted. On failure no output folder is left. See docs/cli.md.");
   std::string config_path;
   std::string output;
   bool dry_run = false;
@@ -147,6 +147,7 @@ int main(int argc, char** argv) {
   std::string out_dtype_text;
   bool allow_overwrite = false;
   bool quiet = false;
+  bool check_finite = false;
   std::string device = "cpu";
   app.add_option("CONFIG", config_path, "mergekit-style YAML config (merge_method, base_model, models, parameters, ...)")
       ->required();
@@ -160,6 +161,9 @@ int main(int argc, char** argv) {
   app.add_option("--out-dtype", out_dtype_text, "output dtype for merged tensors: float32, float16 or bfloat16 "
                                                 "(overrides the config's out_dtype and dtype)");
   app.add_flag("--allow-overwrite", allow_overwrite, "replace OUTPUT_DIR if it exists and is not empty");
+  app.add_flag("--check-finite", check_finite, "stop at the first NaN or infinity in an input tensor or a merged "
+                                               "one, naming the model, tensor and element (with --dry-run: check "
+                                               "every input, which reads all the data)");
   app.add_flag("--quiet,-q", quiet, "print nothing but errors");
   app.add_option("--device", device, "where to merge: cpu, or cuda (needs a build with the CUDA backend)");
   try {
@@ -233,17 +237,21 @@ int main(int argc, char** argv) {
                               " exists and is not an empty folder (--allow-overwrite replaces it)");
         }
       });
-      if (!quiet) {
-        print_plan(job, output, *shard_bytes);
-        std::cout << "dry run: nothing written\n";
+      if (!quiet) print_plan(job, output, *shard_bytes);
+      if (check_finite) {
+        progress_bar progress(job.tensors.size(), job.output_bytes, !quiet && ::isatty(STDERR_FILENO) != 0);
+        alloy::tools::check_inputs_finite(job, backend, [&](std::size_t done, std::size_t bytes) { progress.update(done, bytes); });
+        if (!quiet) std::cout << "check-finite: every input tensor is finite\n";
       }
+      if (!quiet) std::cout << "dry run: nothing written\n";
       return exit_success;
     }
     progress_bar progress(job.tensors.size(), job.output_bytes, !quiet && ::isatty(STDERR_FILENO) != 0);
     alloy::tools::write_options options{.output = output,
                                         .max_shard_bytes = *shard_bytes,
                                         .allow_overwrite = allow_overwrite,
-                                        .progress = [&](std::size_t done, std::size_t bytes) { progress.update(done, bytes); }};
+                                        .progress = [&](std::size_t done, std::size_t bytes) { progress.update(done, bytes); },
+                                        .check_finite = check_finite};
 #if defined(ALLOY_HAVE_CUDA_BACKEND)
     if (on_gpu) {
       alloy::tools::run_merge_on_gpu(job, backend, options);

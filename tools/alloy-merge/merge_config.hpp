@@ -234,8 +234,16 @@ inline dtype dtype_of(const YAML::Node& node, std::string_view path) {
 
 }  // namespace detail
 
+// A merge config is a few hundred bytes; anything near this size is not one. (YAML aliases let a
+// small file name a huge tree; the reader walks only the keys it knows, never a whole tree.)
+inline constexpr std::size_t max_config_bytes = 1 << 20;
+
 // Reads a config from YAML text; `source` names it in messages (a file name).
 inline merge_config parse_merge_config(const std::string& text, std::string_view source = "the config") {
+  if (text.size() > max_config_bytes) {
+    alloy::detail::fail(error_code::limit, source, ": ", text.size(), " bytes is too large for a merge config (limit ",
+                        max_config_bytes, " bytes)");
+  }
   YAML::Node root;
   try {
     root = YAML::Load(text);
@@ -336,11 +344,18 @@ inline merge_config parse_merge_config(const std::string& text, std::string_view
 }
 
 inline merge_config read_merge_config(const std::filesystem::path& path) {
+  std::error_code ec;
+  if (std::filesystem::is_directory(path, ec)) {
+    alloy::detail::fail(error_code::invalid_argument, "config ", path.string(), " is a folder, not a YAML file");
+  }
   std::ifstream in(path, std::ios::binary);
   if (!in) alloy::detail::fail(error_code::not_found, "cannot read config ", path.string());
-  std::ostringstream text;
-  text << in.rdbuf();
-  return parse_merge_config(text.str(), path.string());
+  // Read at most one byte past the cap (the config may be a pipe, whose size is unknown).
+  std::string text(max_config_bytes + 1, '\0');
+  in.read(text.data(), static_cast<std::streamsize>(text.size()));
+  text.resize(static_cast<std::size_t>(in.gcount()));
+  if (in.bad()) alloy::detail::fail(error_code::io, "cannot read config ", path.string());
+  return parse_merge_config(text, path.string());
 }
 
 }  // namespace alloy::tools

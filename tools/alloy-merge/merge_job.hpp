@@ -5,12 +5,14 @@
 // into a model_writer, releasing each input's pages once its tensor is written.
 
 #include <algorithm>
+#include <cmath>
 #include <cstddef>
 #include <filesystem>
 #include <functional>
 #include <map>
 #include <memory>
 #include <optional>
+#include <span>
 #include <string>
 #include <variant>
 #include <vector>
@@ -330,6 +332,8 @@ struct write_options {
   bool allow_overwrite = false;
   // Called after each tensor with (tensors done, bytes written); throws to stop the merge.
   std::function<void(std::size_t, std::size_t)> progress;
+  // Stop at the first NaN or infinity in a tensor read or merged (--check-finite).
+  bool check_finite = false;
 };
 
 namespace detail {
@@ -379,7 +383,66 @@ inline std::optional<const_tensor_view> gather_views(const merge_job& job, const
   return job.base->view(tensor.name);
 }
 
+// Where element `flat` sits in a tensor of shape `dims`, as [i, j, ...].
+inline std::string element_position(const shape& dims, std::size_t flat) {
+  std::vector<std::size_t> position(dims.rank());
+  for (std::size_t axis = dims.rank(); axis-- > 0;) {
+    const auto extent = static_cast<std::size_t>(dims[axis]);
+    position[axis] = flat % extent;
+    flat /= extent;
+  }
+  std::string text = "[";
+  for (std::size_t axis = 0; axis < position.size(); ++axis) text += (axis ? ", " : "") + std::to_string(position[axis]);
+  return text + "]";
+}
+
+// Fails, naming `what`, the tensor and the element, if `view` holds a NaN or an infinity.
+inline void require_finite(const cpu_backend& backend, const_tensor_view view, const std::string& what,
+                           const std::string& tensor) {
+  const std::optional<std::size_t> at = first_non_finite(backend, view);
+  if (!at) return;
+  const float value = load_as_float(view, *at);
+  alloy::detail::fail(error_code::format, what, ": tensor ", alloy::detail::quoted{tensor}, " holds ",
+                      std::isnan(value) ? "NaN" : value > 0 ? "+inf" : "-inf", " at element ",
+                      element_position(view.shape(), *at), " (flat index ", *at, "; --check-finite)");
+}
+
+// --check-finite, before a tensor is merged: every input it is merged from.
+inline void require_finite_inputs(const merge_job& job, const cpu_backend& backend, const planned_tensor& tensor,
+                                  const std::optional<const_tensor_view>& base_view,
+                                  std::span<const const_tensor_view> views) {
+  if (base_view) require_finite(backend, *base_view, "base model " + job.base->reference().text(), tensor.name);
+  for (std::size_t i = 0; i < views.size(); ++i) {
+    require_finite(backend, views[i], "model " + job.models[i]->reference().text(), tensor.name);
+  }
+}
+
+// --check-finite, after: finite inputs can still merge to an infinity (a weight sum beyond the
+// output dtype's range, e.g. 65504 in float16).
+inline void require_finite_output(const cpu_backend& backend, const_tensor_view merged, const planned_tensor& tensor) {
+  require_finite(backend, merged, "the merge (the inputs are finite; the result overflows " +
+                                      std::string(name(tensor.output_dtype)) + ")", tensor.name);
+}
+
 }  // namespace detail
+
+// --check-finite --dry-run: reads every input tensor the merge would read, without merging.
+// `progress` is called as write_options::progress is (bytes: the output's that were checked).
+inline void check_inputs_finite(const merge_job& job, const cpu_backend& backend,
+                                const std::function<void(std::size_t, std::size_t)>& progress = {}) {
+  std::vector<const_tensor_view> views;
+  std::size_t checked = 0;
+  for (std::size_t index = 0; index < job.tensors.size(); ++index) {
+    const planned_tensor& tensor = job.tensors[index];
+    in_stage(failure_kind::input, [&] {
+      const std::optional<const_tensor_view> base_view = detail::gather_views(job, tensor, views);
+      detail::require_finite_inputs(job, backend, tensor, base_view, views);
+    });
+    for (const auto& input : job.inputs) input->release(tensor.name);
+    checked += tensor.dims.numel() * size_of(tensor.output_dtype);
+    if (progress) progress(index + 1, checked);
+  }
+}
 
 // Merges and writes. The folder appears under its final name only when complete.
 inline void run_merge(const merge_job& job, const cpu_backend& backend, const write_options& options) {
@@ -393,8 +456,10 @@ inline void run_merge(const merge_job& job, const cpu_backend& backend, const wr
     const tensor_view output = in_stage(failure_kind::input, [&] {
       buffer.resize(tensor.dims.numel() * size_of(tensor.output_dtype));
       const std::optional<const_tensor_view> base_view = detail::gather_views(job, tensor, views);
+      if (options.check_finite) detail::require_finite_inputs(job, backend, tensor, base_view, views);
       const tensor_view out(buffer.data(), tensor.output_dtype, tensor.dims);
       merge_model_tensor(job.recipe, backend, tensor.name, tensor.depth, base_view, views, out);
+      if (options.check_finite) detail::require_finite_output(backend, out, tensor);
       return out;
     });
     in_stage(failure_kind::output, [&] { writer->write(tensor.name, output); });

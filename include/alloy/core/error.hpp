@@ -65,9 +65,12 @@ template <class... Parts>
 // Quotes a user-supplied name so that empty names and trailing spaces stay visible in messages.
 struct quoted {
   std::string_view text;
+  // Names come from files: control characters are escaped, and a name longer than a message
+  // should carry is cut (with its length said).
+  static constexpr std::size_t max_shown = 200;
   friend std::ostream& operator<<(std::ostream& out, quoted q) {
     out << '\'';
-    for (char c : q.text) {
+    for (char c : q.text.substr(0, max_shown)) {
       const auto byte = static_cast<unsigned char>(c);
       if (byte < 0x20 || byte == 0x7f) {
         constexpr char hex[] = "0123456789abcdef";
@@ -76,6 +79,7 @@ struct quoted {
         out << c;
       }
     }
+    if (q.text.size() > max_shown) return out << "...' (" << q.text.size() << " bytes)";
     return out << '\'';
   }
 };

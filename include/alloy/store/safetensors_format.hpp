@@ -10,6 +10,7 @@
 #include <algorithm>
 #include <cstddef>
 #include <cstdint>
+#include <filesystem>
 #include <map>
 #include <set>
 #include <span>
@@ -54,7 +55,16 @@ namespace safetensors_limits {
 // The reference implementation's cap; a larger header is refused before it is parsed.
 inline constexpr std::size_t max_header_bytes = 100'000'000;
 inline constexpr std::size_t max_tensors = 1'000'000;
+// An index lists every tensor once, with a shard name: far below a header's cap in practice
+// (a 405B model's index is about 100 KB).
+inline constexpr std::size_t max_index_bytes = 100'000'000;
 }  // namespace safetensors_limits
+
+// What a Hugging Face `model.safetensors.index.json` says: which shard holds each tensor.
+struct safetensors_index {
+  std::map<std::string, std::vector<std::string>> tensors_by_shard;  // shard name -> tensors
+  nlohmann::json metadata;  // the index's "metadata" object as written (total_size, ...), or null
+};
 
 namespace detail {
 
@@ -86,10 +96,46 @@ struct duplicate_key_guard {
   }
 };
 
+// A JSON value from a file, shown in an error message: bounded in length and depth (a hostile
+// header can nest arrays millions deep, and dump() recurses), never throwing on bad UTF-8.
+inline void summarize_json(const nlohmann::json& value, std::string& out, int depth) {
+  constexpr std::size_t max_length = 80;
+  if (out.size() > max_length) return;
+  if (value.is_structured()) {
+    const bool array = value.is_array();
+    out += array ? '[' : '{';
+    if (depth >= 3 && !value.empty()) out += "...";
+    bool first = true;
+    for (auto it = value.begin(); depth < 3 && it != value.end(); ++it) {
+      if (!first) out += ", ";
+      first = false;
+      if (out.size() > max_length) {
+        out += "...";
+        break;
+      }
+      if (!array) out += nlohmann::json(it.key()).dump(-1, ' ', false, nlohmann::json::error_handler_t::replace) + ": ";
+      summarize_json(*it, out, depth + 1);
+    }
+    out += array ? ']' : '}';
+  } else if (value.is_string()) {
+    const auto& text = value.get_ref<const std::string&>();
+    out += nlohmann::json(text.substr(0, max_length)).dump(-1, ' ', false, nlohmann::json::error_handler_t::replace);
+    if (text.size() > max_length) out += "...";
+  } else {
+    out += value.dump();
+  }
+}
+
+inline std::string json_summary(const nlohmann::json& value) {
+  std::string out;
+  summarize_json(value, out, 0);
+  return out;
+}
+
 inline std::size_t json_size(const nlohmann::json& value, const std::string& where,
                              std::string_view tensor, std::string_view field) {
   if (!value.is_number_unsigned()) {
-    fail(error_code::format, where, ": tensor ", quoted{tensor}, " has ", field, " ", value.dump(),
+    fail(error_code::format, where, ": tensor ", quoted{tensor}, " has ", field, " ", json_summary(value),
          ", expected a non-negative integer");
   }
   return value.get<std::uint64_t>();
@@ -115,17 +161,17 @@ inline safetensors_entry parse_entry(const std::string& name, const nlohmann::js
   }
   const auto& dtype_json = value["dtype"];
   if (!dtype_json.is_string()) {
-    fail(error_code::format, where, ": tensor ", quoted{name}, " has dtype ", dtype_json.dump(),
+    fail(error_code::format, where, ": tensor ", quoted{name}, " has dtype ", json_summary(dtype_json),
          ", expected a string");
   }
   const auto type = dtype_from_name(dtype_json.get_ref<const std::string&>());
   if (!type) {
     fail(error_code::format, where, ": tensor ", quoted{name}, " has unknown dtype ",
-         dtype_json.dump());
+         json_summary(dtype_json));
   }
   const auto& shape_json = value["shape"];
   if (!shape_json.is_array()) {
-    fail(error_code::format, where, ": tensor ", quoted{name}, " has shape ", shape_json.dump(),
+    fail(error_code::format, where, ": tensor ", quoted{name}, " has shape ", json_summary(shape_json),
          ", expected an array");
   }
   if (shape_json.size() > shape::max_rank) {
@@ -152,7 +198,7 @@ inline safetensors_entry parse_entry(const std::string& name, const nlohmann::js
   const auto& offsets = value["data_offsets"];
   if (!offsets.is_array() || offsets.size() != 2) {
     fail(error_code::format, where, ": tensor ", quoted{name}, " has data_offsets ",
-         offsets.dump(), ", expected [begin, end]");
+         json_summary(offsets), ", expected [begin, end]");
   }
   entry.begin = json_size(offsets[0], where, name, "a data offset");
   entry.end = json_size(offsets[1], where, name, "a data offset");
@@ -204,9 +250,10 @@ inline safetensors_header parse_safetensors_header(std::span<const std::byte> fi
     detail::fail(error_code::format, where, ": header is not valid JSON: ", e.what());
   }
   if (!json.is_object()) detail::fail(error_code::format, where, ": header is not a JSON object");
-  if (json.size() > safetensors_limits::max_tensors + 1) {
-    detail::fail(error_code::limit, where, ": header lists ", json.size(),
-                 " entries, more than the limit of ", safetensors_limits::max_tensors, " tensors");
+  if (const std::size_t tensors = json.size() - (json.contains("__metadata__") ? 1 : 0);
+      tensors > safetensors_limits::max_tensors) {
+    detail::fail(error_code::limit, where, ": header lists ", tensors, " tensors, more than the limit of ",
+                 safetensors_limits::max_tensors);
   }
 
   safetensors_header header;
@@ -221,7 +268,7 @@ inline safetensors_header parse_safetensors_header(std::span<const std::byte> fi
       for (const auto& [meta_key, meta_value] : value.items()) {
         if (!meta_value.is_string()) {
           detail::fail(error_code::format, where, ": __metadata__ value of ", detail::quoted{meta_key},
-                       " is ", meta_value.dump(), ", expected a string");
+                       " is ", detail::json_summary(meta_value), ", expected a string");
         }
         header.metadata.emplace(meta_key, meta_value.get<std::string>());
       }
@@ -260,6 +307,66 @@ inline safetensors_header parse_safetensors_header(std::span<const std::byte> fi
                  " bytes after the last tensor belong to no tensor; the format forbids them");
   }
   return header;
+}
+
+// Shard names come from a file that someone else wrote; a name is a plain relative path that
+// cannot leave the index's folder ("../x", "/abs", "a/../../x" are refused). Symlinks inside the
+// folder are checked where the files are opened (safetensors_store).
+inline void check_shard_name(const std::string& name, const std::string& where) {
+  const std::filesystem::path relative(name);
+  bool escapes = name.empty() || relative.is_absolute() || relative.has_root_name();
+  for (const auto& part : relative) escapes = escapes || part == "..";
+  if (escapes) {
+    detail::fail(error_code::format, where, ": shard name ", detail::quoted{name},
+                 " points outside the index's folder");
+  }
+  if (name.find('\0') != std::string::npos) {
+    detail::fail(error_code::format, where, ": shard name ", detail::quoted{name}, " contains a NUL byte");
+  }
+}
+
+// Parses the text of an index file: an object with a "weight_map" object from tensor name to
+// shard file name (and an optional "metadata" object). A tensor listed twice, a shard name that is
+// not a string or leaves the folder, and an empty map are refused.
+inline safetensors_index parse_safetensors_index(std::string_view text, const std::string& where) {
+  if (text.size() > safetensors_limits::max_index_bytes) {
+    detail::fail(error_code::limit, where, ": index of ", text.size(), " bytes exceeds the limit of ",
+                 safetensors_limits::max_index_bytes, " bytes");
+  }
+  nlohmann::json json;
+  try {
+    // A tensor listed twice in weight_map is ambiguous: refuse it rather than keep the last.
+    json = nlohmann::json::parse(text.begin(), text.end(), detail::duplicate_key_guard{{}, &where});
+  } catch (const nlohmann::json::exception& e) {
+    detail::fail(error_code::format, where, ": not valid JSON: ", e.what());
+  }
+  if (!json.is_object() || !json.contains("weight_map") || !json["weight_map"].is_object()) {
+    detail::fail(error_code::format, where, ": expected an object with a \"weight_map\" object");
+  }
+  const auto& weight_map = json["weight_map"];
+  if (weight_map.empty()) detail::fail(error_code::format, where, ": weight_map is empty");
+  if (weight_map.size() > safetensors_limits::max_tensors) {
+    detail::fail(error_code::limit, where, ": weight_map lists ", weight_map.size(),
+                 " tensors, more than the limit of ", safetensors_limits::max_tensors);
+  }
+  safetensors_index index;
+  for (const auto& [tensor, file] : weight_map.items()) {
+    if (tensor.empty()) detail::fail(error_code::format, where, ": weight_map has a tensor with an empty name");
+    if (!file.is_string()) {
+      detail::fail(error_code::format, where, ": weight_map entry for ", detail::quoted{tensor},
+                   " is ", detail::json_summary(file), ", expected a shard file name");
+    }
+    const auto& shard = file.get_ref<const std::string&>();
+    check_shard_name(shard, where);
+    index.tensors_by_shard[shard].push_back(tensor);
+  }
+  if (const auto it = json.find("metadata"); it != json.end()) {
+    if (!it->is_object() && !it->is_null()) {
+      detail::fail(error_code::format, where, ": metadata is ", it->type_name(), ", expected an object");
+    }
+    index.metadata = *it;
+  }
+  return index;
 }
 
 // The header bytes (length prefix included) for tensors laid out in the given order. The JSON is

@@ -7,11 +7,9 @@
 #include <algorithm>
 #include <cstddef>
 #include <filesystem>
-#include <fstream>
 #include <iterator>
 #include <map>
 #include <optional>
-#include <sstream>
 #include <string>
 #include <string_view>
 #include <vector>
@@ -59,45 +57,28 @@ class safetensors_store : public named_store<safetensors_store> {
   static safetensors_store open_index(const std::filesystem::path& index_path) {
     namespace fs = std::filesystem;
     const std::string where = index_path.string();
-    nlohmann::json index;
-    {
-      std::ifstream in(index_path, std::ios::binary);
-      if (!in) detail::fail(error_code::not_found, "cannot open index ", where);
-      try {
-        // A tensor listed twice in weight_map is ambiguous: refuse it rather than keep the last.
-        index = nlohmann::json::parse(in, detail::duplicate_key_guard{{}, &where});
-      } catch (const nlohmann::json::exception& e) {
-        detail::fail(error_code::format, where, ": not valid JSON: ", e.what());
-      }
-    }
-    if (!index.is_object() || !index.contains("weight_map") || !index["weight_map"].is_object()) {
-      detail::fail(error_code::format, where, ": expected an object with a \"weight_map\" object");
-    }
+    const safetensors_index index = [&] {
+      const mapped_file file(index_path);
+      const auto bytes = file.bytes();
+      return parse_safetensors_index({reinterpret_cast<const char*>(bytes.data()), bytes.size()}, where);
+    }();
     const fs::path folder = detail::parent_or_current(index_path);
     std::error_code ec;
     const fs::path canonical_folder = fs::canonical(folder, ec);
     if (ec) detail::fail_os("resolve", folder, ec.value());
 
-    // Tensor -> shard file, as the index states it; validated against the shards below.
-    std::map<std::string, std::map<std::string, bool>> expected_by_shard;
-    for (const auto& [tensor, file] : index["weight_map"].items()) {
-      if (!file.is_string()) {
-        detail::fail(error_code::format, where, ": weight_map entry for ", detail::quoted{tensor},
-                     " is ", file.dump(), ", expected a shard file name");
-      }
-      expected_by_shard[file.get<std::string>()][tensor] = false;
-    }
-    if (expected_by_shard.empty()) detail::fail(error_code::format, where, ": weight_map is empty");
-
     safetensors_store store;
     store.description_ = where;
-    for (auto& [file_name, expected] : expected_by_shard) {
+    for (const auto& [file_name, tensors] : index.tensors_by_shard) {
+      // Tensor -> found in the shard; every tensor of the shard must be listed, and vice versa.
+      std::map<std::string, bool> expected;
+      for (const auto& tensor : tensors) expected.emplace(tensor, false);
       const fs::path shard_path = checked_shard_path(folder, canonical_folder, file_name, where);
       store.add_shard(shard_path, &expected);
       for (const auto& [tensor, found] : expected) {
         if (!found) {
           detail::fail(error_code::format, where, ": names tensor ", detail::quoted{tensor},
-                       " in shard ", file_name, ", which does not contain it");
+                       " in shard ", detail::quoted{file_name}, ", which does not contain it");
         }
       }
     }
@@ -160,20 +141,14 @@ class safetensors_store : public named_store<safetensors_store> {
                                                    : ", and no other safetensors file");
   }
 
-  // Shard names come from a file that someone else wrote: they must stay inside the index's
-  // folder, lexically and after following symlinks.
+  // The shard must stay inside the index's folder after following symlinks too (the name itself
+  // was checked by parse_safetensors_index).
   static std::filesystem::path checked_shard_path(const std::filesystem::path& folder,
                                                   const std::filesystem::path& canonical_folder,
                                                   const std::string& file_name,
                                                   const std::string& where) {
     namespace fs = std::filesystem;
     const fs::path relative(file_name);
-    bool escapes = file_name.empty() || relative.is_absolute() || relative.has_root_name();
-    for (const auto& part : relative) escapes = escapes || part == "..";
-    if (escapes) {
-      detail::fail(error_code::format, where, ": shard name ", detail::quoted{file_name},
-                   " points outside the index's folder");
-    }
     const fs::path path = folder / relative;
     std::error_code ec;
     const fs::path resolved = fs::canonical(path, ec);
