@@ -207,7 +207,7 @@ def group_hostile(binary, work):
                               [(huge_path, {"weight": 1.0}), (huge_path + "/model.safetensors", {"weight": 1.0})],
                               {"normalize": 0})
     expect_refusal(binary, "a float16 merge that overflows", config, out, EXIT_INPUT,
-                   ["the merge (the inputs are finite; the result overflows F16)", "+inf at element"],
+                   ["the merged result in F16 (from finite inputs)", "+inf at element"],
                    ["--check-finite"])
     print("hostile: %d hostile files, %d parameter and config cases, %d merges of a NaN or an infinity, "
           "--check-finite on inputs and outputs" % (len(cases), len(parameter_cases) + 2, merged_cases))

@@ -104,3 +104,32 @@ TEST_CASE("config errors name the key at fault", "[tools][config]") {
   CHECK_THAT(refusal("- just\n- a list\n"), Catch::Contains("expected a mapping"));
   CHECK_THAT(refusal("merge_method: linear\nmodels:\n  - model: m+\n"), Catch::Contains("empty adapter"));
 }
+
+TEST_CASE("hostile YAML is refused without exhausting the stack or memory", "[tools][config][hostile]") {
+  // Nesting a hundred thousand deep: yaml-cpp's depth guard refuses it as invalid YAML.
+  CHECK_THAT(refusal("merge_method: linear\nmodels: " + std::string(100000, '[') + std::string(100000, ']') + "\n"),
+             Catch::Contains("not valid YAML"));
+  // A billion items through aliases: the reader walks only the keys it knows, so the fan-out is
+  // never expanded, and the list's first entry is refused for what it is.
+  std::string laughs = "merge_method: linear\nx: &a0 [m, m, m, m, m, m, m, m, m, m]\n";
+  for (char i = '1'; i <= '8'; ++i) {
+    const char previous = static_cast<char>(i - 1);
+    laughs.append("x").append(1, i).append(": &a").append(1, i).append(" [");
+    for (int k = 0; k < 10; ++k) laughs.append(k ? ", *a" : "*a").append(1, previous);
+    laughs.append("]\n");
+  }
+  CHECK_THAT(refusal(laughs), Catch::Contains("unknown key"));
+  CHECK_THAT(refusal("merge_method: linear\nmodels:\n  - &m {model: m, parameters: {weight: *m}}\n"),
+             Catch::Contains("models[0].parameters.weight"));
+  // Over the size cap: refused before YAML is parsed.
+  const std::string huge = "merge_method: linear\n#" + std::string(alloy::tools::max_config_bytes, 'x') + "\n";
+  try {
+    (void)parse_merge_config(huge, "huge.yml");
+    FAIL("a config over the cap was read");
+  } catch (const alloy::error& e) {
+    CHECK(e.code() == alloy::error_code::limit);
+    CHECK_THAT(e.what(), Catch::Contains("huge.yml") && Catch::Contains("too large for a merge config"));
+  }
+  // Binary garbage and NUL bytes.
+  CHECK_FALSE(refusal(std::string("merge_method: linear\0\xff\xfe", 23)).empty());
+}

@@ -420,8 +420,8 @@ inline void require_finite_inputs(const merge_job& job, const cpu_backend& backe
 // --check-finite, after: finite inputs can still merge to an infinity (a weight sum beyond the
 // output dtype's range, e.g. 65504 in float16).
 inline void require_finite_output(const cpu_backend& backend, const_tensor_view merged, const planned_tensor& tensor) {
-  require_finite(backend, merged, "the merge (the inputs are finite; the result overflows " +
-                                      std::string(name(tensor.output_dtype)) + ")", tensor.name);
+  require_finite(backend, merged, "the merged result in " + std::string(name(tensor.output_dtype)) +
+                                      " (from finite inputs)", tensor.name);
 }
 
 }  // namespace detail

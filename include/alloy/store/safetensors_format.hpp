@@ -98,8 +98,16 @@ struct duplicate_key_guard {
 
 // A JSON value from a file, shown in an error message: bounded in length and depth (a hostile
 // header can nest arrays millions deep, and dump() recurses), never throwing on bad UTF-8.
+inline constexpr std::size_t max_summary_length = 80;
+
+inline void summarize_json_string(const std::string& text, std::string& out) {
+  out += nlohmann::json(text.substr(0, max_summary_length))
+             .dump(-1, ' ', false, nlohmann::json::error_handler_t::replace);
+  if (text.size() > max_summary_length) out += "...";
+}
+
 inline void summarize_json(const nlohmann::json& value, std::string& out, int depth) {
-  constexpr std::size_t max_length = 80;
+  constexpr std::size_t max_length = max_summary_length;
   if (out.size() > max_length) return;
   if (value.is_structured()) {
     const bool array = value.is_array();
@@ -113,14 +121,15 @@ inline void summarize_json(const nlohmann::json& value, std::string& out, int de
         out += "...";
         break;
       }
-      if (!array) out += nlohmann::json(it.key()).dump(-1, ' ', false, nlohmann::json::error_handler_t::replace) + ": ";
+      if (!array) {
+        summarize_json_string(it.key(), out);
+        out += ": ";
+      }
       summarize_json(*it, out, depth + 1);
     }
     out += array ? ']' : '}';
   } else if (value.is_string()) {
-    const auto& text = value.get_ref<const std::string&>();
-    out += nlohmann::json(text.substr(0, max_length)).dump(-1, ' ', false, nlohmann::json::error_handler_t::replace);
-    if (text.size() > max_length) out += "...";
+    summarize_json_string(value.get_ref<const std::string&>(), out);
   } else {
     out += value.dump();
   }
