@@ -1,4 +1,7 @@
+#include <algorithm>
 #include <cmath>
+#include <cstdint>
+#include <utility>
 #include <cstring>
 #include <vector>
 
@@ -94,4 +97,60 @@ TEST_CASE("an exception inside a parallel loop reaches the caller", "[exec][para
                                      if (i == 7) throw std::runtime_error("index 7 failed");
                                    }),
                     "index 7 failed");
+}
+
+TEST_CASE("first_non_finite finds the first NaN or infinity in every floating dtype", "[exec][reduce]") {
+  // Positions on both sides of block (256) and chunk (65536) boundaries, on 1 and 3 threads;
+  // a second non-finite value later on must not win.
+  const std::size_t n = 3 * cpu_backend::chunk_elements + 77;
+  const std::size_t positions[] = {0, 255, 256, cpu_backend::chunk_elements - 1, cpu_backend::chunk_elements, n - 1};
+  for (const dtype type : {dtype::f64, dtype::f32, dtype::f16, dtype::bf16}) {
+    for (const std::size_t at : positions) {
+      for (const float bad : {std::nanf(""), INFINITY, -INFINITY}) {
+        memory_store store;
+        std::vector<float> values = random_values(n, 3);
+        values[at] = bad;
+        if (at + 1000 < n) values[at + 1000] = std::nanf("");
+        const auto view = insert_values(store, "x", values, shape{static_cast<std::int64_t>(n)}, type);
+        INFO(name(type) << " at " << at << " value " << bad);
+        CHECK(first_non_finite(cpu_backend{1}, view) == at);
+        CHECK(first_non_finite(cpu_backend{3}, view) == at);
+      }
+    }
+    memory_store store;
+    const auto finite = insert_values(store, "x", random_values(n, 4), shape{static_cast<std::int64_t>(n)}, type);
+    CHECK_FALSE(first_non_finite(cpu_backend{2}, finite).has_value());
+  }
+  // 8-bit floats, as bytes: E4M3 (the "fn" variant) has only NaN, S.1111.111; E5M2 has
+  // infinities S.11111.00 and NaNs S.11111.xx. Every other byte is finite.
+  const std::pair<dtype, std::vector<std::uint8_t>> eight_bit[] = {
+      {dtype::f8_e4m3, {0x7f, 0xff}}, {dtype::f8_e5m2, {0x7c, 0x7d, 0x7e, 0x7f, 0xfc, 0xfd, 0xfe, 0xff}}};
+  for (const auto& [type, non_finite] : eight_bit) {
+    std::vector<std::uint8_t> bytes(n);
+    for (std::size_t i = 0; i < n; ++i) {
+      std::uint8_t b = static_cast<std::uint8_t>(i * 37 + 11);
+      while (std::find(non_finite.begin(), non_finite.end(), b) != non_finite.end()) ++b;
+      bytes[i] = b;
+    }
+    const const_tensor_view finite(reinterpret_cast<const std::byte*>(bytes.data()), type, shape{static_cast<std::int64_t>(n)});
+    CHECK_FALSE(first_non_finite(cpu_backend{2}, finite).has_value());
+    for (const std::size_t at : positions) {
+      for (const std::uint8_t bad : non_finite) {
+        std::vector<std::uint8_t> poisoned = bytes;
+        poisoned[at] = bad;
+        const const_tensor_view view(reinterpret_cast<const std::byte*>(poisoned.data()), type,
+                                     shape{static_cast<std::int64_t>(n)});
+        INFO(name(type) << " at " << at << " byte " << int{bad});
+        CHECK(first_non_finite(cpu_backend{3}, view) == at);
+      }
+    }
+  }
+  // The largest finite values are not mistaken for infinities; integers never hold one.
+  memory_store store;
+  const auto extremes = insert_values(store, "h", {65504.0f, -65504.0f, 0.0f, -0.0f}, shape{4}, dtype::f16);
+  CHECK_FALSE(first_non_finite(cpu_backend{}, extremes).has_value());
+  const auto integers = store.insert("i", dtype::i32, shape{4});
+  std::memset(integers.data(), 0xff, integers.byte_size());
+  CHECK_FALSE(first_non_finite(cpu_backend{}, integers).has_value());
+  CHECK_FALSE(first_non_finite(cpu_backend{}, store.insert("empty", dtype::f32, shape{0})).has_value());
 }

@@ -401,10 +401,12 @@ inline void require_finite(const cpu_backend& backend, const_tensor_view view, c
                            const std::string& tensor) {
   const std::optional<std::size_t> at = first_non_finite(backend, view);
   if (!at) return;
-  const float value = load_as_float(view, *at);
+  const bool readable = view.dtype() == dtype::f64 || view.dtype() == dtype::f32 || view.dtype() == dtype::f16 ||
+                        view.dtype() == dtype::bf16;  // 8-bit floats: said by their bits only
+  const float value = readable ? load_as_float(view, *at) : std::nanf("");
   alloy::detail::fail(error_code::format, what, ": tensor ", alloy::detail::quoted{tensor}, " holds ",
-                      std::isnan(value) ? "NaN" : value > 0 ? "+inf" : "-inf", " at element ",
-                      element_position(view.shape(), *at), " (flat index ", *at, "; --check-finite)");
+                      !readable ? "a NaN or infinity" : std::isnan(value) ? "NaN" : value > 0 ? "+inf" : "-inf",
+                      " at element ", element_position(view.shape(), *at), " (flat index ", *at, "; --check-finite)");
 }
 
 // --check-finite, before a tensor is merged: every input it is merged from.
