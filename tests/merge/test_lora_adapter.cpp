@@ -77,3 +77,36 @@ TEST_CASE("a LoRA adapter adds alpha/r B A to the weights it names", "[merge][lo
     CHECK_THROWS_WITH(alloy::peft_lora_adapter::open(dir.path() / "missing"), Catch::Contains("not a folder"));
   }
 }
+
+TEST_CASE("hostile adapter configs are refused with bounded messages", "[merge][lora][hostile]") {
+  alloy::testing::test_folder dir;
+  alloy::memory_store tensors;
+  tensors.insert("base_model.model.x.lora_A.weight", alloy::dtype::f32, alloy::shape{1, 2});
+  tensors.insert("base_model.model.x.lora_B.weight", alloy::dtype::f32, alloy::shape{2, 1});
+  int written = 0;
+  const auto refusal = [&](const std::string& config) -> std::string {
+    std::string name = "a";
+    name += std::to_string(written++);
+    const auto folder = dir.path() / name;
+    write_adapter(folder, config, tensors);
+    try {
+      (void)alloy::peft_lora_adapter::open(folder);
+    } catch (const alloy::error& e) {
+      return e.what();
+    }
+    FAIL("the adapter config was accepted");
+    return {};
+  };
+  // A lora_alpha nested 200,000 deep: refused without recursing through it.
+  const std::string deep = refusal(R"({"r": 1, "lora_alpha": )" + std::string(200000, '[') + std::string(200000, ']') + "}");
+  CHECK_THAT(deep, Catch::Contains("lora_alpha is [[[[...]]]], expected a positive number"));
+  CHECK(deep.size() < 400);
+  // A pattern key with control characters is escaped.
+  CHECK_THAT(refusal("{\"r\": 1, \"lora_alpha\": 2, \"alpha_pattern\": {\"\\u001b[2J\": -1}}"),
+             Catch::Contains("alpha_pattern '\\x1b[2J' is -1"));
+  CHECK_THAT(refusal(R"({"r": 1, "lora_alpha": 1e400})"), Catch::Contains("not valid JSON"));
+  // Over the size cap: refused before it is parsed.
+  write_adapter(dir.path() / "big", "{", tensors);
+  std::filesystem::resize_file(dir.path() / "big" / "adapter_config.json", alloy::peft_lora_adapter::max_config_bytes + 1);
+  CHECK_THROWS_WITH(alloy::peft_lora_adapter::open(dir.path() / "big"), Catch::Contains("too large for an adapter config"));
+}

@@ -46,6 +46,9 @@ inline constexpr std::string_view peft_adapter_weights_name = "adapter_model.saf
 
 class peft_lora_adapter {
  public:
+  // PEFT writes a few hundred bytes; a config near this size is not one.
+  static constexpr std::size_t max_config_bytes = 16'000'000;
+
   // How one base tensor changes.
   struct update {
     std::string a;            // adapter tensor names; empty for a replacement
@@ -72,10 +75,14 @@ class peft_lora_adapter {
     }
     nlohmann::json config;
     {
-      std::ifstream in(config_path, std::ios::binary);
-      if (!in) detail::fail(error_code::io, "cannot read ", config_path.string());
+      const mapped_file file(config_path);
+      if (file.bytes().size() > max_config_bytes) {
+        detail::fail(error_code::limit, config_path.string(), ": ", file.bytes().size(),
+                     " bytes is too large for an adapter config (limit ", max_config_bytes, " bytes)");
+      }
+      const auto* text = reinterpret_cast<const char*>(file.bytes().data());
       try {
-        config = nlohmann::json::parse(in);
+        config = nlohmann::json::parse(text, text + file.bytes().size());
       } catch (const nlohmann::json::exception& e) {
         detail::fail(error_code::format, config_path.string(), ": not valid JSON: ", e.what());
       }
@@ -176,9 +183,15 @@ class peft_lora_adapter {
     }
     const auto flag = [&](const char* key) { return config.contains(key) && config[key].is_boolean() && config[key].get<bool>(); };
     if (flag("use_dora")) detail::fail(error_code::format, where, ": DoRA adapters (use_dora) are not supported");
-    const auto number = [&](const nlohmann::json& value, std::string_view key) {
+    // `pattern`: the alpha_pattern key the value belongs to, if any (a name from the file).
+    const auto number = [&](const nlohmann::json& value, std::string_view key, const std::string* pattern = nullptr) {
       if (!value.is_number() || !std::isfinite(value.get<double>()) || value.get<double>() <= 0) {
-        detail::fail(error_code::format, where, ": ", key, " is ", value.dump(), ", expected a positive number");
+        if (pattern != nullptr) {
+          detail::fail(error_code::format, where, ": ", key, " ", detail::quoted{*pattern}, " is ",
+                       detail::json_summary(value), ", expected a positive number");
+        }
+        detail::fail(error_code::format, where, ": ", key, " is ", detail::json_summary(value),
+                     ", expected a positive number");
       }
       return value.get<double>();
     };
@@ -187,7 +200,7 @@ class peft_lora_adapter {
     std::vector<std::pair<std::string, double>> alpha_pattern;
     if (config.contains("alpha_pattern") && config["alpha_pattern"].is_object()) {
       for (const auto& [key, value] : config["alpha_pattern"].items()) {
-        alpha_pattern.emplace_back(key, number(value, "alpha_pattern." + key));
+        alpha_pattern.emplace_back(key, number(value, "alpha_pattern", &key));
       }
     }
     const bool rslora = flag("use_rslora");
