@@ -124,9 +124,16 @@ def group_hostile(binary, work):
                                                    ("b", "F32", np.zeros(1, np.float32))], {})
     cases.append(("a tensor in two shards", dup, EXIT_INPUT, ["s2.safetensors", "'a'"]))
 
+    # A model folder whose config.json (rewritten into the output) nests 100,000 deep.
+    deep_config = cam.write_model(os.path.join(work, "deep_config"), models[1], "F32", "single")
+    with open(os.path.join(deep_config, "config.json"), "w") as f:
+        f.write('{"architectures": ' + "[" * 100_000 + "]" * 100_000 + "}")
+    cases.append(("a config.json nested 100000 deep", deep_config, EXIT_INPUT,
+                  ["deep_config/config.json", "nested more than 256 levels"]))
+
     for label, model, exit_code, needles in cases:
         config = cam.write_config(os.path.join(work, "hostile.yml"), "linear", None,
-                                  [(good, {"weight": 0.5}), (model, {"weight": 0.5})])
+                                  [(model, {"weight": 0.5}), (good, {"weight": 0.5})])
         expect_refusal(binary, label, config, os.path.join(work, "out"), exit_code, needles)
 
     # Non-finite or absurd merge parameters and configs.

@@ -299,12 +299,28 @@ inline const std::vector<std::string_view>& carried_file_names() {
   return names;
 }
 
-// config.json with torch_dtype set to what was written, as mergekit does.
+// config.json with torch_dtype set to what was written, as mergekit does. The file is rewritten
+// through nlohmann, whose dump() recurses once per level: nesting and sizes no real config has
+// are refused.
 inline std::string updated_model_config(const std::filesystem::path& path, std::optional<dtype> written) {
-  std::ifstream in(path, std::ios::binary);
+  constexpr std::size_t max_bytes = 16'000'000;
+  constexpr int max_depth = 256;
+  const mapped_file file(path);
+  if (file.bytes().size() > max_bytes) {
+    alloy::detail::fail(error_code::limit, path.string(), ": ", file.bytes().size(), " bytes is too large for a model "
+                        "config (limit ", max_bytes, " bytes)");
+  }
+  const auto* text = reinterpret_cast<const char*>(file.bytes().data());
   nlohmann::ordered_json config;
   try {
-    config = nlohmann::ordered_json::parse(in);
+    config = nlohmann::ordered_json::parse(text, text + file.bytes().size(),
+                                           [&](int depth, nlohmann::ordered_json::parse_event_t, nlohmann::ordered_json&) {
+                                             if (depth > max_depth) {
+                                               alloy::detail::fail(error_code::limit, path.string(), ": nested more than ",
+                                                                   max_depth, " levels deep");
+                                             }
+                                             return true;
+                                           });
   } catch (const nlohmann::json::exception& e) {
     alloy::detail::fail(error_code::format, path.string(), ": not valid JSON: ", e.what());
   }
