@@ -105,3 +105,40 @@ TEST_CASE("merges sharing their inputs run concurrently, each as it would alone"
   for (auto& worker : workers) worker.join();
   for (std::size_t w = 0; w < together.size(); ++w) CHECK(together[w] == alone[w % recipes.size()]);
 }
+
+TEST_CASE("a LoRA-applied store folds each tensor once for many reading threads", "[merge][lora][threads]") {
+  test_folder folder;
+  memory_store base;
+  memory_store adapter;
+  const int rank = 4;
+  for (unsigned i = 0; i < 4; ++i) {
+    const std::string layer = "layer." + std::to_string(i);
+    testing::insert_values(base, layer + ".weight", testing::random_values(64 * 128, 50 + i), shape{64, 128});
+    testing::insert_values(adapter, "base_model.model." + layer + ".lora_A.weight",
+                           testing::random_values(rank * 128, 60 + i), shape{rank, 128});
+    testing::insert_values(adapter, "base_model.model." + layer + ".lora_B.weight",
+                           testing::random_values(64 * rank, 70 + i), shape{64, rank});
+  }
+  std::filesystem::create_directories(folder / "adapter");
+  testing::write_text_file(folder / "adapter" / "adapter_config.json", R"({"peft_type": "LORA", "r": 4, "lora_alpha": 8})");
+  save_safetensors(folder / "adapter" / "adapter_model.safetensors", adapter);
+
+  const lora_applied_store alone(base, peft_lora_adapter::open(folder / "adapter"));
+  const std::vector<std::uint64_t> expected = checksums(alone);
+  const lora_applied_store shared(base, peft_lora_adapter::open(folder / "adapter"), cpu_backend{.threads = 2});
+  std::vector<std::vector<std::uint64_t>> seen(reader_threads);
+  std::vector<std::thread> readers;
+  for (int t = 0; t < reader_threads; ++t) {
+    readers.emplace_back([&, t] {
+      const auto& names = shared.names();
+      std::vector<std::uint64_t> sums(names.size());
+      for (std::size_t k = 0; k < names.size(); ++k) {
+        const std::size_t i = (k + static_cast<std::size_t>(t)) % names.size();
+        sums[i] = checksum(shared.view(names[i]));
+      }
+      seen[static_cast<std::size_t>(t)] = sums;
+    });
+  }
+  for (auto& reader : readers) reader.join();
+  for (const auto& sums : seen) CHECK(sums == expected);
+}
