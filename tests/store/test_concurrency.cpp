@@ -46,6 +46,28 @@ std::vector<std::uint64_t> checksums(const Store& store) {
   return sums;
 }
 
+// Each of `reader_threads` threads walks the names in its own rotated order and checksums every
+// tensor, then (if asked) lets its pages go while other threads may still be reading them.
+template <class Store>
+std::vector<std::vector<std::uint64_t>> checksums_from_threads(const Store& store, bool release) {
+  std::vector<std::vector<std::uint64_t>> seen(reader_threads);
+  std::vector<std::thread> readers;
+  for (int t = 0; t < reader_threads; ++t) {
+    readers.emplace_back([&store, &seen, release, t] {
+      const auto& names = store.names();
+      std::vector<std::uint64_t> sums(names.size());
+      for (std::size_t k = 0; k < names.size(); ++k) {
+        const std::size_t i = (k + static_cast<std::size_t>(t)) % names.size();
+        sums[i] = checksum(store.view(names[i]));
+        if (release) store.release(names[i]);
+      }
+      seen[static_cast<std::size_t>(t)] = std::move(sums);
+    });
+  }
+  for (auto& reader : readers) reader.join();
+  return seen;
+}
+
 }  // namespace
 
 TEST_CASE("a safetensors store is read from many threads at once", "[store][threads]") {
@@ -54,25 +76,7 @@ TEST_CASE("a safetensors store is read from many threads at once", "[store][thre
   const auto store = safetensors_store::open(folder / "m.safetensors");
   const std::vector<std::uint64_t> expected = checksums(store);
 
-  std::vector<std::vector<std::uint64_t>> seen(reader_threads);
-  std::vector<std::thread> readers;
-  for (int t = 0; t < reader_threads; ++t) {
-    readers.emplace_back([&, t] {
-      // Each thread walks the names in its own order, looks tensors up, reads them whole, and
-      // lets their pages go (which others may be reading: the pages come back from the file).
-      const auto& names = store.names();
-      std::vector<std::uint64_t> sums(names.size());
-      for (std::size_t k = 0; k < names.size(); ++k) {
-        const std::size_t i = (k + static_cast<std::size_t>(t)) % names.size();
-        const auto view = store.find(names[i]);
-        if (view) sums[i] = checksum(*view);
-        store.release(names[i]);
-      }
-      seen[static_cast<std::size_t>(t)] = sums;
-    });
-  }
-  for (auto& reader : readers) reader.join();
-  for (const auto& sums : seen) CHECK(sums == expected);
+  for (const auto& sums : checksums_from_threads(store, true)) CHECK(sums == expected);
 }
 
 TEST_CASE("merges sharing their inputs run concurrently, each as it would alone", "[merge][threads]") {
@@ -126,19 +130,5 @@ TEST_CASE("a LoRA-applied store folds each tensor once for many reading threads"
   const lora_applied_store alone(base, peft_lora_adapter::open(folder / "adapter"));
   const std::vector<std::uint64_t> expected = checksums(alone);
   const lora_applied_store shared(base, peft_lora_adapter::open(folder / "adapter"), cpu_backend{.threads = 2});
-  std::vector<std::vector<std::uint64_t>> seen(reader_threads);
-  std::vector<std::thread> readers;
-  for (int t = 0; t < reader_threads; ++t) {
-    readers.emplace_back([&, t] {
-      const auto& names = shared.names();
-      std::vector<std::uint64_t> sums(names.size());
-      for (std::size_t k = 0; k < names.size(); ++k) {
-        const std::size_t i = (k + static_cast<std::size_t>(t)) % names.size();
-        sums[i] = checksum(shared.view(names[i]));
-      }
-      seen[static_cast<std::size_t>(t)] = sums;
-    });
-  }
-  for (auto& reader : readers) reader.join();
-  for (const auto& sums : seen) CHECK(sums == expected);
+  for (const auto& sums : checksums_from_threads(shared, false)) CHECK(sums == expected);
 }
