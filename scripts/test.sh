@@ -9,6 +9,7 @@
 #
 #   scripts/test.sh            all three (what CI runs)
 #   scripts/test.sh --quick    release only
+#   ALLOY_PRESET=asan scripts/test.sh    one preset only
 set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
 presets=(release asan tsan)
