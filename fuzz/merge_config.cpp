@@ -29,13 +29,10 @@ extern "C" int LLVMFuzzerTestOneInput(const std::uint8_t* data, std::size_t size
                      refused.code() == alloy::error_code::limit);
     return 0;
   }
-  const alloy::method_definition* method = nullptr;
-  for (const auto& candidate : alloy::merge_methods()) {
-    if (candidate.name == config.method) method = &candidate;
-  }
-  ALLOY_FUZZ_CHECK(method != nullptr);
+  // An accepted config with an unknown method would throw here, escaping as a finding.
+  const alloy::method_definition& method = alloy::find_merge_method(config.method);
   ALLOY_FUZZ_CHECK(!config.models.empty());
-  ALLOY_FUZZ_CHECK(!method->needs_base || config.base_model.has_value());
+  ALLOY_FUZZ_CHECK(!method.needs_base || config.base_model.has_value());
   if (config.base_model) ALLOY_FUZZ_CHECK(!config.base_model->model.empty());
   for (const auto& model : config.models) {
     ALLOY_FUZZ_CHECK(!model.reference.model.empty());

@@ -329,7 +329,7 @@ def group_crash(binary, work):
             complete += 1
             check(folder_bytes(out) == expected, "crash %s: the output folder differs from the uninterrupted run's" % label)
             shutil.rmtree(out)
-        stray = [p for p in leftovers(work)]
+        stray = leftovers(work)
         check(all(p.startswith(".out.alloy-staging-") for p in stray),
               "crash %s: unexpected files left: %s" % (label, stray))
         for p in stray:
