@@ -1,8 +1,8 @@
 // The cost of alignment inside a LibTorch training loop, as a fraction of the training step it
 // rides on (the design's goal: under 5%). Baseline, measured in this process: one SGD step
 // (momentum 0.9, batch 32) of an MLP 784-H-10 on random inputs. Measured against it:
-//   pam_align/<engine>   one PAM pass (p = 0.5, reset to zero) over the whole model, with the
-//                        optimizer state reset, by alloy's CPU kernels or by torch operations;
+//   pam_align            one PAM pass (p = 0.5, reset to zero) over the whole model, with the
+//                        optimizer state reset, by alloy's CPU backend on the parameters' memory;
 //                        PAM runs every K steps, so its share of training is this / K
 //   regularized_step     the same training step with l2_pull + sign_agreement added to the loss
 // docs/benchmarks.md divides each time by BM_train_step's of the same width, from the same run.
@@ -49,10 +49,10 @@ void BM_train_step(benchmark::State& state) {
   for (auto _ : state) s.step();
 }
 
-void BM_pam_align(benchmark::State& state, ta::align_engine engine) {
+void BM_pam_align(benchmark::State& state) {
   setup s(state.range(0));
   s.step();  // the optimizer has state to reset
-  ta::pam_aligner aligner({.p = 0.5, .every = 1}, engine);
+  ta::pam_aligner aligner({.p = 0.5, .every = 1});
   aligner.set_global(s.global);
   for (auto _ : state) benchmark::DoNotOptimize(aligner.align(*s.model, s.optimizer.get()).total_reset);
 }
@@ -66,7 +66,6 @@ void BM_regularized_step(benchmark::State& state) {
 }  // namespace
 
 BENCHMARK(BM_train_step)->Arg(128)->Arg(1024)->Unit(benchmark::kMicrosecond)->UseRealTime();
-BENCHMARK_CAPTURE(BM_pam_align, alloy_cpu, ta::align_engine::alloy_cpu)->Arg(128)->Arg(1024)->Unit(benchmark::kMicrosecond)->UseRealTime();
-BENCHMARK_CAPTURE(BM_pam_align, torch_ops, ta::align_engine::torch_ops)->Arg(128)->Arg(1024)->Unit(benchmark::kMicrosecond)->UseRealTime();
+BENCHMARK(BM_pam_align)->Arg(128)->Arg(1024)->Unit(benchmark::kMicrosecond)->UseRealTime();
 BENCHMARK(BM_regularized_step)->Arg(128)->Arg(1024)->Unit(benchmark::kMicrosecond)->UseRealTime();
 BENCHMARK_MAIN();

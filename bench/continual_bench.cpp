@@ -87,14 +87,13 @@ void BM_continual_sequence(benchmark::State& state) {
   constexpr std::size_t tensors = 8;
   constexpr std::size_t tasks = 100;
   alloy::continual_options settings;
-  settings.backend = alloy::cpu_backend{threads};
+  const alloy::cpu_backend backend{threads};
   if (ties) {
     settings.merge_rule = alloy::continual_rule::policy;
     settings.policy = alloy::merge_policy(alloy::task_vector_merge::ties());
     settings.policy_parameters.density = 0.3;
   }
   alloy::pam_options pam;
-  pam.backend = settings.backend;
   pam.reset = alloy::pam_reset::to_global;
   const char* csv_path = std::getenv("ALLOY_CONTINUAL_CSV");
   std::FILE* csv = csv_path != nullptr ? std::fopen(csv_path, "a") : nullptr;
@@ -109,13 +108,13 @@ void BM_continual_sequence(benchmark::State& state) {
       const double begin_ms = milliseconds_since(start);
       fine_tune(weights, task);
       start = clock_type::now();
-      aligner.set_global(merger.global());
+      aligner.set_global(backend, merger.global());
       const double masks_ms = milliseconds_since(start);
       start = clock_type::now();
-      (void)aligner.align(merger.global(), weights);
+      (void)aligner.align(backend, merger.global(), weights);
       const double align_ms = milliseconds_since(start);
       start = clock_type::now();
-      merger.end_task(weights);
+      merger.end_task(backend, weights);
       const double end_ms = milliseconds_since(start);
       const double rss = resident_megabytes();
       if (task == 1) rss_after_first = rss;

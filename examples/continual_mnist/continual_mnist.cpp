@@ -145,6 +145,7 @@ result run(const std::string& method, const alloy_examples::task_sequence& data,
     auto ties = alloy::task_vector_merge::ties();
     options.policy = ties;
   }
+  const alloy::cpu_backend cpu{};  // where merges and PAM run
   alloy::continual_merger merger(classifier::initial(seed), options);
   alloy::memory_store sequential = classifier::initial(seed);
   alloy::pam_aligner aligner({0.5, 10, alloy::pam_reset::to_zero});
@@ -158,20 +159,20 @@ result run(const std::string& method, const alloy_examples::task_sequence& data,
       r.train_seconds += seconds_since(start);
     } else {
       alloy::memory_store t = merger.begin_task();
-      if (method == "pam") aligner.set_global(merger.global());
+      if (method == "pam") aligner.set_global(cpu, merger.global());
       double align_seconds = 0;
       for (int e = 0; e < epochs; ++e) {
         classifier::train_epoch(t, train_set, train, engine, [&] {
           if (method == "pam" && aligner.step()) {
             const auto align_start = clock_type::now();
-            r.pam_resets += aligner.align(merger.global(), t).total_reset;
+            r.pam_resets += aligner.align(cpu, merger.global(), t).total_reset;
             align_seconds += seconds_since(align_start);
           }
         });
       }
       r.train_seconds += seconds_since(start) - align_seconds;
       start = clock_type::now();
-      merger.end_task(t);
+      merger.end_task(cpu, t);
       r.merge_seconds += seconds_since(start) + align_seconds;
     }
     const alloy::memory_store& model = method == "sequential" ? sequential : merger.global();

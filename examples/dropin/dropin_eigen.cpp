@@ -66,6 +66,7 @@ accuracy_rows run(const task_sequence& tasks, const dropin_options& options, met
   alloy::eigen_adapter::eigen_store weights;                      // alloy: the model's matrices, in place
   weights.add("weight", model.weight);
   weights.add("bias", model.bias);
+  const alloy::cpu_backend cpu{};                                 // alloy: where merges and PAM run
   alloy::continual_merger merger(alloy::copy_store(weights));     // alloy: G, the global model
   alloy::pam_aligner aligner({.p = 0.5, .every = 10});            // alloy: PAM every 10 steps
 
@@ -77,7 +78,7 @@ accuracy_rows run(const task_sequence& tasks, const dropin_options& options, met
     std::vector<std::size_t> train(data.size());
     std::iota(train.begin(), train.end(), std::size_t{0});
     if (merge) alloy::assign(weights, merger.global());  // alloy: the task starts from G
-    if (align) aligner.set_global(merger.global());      // alloy: G's top-p masks, once per task
+    if (align) aligner.set_global(cpu, merger.global());      // alloy: G's top-p masks, once per task
     for (int epoch = 0; epoch < options.epochs; ++epoch) {
       std::shuffle(train.begin(), train.end(), engine);
       for (std::size_t start = 0; start < train.size(); start += batch) {
@@ -93,11 +94,11 @@ accuracy_rows run(const task_sequence& tasks, const dropin_options& options, met
         const float scale = learning_rate / static_cast<float>(pick.size());
         model.weight -= scale * p.transpose() * x;
         model.bias -= scale * p.colwise().sum().transpose();
-        if (align && aligner.step()) aligner.align(merger.global(), weights);  // alloy: every 10th step, align T with G
+        if (align && aligner.step()) aligner.align(cpu, merger.global(), weights);  // alloy: every 10th step, align T with G
       }
     }
     if (merge) {
-      merger.end_task(weights);                 // alloy: G <- mean of the tasks' weights
+      merger.end_task(cpu, weights);                 // alloy: G <- mean of the tasks' weights
       alloy::assign(weights, merger.global());  // alloy: evaluate G
     }
     std::vector<double> row;

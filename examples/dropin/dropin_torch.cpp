@@ -69,7 +69,7 @@ accuracy_rows run(const task_sequence& tasks, const dropin_options& options, met
       }
     }
     if (merge) {
-      merger.end_task(alloy::torch_adapter::tensor_store::from_module(*model));  // alloy: G <- mean of the tasks
+      merger.end_task(alloy::cpu_backend{}, alloy::torch_adapter::tensor_store::from_module(*model));  // alloy: G <- mean of the tasks
       alloy::torch_adapter::assign(*model, merger.global());                   // alloy: evaluate G
     }
     std::vector<double> row;

@@ -9,7 +9,7 @@
 
 #include "alloy/align/pam.hpp"
 #include "alloy/eigen/eigen_store.hpp"
-#include "alloy/merge/merge_recipe.hpp"
+#include "alloy/merge/execute_plan.hpp"
 #include "store_conformance.hpp"
 
 using namespace alloy;
@@ -149,8 +149,8 @@ TEST_CASE("Eigen weights merge and align in place", "[adapters][eigen]") {
 
   // PAM on Eigen weights: p = 1 resets every sign conflict with G (here: a) to zero.
   pam_aligner aligner({1.0, 1, pam_reset::to_zero});
-  aligner.set_global(models[0]);
-  const pam_report report = aligner.align(models[0], models[1]);
+  aligner.set_global(cpu_backend{}, models[0]);
+  const pam_report report = aligner.align(cpu_backend{}, models[0], models[1]);
   CHECK(report.reset_per_tensor.at("w") == 2);  // -2 vs 2, 3 vs -1
   row_matrix want(2, 2);
   want << 3, 0, 0, 0;

@@ -12,7 +12,6 @@
 #include "alloy/torch/transfer.hpp"
 
 using namespace alloy;
-using alloy::torch_adapter::align_engine;
 using alloy::torch_adapter::alignment_target;
 using alloy::torch_adapter::from_view;
 using alloy::torch_adapter::snapshot;
@@ -44,7 +43,7 @@ void train(::torch::nn::Sequential& model, ::torch::optim::Optimizer& optimizer,
 
 }  // namespace
 
-TEST_CASE("the torch aligner's engines equal the core aligner", "[adapters][torch][pam]") {
+TEST_CASE("the torch aligner equals the core aligner, in place and staged", "[adapters][torch][pam]") {
   for (const auto reset : {pam_reset::to_zero, pam_reset::to_global}) {
     for (const auto type : {::torch::kFloat32, ::torch::kBFloat16}) {
       auto global_model = small_model(1);
@@ -58,16 +57,23 @@ TEST_CASE("the torch aligner's engines equal the core aligner", "[adapters][torc
       second->to(type);
 
       alloy::pam_aligner core({0.4, 1, reset});
-      core.set_global(global);
-      const pam_report want = core.align(global, expected);
+      core.set_global(cpu_backend{}, global);
+      const pam_report want = core.align(cpu_backend{}, global, expected);
       REQUIRE(want.total_reset > 0);
 
-      torch_adapter::pam_aligner on_cpu({0.4, 1, reset}, align_engine::alloy_cpu);
+      torch_adapter::pam_aligner on_cpu({0.4, 1, reset});
       on_cpu.set_global(global);
       const pam_report got_cpu = on_cpu.align(*task_model);
-      torch_adapter::pam_aligner with_ops({0.4, 1, reset}, align_engine::torch_ops);
-      with_ops.set_global(global);
-      const pam_report got_ops = with_ops.align(*second);
+      // A non-contiguous parameter cannot be viewed in place: the pass is staged through host memory.
+      {
+        ::torch::NoGradGuard no_grad;
+        auto weight = second->named_parameters()["0.weight"];
+        weight.set_(weight.detach().t().contiguous().t());
+        REQUIRE_FALSE(weight.is_contiguous());
+      }
+      torch_adapter::pam_aligner staged({0.4, 1, reset});
+      staged.set_global(global);
+      const pam_report got_ops = staged.align(*second);
 
       CHECK(got_cpu.reset_per_tensor == want.reset_per_tensor);
       CHECK(got_ops.reset_per_tensor == want.reset_per_tensor);
@@ -84,11 +90,11 @@ TEST_CASE("the torch aligner's engines equal the core aligner", "[adapters][torc
 }
 
 TEST_CASE("step aligns every K-th optimizer step and resets Adam's moments there", "[adapters][torch][pam]") {
-  for (const auto engine : {align_engine::alloy_cpu, align_engine::torch_ops}) {
+  {
     auto model = small_model(3);
     const memory_store global = snapshot(*small_model(4));
     ::torch::optim::Adam adam(model->parameters(), ::torch::optim::AdamOptions(1e-2));
-    torch_adapter::pam_aligner aligner({0.5, 3, pam_reset::to_zero}, engine);
+    torch_adapter::pam_aligner aligner({0.5, 3, pam_reset::to_zero});
     aligner.set_global(global);
     train(model, adam, 2);
     CHECK(aligner.step(*model, adam).total_reset == 0);  // steps 1 and 2: not due
@@ -154,7 +160,13 @@ TEST_CASE("SGD momentum is reset, and unknown optimizer state is refused by name
     loss.backward();
     return loss;
   });
+  // Refused before anything is reset: the weights are as they were.
+  const memory_store before_refusal = snapshot(*other);
   CHECK_THROWS_WITH(aligner.align(*other, &lbfgs), Catch::Contains("'0.weight'") && Catch::Contains("optimizer state"));
+  const memory_store after_refusal = snapshot(*other);
+  for (const auto& name : before_refusal.names()) {
+    CHECK(alloy::testing::same_bytes(before_refusal.view(name), after_refusal.view(name)));
+  }
 }
 
 TEST_CASE("the torch aligner names what is wrong", "[adapters][torch][pam]") {
@@ -165,8 +177,5 @@ TEST_CASE("the torch aligner names what is wrong", "[adapters][torch][pam]") {
   global.insert("extra.weight", dtype::f32, {2});
   aligner.set_global(global);
   CHECK_THROWS_WITH(aligner.align(*model), Catch::Contains("'extra.weight'"));
-  torch_adapter::pam_aligner torch_ops({}, align_engine::torch_ops);
-  torch_ops.set_global(global);
-  CHECK_THROWS_WITH(torch_ops.align(*model), Catch::Contains("'extra.weight'"));
   CHECK_THROWS_AS(torch_adapter::pam_aligner({1.5}), alloy::error);
 }

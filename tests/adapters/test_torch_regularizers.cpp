@@ -1,5 +1,5 @@
 // The torch regularizers: values equal alloy's closed forms, and autograd's gradients equal the
-// closed-form gradients alloy adds on CPU.
+// closed-form gradients alloy adds on CPU (the torch functions are autograd glue around them).
 
 #include <torch/torch.h>
 
@@ -10,7 +10,6 @@
 #include "alloy/torch/transfer.hpp"
 
 using namespace alloy;
-using alloy::torch_adapter::align_engine;
 using alloy::torch_adapter::alignment_target;
 using alloy::torch_adapter::from_view;
 using alloy::torch_adapter::snapshot;
@@ -46,11 +45,10 @@ TEST_CASE("torch l2_pull and sign_agreement: autograd equals the closed form", "
   const alignment_target target(global, 0.3, ::torch::kCPU);
   const memory_store task_weights = snapshot(*task);
 
-  for (const auto engine : {align_engine::alloy_cpu, align_engine::torch_ops})
   for (const bool top_only : {false, true}) {
-    INFO("top_only " << top_only << ", engine " << static_cast<int>(engine));
+    INFO("top_only " << top_only);
     task->zero_grad();
-    const ::torch::Tensor value = torch_adapter::l2_pull(*task, target, 0.7, top_only, engine);
+    const ::torch::Tensor value = torch_adapter::l2_pull(*task, target, 0.7, top_only);
     (3 * value).backward();  // the chain rule through the penalty: gradients scale with the loss
     memory_store gradient = zeros_like(task_weights);
     const double want = alloy::l2_pull(cpu_backend{}, global, task_weights, gradient, 0.7,
@@ -59,10 +57,9 @@ TEST_CASE("torch l2_pull and sign_agreement: autograd equals the closed form", "
     check_gradients(task, gradient, 3.0);
   }
 
-  for (const auto engine : {align_engine::alloy_cpu, align_engine::torch_ops}) {
-    INFO("engine " << static_cast<int>(engine));
+  {
     task->zero_grad();
-    const ::torch::Tensor value = torch_adapter::sign_agreement(*task, target, 1.3, engine);
+    const ::torch::Tensor value = torch_adapter::sign_agreement(*task, target, 1.3);
     value.backward();
     memory_store gradient = zeros_like(task_weights);
     const double want = alloy::sign_agreement(cpu_backend{}, global, task_weights, gradient, 1.3, target.masks());
@@ -81,10 +78,9 @@ TEST_CASE("torch cosine_alignment: autograd equals the closed form, zero updates
   target.set_initial(initial);
   const memory_store task_weights = snapshot(*task);
 
-  for (const auto engine : {align_engine::alloy_cpu, align_engine::torch_ops}) {
-    INFO("engine " << static_cast<int>(engine));
+  {
     task->zero_grad();
-    const ::torch::Tensor value = torch_adapter::cosine_alignment(*task, target, 2.0, engine);
+    const ::torch::Tensor value = torch_adapter::cosine_alignment(*task, target, 2.0);
     value.backward();
     memory_store gradient = zeros_like(task_weights);
     const double want = alloy::cosine_alignment(cpu_backend{}, global, task_weights, initial, gradient, 2.0);
@@ -95,21 +91,21 @@ TEST_CASE("torch cosine_alignment: autograd equals the closed form, zero updates
     alignment_target first(initial, 0.0, ::torch::kCPU);
     first.set_initial(initial);
     task->zero_grad();
-    const ::torch::Tensor none = torch_adapter::cosine_alignment(*task, first, 2.0, engine);
+    const ::torch::Tensor none = torch_adapter::cosine_alignment(*task, first, 2.0);
     none.backward();
     CHECK(none.item<double>() == 0.0);
     for (const auto& p : task->parameters()) CHECK(p.grad().abs().sum().item<float>() == 0.0f);
   }
 }
 
-TEST_CASE("the closed-form engine differentiates bf16 parameters into bf16 gradients",
+TEST_CASE("the closed form differentiates bf16 parameters, viewed in place, into bf16 gradients",
           "[adapters][torch][regularizers]") {
   auto task = model_with_seed(8);
   task->to(::torch::kBFloat16);
   const memory_store global = snapshot(*model_with_seed(9));
   const alignment_target target(global, 0.5, ::torch::kCPU);
   const memory_store task_weights = snapshot(*task);
-  torch_adapter::l2_pull(*task, target, 1.0, true, align_engine::alloy_cpu).backward();
+  torch_adapter::l2_pull(*task, target, 1.0, true).backward();
   memory_store gradient = zeros_like(task_weights);
   alloy::l2_pull(cpu_backend{}, global, task_weights, gradient, 1.0, &target.masks());
   for (const auto& item : task->named_parameters()) {
@@ -126,7 +122,6 @@ TEST_CASE("torch regularizers refuse a missing G0 or a module without the target
   memory_store global = snapshot(*model_with_seed(7));
   const alignment_target target(global, 0.5, ::torch::kCPU);
   CHECK_THROWS_WITH(torch_adapter::cosine_alignment(*task, target, 1.0), Catch::Contains("G0"));
-  CHECK_THROWS_WITH(torch_adapter::cosine_alignment(*task, target, 1.0, align_engine::torch_ops), Catch::Contains("G0"));
   global.insert("head.weight", dtype::f32, {2, 2});
   const alignment_target bigger(global, 0.5, ::torch::kCPU);
   CHECK_THROWS_WITH(torch_adapter::l2_pull(*task, bigger, 1.0), Catch::Contains("'head.weight'"));

@@ -6,7 +6,7 @@
 
 #include <catch2/catch.hpp>
 
-#include "alloy/merge/merge_recipe.hpp"
+#include "alloy/merge/execute_plan.hpp"
 #include "alloy/merge/registry.hpp"
 #include "alloy/torch/merge.hpp"
 #include "alloy/torch/transfer.hpp"

@@ -232,7 +232,7 @@ TEST_CASE("the LoRA factors are a parameter store that alloy merges and aligns",
     ::torch::NoGradGuard no_grad;
     for (auto& [name, tensor] : model->trainable_parameters()) tensor.fill_(1.0f);
   }
-  merger.end_task(lora);  // the first task: G = T
+  merger.end_task(alloy::cpu_backend{}, lora);  // the first task: G = T
   alloy::torch_adapter::pam_aligner aligner({.p = 1.0});
   aligner.set_global(merger.global());
   {

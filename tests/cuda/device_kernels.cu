@@ -30,6 +30,9 @@ template __global__ void apply<alloy::weighted_sum_kernel>(alloy::weighted_sum_k
 template __global__ void apply<alloy::magmax_kernel>(alloy::magmax_kernel, const float*, std::size_t, float*, std::size_t);
 template __global__ void apply<alloy::two_term_kernel>(alloy::two_term_kernel, const float*, std::size_t, float*, std::size_t);
 template __global__ void apply<alloy::interpolate_mean_kernel>(alloy::interpolate_mean_kernel, const float*, std::size_t, float*, std::size_t);
-template __global__ void apply<alloy::pam_reset_kernel>(alloy::pam_reset_kernel, const float*, std::size_t, float*, std::size_t);
+template __global__ void apply<alloy::detail::pam_reset_kernel>(alloy::detail::pam_reset_kernel, const float*, std::size_t, float*, std::size_t);
+template __global__ void apply<alloy::detail::l2_pull_gradient>(alloy::detail::l2_pull_gradient, const float*, std::size_t, float*, std::size_t);
+template __global__ void apply<alloy::detail::sign_agreement_gradient>(alloy::detail::sign_agreement_gradient, const float*, std::size_t, float*, std::size_t);
+template __global__ void apply<alloy::detail::cosine_gradient>(alloy::detail::cosine_gradient, const float*, std::size_t, float*, std::size_t);
 
 }  // namespace alloy_device_check

@@ -132,11 +132,13 @@ TEST_CASE("every merge method on the GPU equals the CPU backend within 1 ulp", "
   std::size_t cases_with_differences = 0;
   for (const method_definition& def : merge_methods()) {
     for (const std::size_t models : {std::size_t{1}, std::size_t{3}, std::size_t{12}}) {
-      if (models < def.min_models || (def.name == "slerp" && models != 1)) continue;
+      if (models < def.min_models || models > def.max_models) continue;
+      const parameter_definition* choice = def.find("consensus");
       const std::vector<std::string_view> consensus_choices =
-          def.consensus_choices.empty() ? std::vector<std::string_view>{""} : def.consensus_choices;
+          choice == nullptr ? std::vector<std::string_view>{""} : choice->choices;
       for (const auto consensus : consensus_choices) {
-        const merge_policy policy = def.make([](std::string_view p) { return method_parameter(p); }, consensus);
+        const merge_policy policy = def.make(parameter_lookup([](std::string_view p) { return method_parameter(p); },
+                                                              [&](std::string_view) { return std::string(consensus); }));
         for (const std::size_t n : sizes) {
           for (const dtype type : types) {
             const shape dims = n > 1000 ? shape{static_cast<std::int64_t>(n / 1000), 1000} : shape{static_cast<std::int64_t>(n)};

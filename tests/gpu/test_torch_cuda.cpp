@@ -8,7 +8,7 @@
 
 #include <catch2/catch.hpp>
 
-#include "alloy/merge/merge_recipe.hpp"
+#include "alloy/merge/execute_plan.hpp"
 #include "alloy/torch/merge.hpp"
 #include "alloy/torch/pam.hpp"
 #include "alloy/torch/regularizers.hpp"
@@ -27,7 +27,7 @@ namespace {
 
 }  // namespace
 
-TEST_CASE("the torch aligner runs on CUDA tensors with torch operations", "[adapters][torch][pam][gpu]") {
+TEST_CASE("the torch aligner aligns CUDA modules as it aligns CPU ones", "[adapters][torch][pam][gpu]") {
   if (!::torch::cuda::is_available()) {
     WARN("no CUDA device: the CUDA path of the torch aligner was not run");
     return;
@@ -122,3 +122,68 @@ TEST_CASE("merge_into merges a CUDA module in place on the GPU, bit for bit as o
   }
   CHECK(gpu_model->parameters().front().device().is_cuda());
 }
+
+#if defined(ALLOY_TORCH_CUDA)
+#include <c10/cuda/CUDAStream.h>
+
+#include "alloy/cuda.hpp"
+
+TEST_CASE("PAM and the regularizers run on alloy's CUDA backend with the CPU's bits", "[align][gpu]") {
+  if (!::torch::cuda::is_available()) {
+    WARN("no CUDA device: PAM and the regularizers on the CUDA backend were not run");
+    return;
+  }
+  const cuda::backend gpu(c10::cuda::getCurrentCUDAStream().stream());
+  const memory_store global = snapshot(*small_model(30));
+  const memory_store initial = snapshot(*small_model(31));
+  memory_store task = snapshot(*small_model(32));
+  const auto on_device = [](const memory_store& store) {
+    std::vector<std::pair<std::string, ::torch::Tensor>> tensors;
+    for (const auto& name : store.names()) tensors.emplace_back(name, torch_adapter::from_view(store.view(name)).to(::torch::kCUDA));
+    return torch_adapter::tensor_store(std::move(tensors)).with_device_views();
+  };
+  const torch_adapter::tensor_store device_global = on_device(global);
+  const torch_adapter::tensor_store device_initial = on_device(initial);
+  torch_adapter::tensor_store device_task = on_device(task);
+  const tensor_masks masks = top_magnitude_masks(cpu_backend{}, global, 0.5);
+  masks_by_name<cuda::device_mask> device_masks;
+  for (const auto& [name, mask] : masks) device_masks.emplace(name, cuda::device_mask::from_host(mask, gpu.stream()));
+
+  // Regularizers: the same gradients bit for bit (the same functors), values up to the f64 sum order.
+  memory_store gradient;
+  for (const auto& name : task.names()) gradient.insert(name, dtype::f32, task.view(name).shape());
+  torch_adapter::tensor_store device_gradient = on_device(gradient);
+  const double want = l2_pull(cpu_backend{}, global, task, gradient, 0.7, &masks) +
+                      sign_agreement(cpu_backend{}, global, task, gradient, 1.3, masks) +
+                      cosine_alignment(cpu_backend{}, global, task, initial, gradient, 2.0);
+  const double got = l2_pull(gpu, device_global, device_task, device_gradient, 0.7, &device_masks) +
+                     sign_agreement(gpu, device_global, device_task, device_gradient, 1.3, device_masks) +
+                     cosine_alignment(gpu, device_global, device_task, device_initial, device_gradient, 2.0);
+  CHECK(got == Approx(want).epsilon(1e-9));
+  for (const auto& name : gradient.names()) {
+    INFO(name);
+    CHECK(::torch::equal(device_gradient.tensor(name).cpu(), torch_adapter::from_view(gradient.view(name))));
+  }
+
+  // PAM: the same resets and the same weights.
+  for (const auto mode : {pam_reset::to_zero, pam_reset::to_global}) {
+    memory_store cpu_task = task;
+    torch_adapter::tensor_store gpu_task = on_device(task);
+    const pam_report cpu_report = align_signs(cpu_backend{}, global, cpu_task, masks, mode);
+    std::size_t callbacks = 0;
+    const pam_report gpu_report = align_signs(gpu, device_global, gpu_task, device_masks, mode,
+                                              [&](std::string_view name, const cuda::device_mask& reset) {
+                                                CHECK(reset.size() == global.view(name).numel());
+                                                ++callbacks;
+                                              });
+    REQUIRE(cpu_report.total_reset > 0);
+    CHECK(gpu_report.reset_per_tensor == cpu_report.reset_per_tensor);
+    CHECK(gpu_report.total_considered == cpu_report.total_considered);
+    CHECK(callbacks > 0);
+    for (const auto& name : task.names()) {
+      INFO(name);
+      CHECK(::torch::equal(gpu_task.tensor(name).cpu(), torch_adapter::from_view(cpu_task.view(name))));
+    }
+  }
+}
+#endif

@@ -1,6 +1,9 @@
+#include <algorithm>
+#include <variant>
+
 #include <catch2/catch.hpp>
 
-#include "alloy/merge/merge_recipe.hpp"
+#include "alloy/merge/execute_plan.hpp"
 #include "tensor_builders.hpp"
 
 using namespace alloy;
@@ -67,9 +70,11 @@ TEST_CASE("recipes refuse unknown methods and parameters, and missing required o
   recipe.model_parameters = {{{"lambda", parameter_setting(1.0)}}};
   CHECK_THROWS_WITH(recipe.validate(), Catch::Contains("top level"));
   recipe.model_parameters = {{}};
-  recipe.consensus = "majority";
-  CHECK_THROWS_WITH(recipe.validate(), Catch::Contains("'sum' or 'count'"));
-  recipe.consensus.clear();
+  recipe.parameters = {{"consensus", "majority"}};
+  CHECK_THROWS_WITH(recipe.validate(), Catch::Contains("'majority'") && Catch::Contains("one of sum, count"));
+  recipe.parameters = {{"consensus", 0.5}};
+  CHECK_THROWS_WITH(recipe.validate(), Catch::Contains("consensus") && Catch::Contains("one of sum, count"));
+  recipe.parameters = {{"consensus", "count"}};
   recipe.validate();
 
   memory_store store;
@@ -79,6 +84,53 @@ TEST_CASE("recipes refuse unknown methods and parameters, and missing required o
   CHECK_THROWS_WITH(merge_tensor(recipe, cpu_backend{}, "layer.w", 0.0, store.view("base"), models, out),
                     Catch::Contains("required parameter 'weight'") && Catch::Contains("model 0") &&
                         Catch::Contains("layer.w"));
+  // Kinds: a boolean is 0 or 1, a seed a whole number.
+  recipe.model_parameters = {{{"weight", 1.0}}};
+  recipe.parameters = {{"normalize", 2.0}};
+  CHECK_THROWS_WITH(merge_tensor(recipe, cpu_backend{}, "layer.w", 0.0, store.view("base"), models, out),
+                    Catch::Contains("'normalize'") && Catch::Contains("a boolean"));
+  recipe.method = "dare_ties";
+  recipe.parameters = {{"seed", 1.5}};
+  CHECK_THROWS_WITH(merge_tensor(recipe, cpu_backend{}, "layer.w", 0.0, store.view("base"), models, out),
+                    Catch::Contains("'seed'") && Catch::Contains("whole number"));
+  recipe.parameters = {{"seed", -1.0}};
+  CHECK_THROWS_WITH(merge_tensor(recipe, cpu_backend{}, "layer.w", 0.0, store.view("base"), models, out),
+                    Catch::Contains("'seed'"));
+  recipe.parameters = {{"seed", 12.0}, {"consensus", "count"}};
+  merge_tensor(recipe, cpu_backend{}, "layer.w", 0.0, store.view("base"), models, out);
+}
+
+TEST_CASE("the registry is typed and open, and says how many models each method takes", "[merge][recipe]") {
+  const method_definition& ties = find_merge_method("ties");
+  CHECK(ties.find("normalize")->type == parameter_definition::kind::boolean);
+  CHECK(ties.find("consensus")->type == parameter_definition::kind::choice);
+  CHECK(ties.find("consensus")->choices == std::vector<std::string_view>{"sum", "count"});
+  CHECK(find_merge_method("dare_ties").find("seed")->type == parameter_definition::kind::integer);
+  CHECK(find_merge_method("slerp").max_models == 1);
+  CHECK(find_merge_method("model_stock").min_models == 2);
+  CHECK_FALSE(find_merge_method("linear").needs_base);
+
+  // Every policy type of the variant is built by some method (nothing in the variant that no
+  // config can reach), and every method builds one from its defaults.
+  std::vector<bool> built(std::variant_size_v<merge_policy>, false);
+  for (const auto& method : merge_methods()) {
+    built[method.make(method.defaults([](std::string_view) { return 0.5; })).index()] = true;
+  }
+  CHECK(std::all_of(built.begin(), built.end(), [](bool b) { return b; }));
+
+  // A registered method: TIES electing by count by default, under its own name.
+  method_definition counted = find_merge_method("ties");
+  counted.name = "ties_by_count";
+  for (auto& p : counted.parameters) {
+    if (p.name == "consensus") p.choices = {"count", "sum"};
+  }
+  register_merge_method(counted);
+  CHECK_THROWS_WITH(register_merge_method(counted), Catch::Contains("exists already"));
+  const merge_recipe recipe{.method = "ties_by_count", .model_parameters = {{{"weight", 1.0}}}};
+  const resolved_merge resolved = resolve_merge(recipe, "w", 0.0, 1);
+  CHECK(std::get<task_vector_merge>(resolved.policy).consensus == sign_consensus::count);
+  method_definition unnamed;
+  CHECK_THROWS_WITH(register_merge_method(unnamed), Catch::Contains("no name"));
 }
 
 TEST_CASE("merge_stores merges every tensor and names a missing one", "[merge][recipe]") {

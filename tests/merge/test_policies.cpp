@@ -8,7 +8,7 @@
 
 #include <catch2/catch.hpp>
 
-#include "alloy/merge/merge_recipe.hpp"
+#include "alloy/merge/execute_plan.hpp"
 #include "alloy/merge/registry.hpp"
 #include "tensor_builders.hpp"
 
@@ -132,7 +132,7 @@ TEST_CASE("every policy gives the same bits on one and two threads", "[merge][pr
   const std::vector<model_parameters> p(3, model_parameters{0.4, 0.35, 0.02, 0.1});
   for (const auto& method : merge_methods()) {
     if (method.name == "slerp") continue;  // two models only; checked below
-    const merge_policy policy = method.make([&](std::string_view name) { return *method.find(name)->default_value; }, "");
+    const merge_policy policy = method.make(method.defaults());
     INFO(method.name);
     for (dtype type : {dtype::f32, dtype::bf16}) {
       CHECK(run(policy, base, models, p, dims, 1, type) == run(policy, base, models, p, dims, 2, type));
@@ -196,4 +196,33 @@ TEST_CASE("merge_stores_into checks every name and shape before writing anything
                                       std::span(uneven), out),
                     Catch::Contains("'second'") && Catch::Contains("missing from model 1"));
   CHECK(values_of(out.view("first")) == std::vector<float>{3, 4});
+}
+
+TEST_CASE("a merge into a store with the offending tensor in the middle writes nothing", "[merge][recipe]") {
+  memory_store a, b, out;
+  for (auto* store : {&a, &b, &out}) {
+    insert_values(*store, "first", {1, 2}, shape{2});
+    insert_values(*store, "middle", {3, 4}, shape{2});
+    insert_values(*store, "last", {5, 6}, shape{2});
+  }
+  memory_store bad_output;
+  insert_values(bad_output, "first", {0, 0}, shape{2});
+  insert_values(bad_output, "middle", {0, 0, 0}, shape{3});
+  insert_values(bad_output, "last", {0, 0}, shape{2});
+  const merge_recipe ties{.method = "ties", .model_parameters = {{{"weight", 1.0}}}};
+  const std::array models{b};
+  CHECK_THROWS_WITH(merge_stores_into(ties, cpu_backend{}, &a, std::span(models), bad_output), Catch::Contains("'middle'"));
+  CHECK(values_of(bad_output.view("first")) == std::vector<float>{0, 0});
+  memory_store extra = b;
+  insert_values(extra, "surplus", {1}, shape{1});
+  const std::array with_extra{extra};
+  CHECK_THROWS_WITH(merge_stores_into(ties, cpu_backend{}, &a, std::span(with_extra), out),
+                    Catch::Contains("'surplus'") && Catch::Contains("not in the base model"));
+  memory_store mismatched;
+  mismatched.insert("first", b.view("first"));
+  mismatched.insert("middle", dtype::i64, shape{2});
+  mismatched.insert("last", b.view("last"));
+  const std::array with_integers{mismatched};
+  CHECK_THROWS_WITH(merge_stores_into(ties, cpu_backend{}, &a, std::span(with_integers), out), Catch::Contains("'middle'"));
+  CHECK(values_of(out.view("first")) == std::vector<float>{1, 2});
 }

@@ -26,12 +26,11 @@ std::filesystem::path reference_dir() {
   return dir;
 }
 
-parameter_map to_parameters(const nlohmann::json& object, std::string* consensus) {
+parameter_map to_parameters(const nlohmann::json& object) {
   parameter_map map;
   for (const auto& [key, value] : object.items()) {
     if (value.is_string()) {
-      REQUIRE(consensus != nullptr);
-      *consensus = value.get<std::string>();
+      map.emplace(key, parameter_setting(value.get<std::string>()));  // a choice: consensus
     } else {
       map.emplace(key, parameter_setting(value.get<double>()));
     }
@@ -59,8 +58,8 @@ TEST_CASE("every merge method matches the NumPy reference", "[reference][merge]"
                   << c["model_parameters"].dump());
       merge_recipe recipe;
       recipe.method = method;
-      recipe.parameters = to_parameters(c["parameters"], &recipe.consensus);
-      for (const auto& p : c["model_parameters"]) recipe.model_parameters.push_back(to_parameters(p, nullptr));
+      recipe.parameters = to_parameters(c["parameters"]);
+      for (const auto& p : c["model_parameters"]) recipe.model_parameters.push_back(to_parameters(p));
       recipe.validate();
 
       std::vector<const_tensor_view> models;

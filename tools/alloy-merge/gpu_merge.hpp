@@ -48,100 +48,146 @@ void reserve(Buffer& buffer, std::size_t bytes, Stream... stream) {
 
 }  // namespace detail
 
-// Merges and writes as run_merge does, with the merge itself on the current CUDA device.
-inline void run_merge_on_gpu(const merge_job& job, const cpu_backend& host, const write_options& options) {
-  std::optional<model_writer> writer;
-  detail::open_writer(writer, job, options);
-  const cuda::backend gpu = cuda::backend::with_own_stream();
-  const cuda::backend copier = cuda::backend::with_own_stream();
-  detail::gpu_slot slots[2];
-  std::vector<const_tensor_view> views;
-  std::size_t written = 0;
+// The executor's source and sink for a merge on the GPU, as one object because they share two
+// slots: read(t) waits for slot t % 2 to be free (tensor t - 2 written), copies t's inputs from the
+// mapped files into the slot's pinned buffer and uploads them on the copy stream; the executor
+// merges on the compute stream; commit(t) queues the download of t and then writes t - 1, so that
+// the host reads t + 1 while the GPU works on t.
+class gpu_pipeline {
+ public:
+  gpu_pipeline(const merge_job& job, const cpu_backend& host, const write_options& options, model_writer& writer)
+      : job_(&job), host_(&host), options_(&options), writer_(&writer), inputs_(job, host, options.check_finite),
+        gpu_(cuda::backend::with_own_stream()), copier_(cuda::backend::with_own_stream()) {}
 
-  const auto submit = [&](std::size_t index) {
-    const planned_tensor& tensor = job.tensors[index];
-    detail::gpu_slot& slot = slots[index % 2];
-    slot.uploaded.synchronize();  // the host may refill the pinned inputs
-    slot.done.synchronize();      // the GPU buffers and the pinned result are free
-    const std::size_t output_bytes = tensor.dims.numel() * size_of(tensor.output_dtype);
+  [[nodiscard]] const cuda::backend& device() const noexcept { return gpu_; }
+
+  // Source. Copies are compared and written on the host, from the mapped files.
+  void read_host(const planned_tensor& tensor, tensor_inputs& out) { inputs_.read(tensor, out); }
+  void read(const planned_tensor& tensor, tensor_inputs& out) {
+    detail::gpu_slot& slot = free_slot(tensor);
+    inputs_.read(tensor, host_views_);
     in_stage(failure_kind::input, [&] {
-      const std::optional<const_tensor_view> base_view = detail::gather_views(job, tensor, views);
-      if (options.check_finite) detail::require_finite_inputs(job, host, tensor, base_view, views);
-      detail::reserve(slot.host_output, output_bytes);
-      const tensor_view host_output(slot.host_output.data(), tensor.output_dtype, tensor.dims);
-      if (!tensor.merged) {
-        merge_model_tensor(job.recipe, host, tensor.name, tensor.depth, base_view, views, host_output);
-        slot.result = host_output;
-        return;
-      }
       // Inputs side by side in one pinned buffer, each at an aligned offset, then one upload.
-      std::vector<const_tensor_view> inputs;
-      if (base_view) inputs.push_back(*base_view);
-      for (const auto& view : views) inputs.push_back(view);
+      std::vector<const_tensor_view> all;
+      if (host_views_.base) all.push_back(*host_views_.base);
+      all.insert(all.end(), host_views_.models.begin(), host_views_.models.end());
       std::vector<std::size_t> offsets;
       std::size_t total = 0;
-      for (const auto& input : inputs) {
+      for (const auto& input : all) {
         offsets.push_back(total);
         total += detail::aligned_size(input.byte_size());
       }
+      const std::size_t output_bytes = tensor.output_bytes();
       const bool grow = slot.host_inputs.size() < total || slot.device_inputs.size() < total ||
                         slot.device_output.size() < output_bytes;
       detail::reserve(slot.host_inputs, total);
-      detail::reserve(slot.device_inputs, total, gpu.stream());
-      detail::reserve(slot.device_output, output_bytes, gpu.stream());
-      if (grow) gpu.synchronize();  // new allocations are ready before the copy stream uses them
-      for (std::size_t i = 0; i < inputs.size(); ++i) {
-        const auto* source = inputs[i].data();
+      detail::reserve(slot.device_inputs, total, gpu_.stream());
+      detail::reserve(slot.device_output, output_bytes, gpu_.stream());
+      if (grow) gpu_.synchronize();  // new allocations are ready before the copy stream uses them
+      for (std::size_t i = 0; i < all.size(); ++i) {
+        const auto* source = all[i].data();
         std::byte* target = slot.host_inputs.data() + offsets[i];
         // Reading the mapped pages is the host's part of the work: spread it over the threads.
-        for_each_chunk(host, inputs[i].byte_size(), [&](std::size_t, std::size_t begin, std::size_t end) {
+        for_each_chunk(*host_, all[i].byte_size(), [&](std::size_t, std::size_t begin, std::size_t end) {
           std::memcpy(target + begin, source + begin, end - begin);
         });
       }
       cuda::check(cudaMemcpyAsync(slot.device_inputs.data(), slot.host_inputs.data(), total, cudaMemcpyHostToDevice,
-                                  copier.stream()),
+                                  copier_.stream()),
                   "copying tensor '" + tensor.name + "' to the GPU");
-      slot.uploaded.record(copier.stream());
-      slot.uploaded.wait_in(gpu.stream());
-      std::vector<const_tensor_view> device_views;
-      for (std::size_t i = 0; i < inputs.size(); ++i) {
-        device_views.emplace_back(slot.device_inputs.data() + offsets[i], inputs[i].dtype(), inputs[i].shape());
-      }
-      const std::optional<const_tensor_view> device_base =
-          base_view ? std::optional<const_tensor_view>(device_views.front()) : std::nullopt;
-      const std::span<const const_tensor_view> device_models(device_views.data() + (base_view ? 1 : 0), views.size());
-      const tensor_view device_output(slot.device_output.data(), tensor.output_dtype, tensor.dims);
-      const resolved_merge resolved = resolve_merge(job.recipe, tensor.name, tensor.depth, views.size());
-      cuda::merge_with(resolved.policy, gpu, merge_inputs{tensor.name, device_base, device_models, resolved.per_model},
-                       device_output);
-      cuda::check(cudaMemcpyAsync(slot.host_output.data(), slot.device_output.data(), output_bytes,
-                                  cudaMemcpyDeviceToHost, gpu.stream()),
-                  "copying merged tensor '" + tensor.name + "' from the GPU");
-      slot.done.record(gpu.stream());
-      slot.result = host_output;
+      slot.uploaded.record(copier_.stream());
+      slot.uploaded.wait_in(gpu_.stream());
+      std::size_t next = 0;
+      const auto on_device = [&](const_tensor_view host) {
+        const std::size_t i = next++;
+        return const_tensor_view(slot.device_inputs.data() + offsets[i], host.dtype(), host.shape());
+      };
+      out.base.reset();
+      if (host_views_.base) out.base = on_device(*host_views_.base);
+      out.models.clear();
+      for (const auto& view : host_views_.models) out.models.push_back(on_device(view));
     });
-    for (const auto& input : job.inputs) input->release(tensor.name);
-  };
+  }
+  void release(const planned_tensor& tensor) const { inputs_.release(tensor); }
 
-  const auto collect = [&](std::size_t index) {
-    const planned_tensor& tensor = job.tensors[index];
-    detail::gpu_slot& slot = slots[index % 2];
-    in_stage(failure_kind::input, [&] {
-      slot.done.synchronize();
-      if (options.check_finite) detail::require_finite_output(host, *slot.result, tensor);
-    });
-    in_stage(failure_kind::output, [&] { writer->write(tensor.name, *slot.result); });
-    written += slot.result->byte_size();
-    slot.result.reset();
-    if (options.progress) options.progress(index + 1, written);
-  };
-
-  for (std::size_t index = 0; index < job.tensors.size(); ++index) {
-    submit(index);
+  // Sink.
+  tensor_view output(const planned_tensor& tensor) {
+    return {slot_of(tensor).device_output.data(), tensor.output_dtype, tensor.dims};
+  }
+  void write_copy(const planned_tensor& tensor, const_tensor_view value) {
+    detail::gpu_slot& slot = free_slot(tensor);
+    detail::reserve(slot.host_output, tensor.output_bytes());
+    const tensor_view host_output(slot.host_output.data(), tensor.output_dtype, tensor.dims);
+    convert(value, host_output);
+    slot.result = host_output;
+  }
+  void commit(const planned_tensor& tensor) {
+    detail::gpu_slot& slot = slot_of(tensor);
+    if (!slot.result) {  // merged on the GPU: bring it back
+      in_stage(failure_kind::input, [&] {
+        const std::size_t bytes = tensor.output_bytes();
+        detail::reserve(slot.host_output, bytes);
+        cuda::check(cudaMemcpyAsync(slot.host_output.data(), slot.device_output.data(), bytes, cudaMemcpyDeviceToHost,
+                                    gpu_.stream()),
+                    "copying merged tensor '" + tensor.name + "' from the GPU");
+        slot.done.record(gpu_.stream());
+        slot.result = tensor_view(slot.host_output.data(), tensor.output_dtype, tensor.dims);
+      });
+    }
+    const std::size_t index = index_of(tensor);
     if (index > 0) collect(index - 1);
   }
-  if (!job.tensors.empty()) collect(job.tensors.size() - 1);
-  gpu.synchronize();
+  // Writes the last tensor; the GPU is idle afterwards.
+  void finish() {
+    if (!job_->plan.tensors.empty()) collect(job_->plan.tensors.size() - 1);
+    gpu_.synchronize();
+  }
+
+ private:
+  [[nodiscard]] std::size_t index_of(const planned_tensor& tensor) const {
+    return static_cast<std::size_t>(&tensor - job_->plan.tensors.data());
+  }
+  detail::gpu_slot& slot_of(const planned_tensor& tensor) { return slots_[index_of(tensor) % 2]; }
+  // The slot of `tensor`, once the tensor two before it has left it.
+  detail::gpu_slot& free_slot(const planned_tensor& tensor) {
+    detail::gpu_slot& slot = slot_of(tensor);
+    slot.uploaded.synchronize();  // the host may refill the pinned inputs
+    slot.done.synchronize();      // the GPU buffers and the pinned result are free
+    slot.result.reset();
+    return slot;
+  }
+  void collect(std::size_t index) {
+    const planned_tensor& tensor = job_->plan.tensors[index];
+    detail::gpu_slot& slot = slots_[index % 2];
+    in_stage(failure_kind::input, [&] {
+      slot.done.synchronize();
+      if (options_->check_finite) detail::require_finite_output(*host_, *slot.result, tensor);
+    });
+    in_stage(failure_kind::output, [&] { writer_->write(tensor.name, *slot.result); });
+    written_ += slot.result->byte_size();
+    slot.result.reset();
+    if (options_->progress) options_->progress(index + 1, written_);
+  }
+
+  const merge_job* job_;
+  const cpu_backend* host_;
+  const write_options* options_;
+  model_writer* writer_;
+  input_source inputs_;
+  cuda::backend gpu_;
+  cuda::backend copier_;
+  detail::gpu_slot slots_[2];
+  tensor_inputs host_views_;
+  std::size_t written_ = 0;
+};
+
+// Merges and writes as run_merge does, with the merge itself on the current CUDA device.
+inline void run_merge_on_gpu(const merge_job& job, const cpu_backend& host, const write_options& options) {
+  std::optional<model_writer> writer;
+  detail::open_writer(writer, job, options);
+  gpu_pipeline pipeline(job, host, options, *writer);
+  in_stage(failure_kind::input, [&] { execute(job.plan, pipeline.device(), pipeline, pipeline); });
+  pipeline.finish();
   detail::finish_output(job, *writer);
 }
 

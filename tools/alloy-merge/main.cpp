@@ -112,8 +112,7 @@ class progress_bar {
 };
 
 void print_plan(const alloy::tools::merge_job& job, const std::string& output, std::size_t shard_bytes) {
-  std::size_t merged = 0;
-  for (const auto& t : job.tensors) merged += t.merged ? 1 : 0;
+  const std::size_t merged = job.plan.merged_count();
   std::cout << "method: " << job.config.method << "\n";
   if (job.base != nullptr) std::cout << "base model: " << job.base->reference().text() << "\n";
   std::cout << "models:\n";
@@ -121,12 +120,12 @@ void print_plan(const alloy::tools::merge_job& job, const std::string& output, s
     std::cout << "  " << model->reference().text() << " (" << model->files().shards().size() << " file"
               << (model->files().shards().size() == 1 ? "" : "s") << ", " << model->files().size() << " tensors)\n";
   }
-  std::cout << "tensors: " << job.tensors.size() << " (" << merged << " merged, " << job.tensors.size() - merged
+  std::cout << "tensors: " << job.plan.tensors.size() << " (" << merged << " merged, " << job.plan.tensors.size() - merged
             << " copied)\n";
-  std::cout << "read: " << human_bytes(static_cast<double>(job.input_bytes)) << "\n";
+  std::cout << "read: " << human_bytes(static_cast<double>(job.plan.input_bytes)) << "\n";
   const std::vector<std::size_t> shard_of = alloy::assign_shards(job.output_specs(), shard_bytes);
   const std::size_t shards = shard_of.empty() ? 1 : shard_of.back() + 1;
-  std::cout << "write: " << output << ", " << human_bytes(static_cast<double>(job.output_bytes)) << " in "
+  std::cout << "write: " << output << ", " << human_bytes(static_cast<double>(job.plan.output_bytes)) << " in "
             << shards << " shard" << (shards > 1 ? "s" : "") << "\n";
   std::cout << "estimated peak memory: " << human_bytes(static_cast<double>(job.peak_bytes)) << " (tensor '"
             << job.peak_tensor << "')\n";
@@ -239,14 +238,14 @@ int main(int argc, char** argv) {
       });
       if (!quiet) print_plan(job, output, *shard_bytes);
       if (check_finite) {
-        progress_bar progress(job.tensors.size(), job.output_bytes, !quiet && ::isatty(STDERR_FILENO) != 0);
+        progress_bar progress(job.plan.tensors.size(), job.plan.output_bytes, !quiet && ::isatty(STDERR_FILENO) != 0);
         alloy::tools::check_inputs_finite(job, backend, [&](std::size_t done, std::size_t bytes) { progress.update(done, bytes); });
         if (!quiet) std::cout << "check-finite: every input tensor is finite\n";
       }
       if (!quiet) std::cout << "dry run: nothing written\n";
       return exit_success;
     }
-    progress_bar progress(job.tensors.size(), job.output_bytes, !quiet && ::isatty(STDERR_FILENO) != 0);
+    progress_bar progress(job.plan.tensors.size(), job.plan.output_bytes, !quiet && ::isatty(STDERR_FILENO) != 0);
     alloy::tools::write_options options{.output = output,
                                         .max_shard_bytes = *shard_bytes,
                                         .allow_overwrite = allow_overwrite,
@@ -264,7 +263,7 @@ int main(int argc, char** argv) {
     if (!quiet) {
       const double seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - started).count();
       std::printf("alloy-merge: %s merged %zu tensors (%s) into %s in %.1f s\n", job.config.method.c_str(),
-                  job.tensors.size(), human_bytes(static_cast<double>(job.output_bytes)).c_str(), output.c_str(), seconds);
+                  job.plan.tensors.size(), human_bytes(static_cast<double>(job.plan.output_bytes)).c_str(), output.c_str(), seconds);
     }
     return exit_success;
   } catch (const interrupted&) {

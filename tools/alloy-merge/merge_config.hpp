@@ -171,11 +171,21 @@ inline parameter_map parameters_of(const YAML::Node& node, std::string_view path
     if (model_level && p->where == parameter_definition::scope::method) {
       config_fail(where, "'" + key + "' applies to the whole merge; set it in the top-level parameters");
     }
+    if (p->type == parameter_definition::kind::choice) {
+      const std::string word = scalar_text(value, where);
+      if (!p->accepts(word)) config_fail(where, "'" + word + "' is not " + p->expected());
+      map.emplace(key, parameter_setting(word));
+      continue;
+    }
     parameter_setting setting = setting_of(value, where);
     for (double v : setting.all_values()) {
       if (!p->accepts(v)) {
         std::ostringstream message;
-        message << v << " is outside the range of " << key << ", [" << p->minimum << ", " << p->maximum << "]";
+        if (v < p->minimum || v > p->maximum) {
+          message << v << " is outside the range of " << key << ", [" << p->minimum << ", " << p->maximum << "]";
+        } else {
+          message << v << " is not valid for " << key << ": it must be " << p->expected();
+        }
         config_fail(where, message.str());
       }
     }

@@ -115,26 +115,15 @@ class model_input {
   std::filesystem::path folder_;
 };
 
-struct planned_tensor {
-  std::string name;
-  dtype output_dtype = dtype::f32;
-  shape dims;
-  double depth = 0;
-  bool merged = true;  // false: an integer or boolean buffer, copied
-  std::size_t input_bytes = 0;
-  std::size_t working_bytes = 0;  // estimated memory to merge it: inputs, output, scratch
-};
-
-// The merge, resolved: which inputs are the base and the models, the recipe, and every tensor.
+// The merge, resolved: which inputs are the base and the models, the recipe, and the plan.
 struct merge_job {
   merge_config config;
-  std::vector<std::unique_ptr<model_input>> inputs;  // [base,] models
+  std::vector<std::unique_ptr<model_input>> inputs;  // each distinct input, opened once
   const model_input* base = nullptr;
   std::vector<const model_input*> models;  // the recipe's models, in config order
   merge_recipe recipe;
-  std::vector<planned_tensor> tensors;     // in output order
-  std::size_t input_bytes = 0;
-  std::size_t output_bytes = 0;
+  merge_plan plan;                           // in write order
+  std::vector<const model_input*> sources;  // the plan's inputs, by index
   std::size_t peak_bytes = 0;  // estimated working memory of the largest tensor
   std::string peak_tensor;
 
@@ -142,7 +131,7 @@ struct merge_job {
   // What the writer is told: every tensor's name, output dtype and shape, in output order.
   [[nodiscard]] std::vector<tensor_spec> output_specs() const {
     std::vector<tensor_spec> specs;
-    for (const auto& t : tensors) specs.push_back({t.name, t.output_dtype, t.dims});
+    for (const auto& t : plan.tensors) specs.push_back({t.name, t.output_dtype, t.dims});
     return specs;
   }
 };
@@ -180,112 +169,59 @@ inline void choose_models(merge_job& job, const cpu_backend& backend) {
     job.models.push_back(job.base);  // as mergekit: the base is one of the linear merge's inputs
     job.recipe.model_parameters.emplace_back();
   }
-  if (job.models.size() < def.min_models) {
-    alloy::detail::fail(error_code::invalid_argument, "models: ", job.config.method, " needs at least ", def.min_models,
-                        " model", def.min_models == 1 ? "" : "s", " besides the base, got ", job.models.size());
-  }
-  if (job.config.method == "slerp" && job.models.size() != 1) {
-    alloy::detail::fail(error_code::invalid_argument, "models: slerp interpolates between the base and exactly one "
-                        "other model, got ", job.models.size(), " besides the base");
-  }
 }
 
 }  // namespace detail
 
-// Opens every model and checks the whole merge without reading tensor data. Throws stage_error.
+// Opens every model and checks the whole merge without reading tensor data (alloy's plan_merge,
+// with the inputs named by their paths). Throws stage_error.
 inline merge_job plan_merge(merge_config config, const cpu_backend& backend) {
   merge_job job;
   job.config = std::move(config);
   detail::choose_models(job, backend);
-  const method_definition& def = find_merge_method(job.config.method);
-  const model_input& reference = job.reference();
-  const auto& names = reference.files().names();
-  const std::size_t layers = count_layers(names);
-  const std::optional<dtype> requested = detail::output_dtype_of(job.config);
-
-  std::vector<const model_input*> readers;
-  if (job.base != nullptr && def.needs_base) readers.push_back(job.base);
-  for (const model_input* model : job.models) readers.push_back(model);
-  const std::string reference_role = job.base != nullptr && def.needs_base ? "the base model" : "the first model";
-
-  in_stage(failure_kind::input, [&] {
-    // Every model holds exactly the reference's tensors.
-    for (const model_input* input : readers) {
-      if (input == &reference) continue;
-      for (const auto& name : input->files().names()) {
-        if (!reference.files().contains(name)) {
-          alloy::detail::fail(error_code::not_found, "tensor ", alloy::detail::quoted{name}, " of ",
-                              input->reference().text(), " is not in ", reference_role, " (",
-                              reference.reference().text(), ")");
-        }
-      }
-    }
-    for (const auto& name : names) {
-      const const_tensor_view expected = *reference.header(name);
-      planned_tensor tensor{.name = name, .output_dtype = expected.dtype(), .dims = expected.shape(),
-                            .depth = layer_depth(name, layers), .merged = is_mergeable(expected.dtype())};
-      if (tensor.merged && requested) tensor.output_dtype = *requested;
-      for (const model_input* input : readers) {
-        const auto found = input->header(name);
-        if (!found) {
-          alloy::detail::fail(error_code::not_found, "tensor ", alloy::detail::quoted{name}, " is missing from ",
-                              input->reference().text(), " (", reference_role, ", ", reference.reference().text(),
-                              ", has it)");
-        }
-        if (!(found->shape() == expected.shape())) {
-          alloy::detail::fail(error_code::shape_mismatch, "tensor ", alloy::detail::quoted{name}, " has shape ",
-                              found->shape(), " in ", input->reference().text(), " but ", expected.shape(), " in ",
-                              reference.reference().text());
-        }
-        if (is_mergeable(found->dtype()) != tensor.merged || (!tensor.merged && found->dtype() != expected.dtype())) {
-          alloy::detail::fail(error_code::dtype_mismatch, "tensor ", alloy::detail::quoted{name}, " is ",
-                              found->dtype(), " in ", input->reference().text(), " but ", expected.dtype(), " in ",
-                              reference.reference().text(), "; only floating dtypes convert into each other");
-        }
-        tensor.input_bytes += found->byte_size();
-      }
-      const std::size_t n = tensor.dims.numel();
-      const std::size_t output = n * size_of(tensor.output_dtype);
-      // Inputs' mapped pages, the output buffer, and the policies' scratch (f32 magnitudes for
-      // selection, a bit mask per model, DELLA's byte mask); adapters: f32 copies of W and B A.
-      std::size_t scratch = tensor.merged ? n * 4 + readers.size() * (n / 8 + 8) + n : 0;
-      for (const model_input* input : readers) {
-        if (!input->reference().adapter.empty()) scratch += n * (4 + size_of(tensor.output_dtype));
-      }
-      tensor.working_bytes = tensor.input_bytes + output + scratch;
-      job.input_bytes += tensor.input_bytes;
-      job.output_bytes += output;
-      if (tensor.working_bytes > job.peak_bytes) {
-        job.peak_bytes = tensor.working_bytes;
-        job.peak_tensor = name;
-      }
-      job.tensors.push_back(std::move(tensor));
-    }
+  const auto describe = [](const model_input& input) {
+    // Headers only: an adapted tensor keeps its base's dtype and shape, and is not folded here.
+    plan_input described{input.reference().text(), {}, [&input](std::string_view name) { return input.header(name); }};
+    for (const auto& name : input.files().names()) described.names.push_back(name);
+    return described;
+  };
+  std::optional<plan_input> base;
+  if (job.base != nullptr) {
+    base = describe(*job.base);
+    job.sources.push_back(job.base);
+  }
+  std::vector<plan_input> models;
+  for (const model_input* model : job.models) {
+    models.push_back(describe(*model));
+    job.sources.push_back(model);
+  }
+  job.plan = in_stage(failure_kind::input, [&] {
+    return alloy::plan_merge(job.recipe, base ? &*base : nullptr, std::span<const plan_input>(models),
+                             {.output_dtype = detail::output_dtype_of(job.config)});
   });
-  // Parameters for every tensor: present, finite and in range (config errors).
-  in_stage(failure_kind::config, [&] {
-    job.recipe.validate();
-    for (std::size_t i = 0; i < job.models.size(); ++i) {
-      for (const auto& p : def.parameters) {
-        const bool set = job.recipe.model_parameters[i].contains(p.name) || job.recipe.parameters.contains(p.name);
-        if (p.where == parameter_definition::scope::model && !p.default_value && !set) {
-          alloy::detail::fail(error_code::invalid_argument, "models: ", job.models[i]->reference().text(), " has no ",
-                              p.name, "; ", job.config.method, " needs one for every model (set it in the model's "
-                              "parameters or in the top-level parameters)");
-        }
-      }
+  // Working memory per tensor: inputs' mapped pages, the output buffer, and the policies' scratch
+  // (f32 magnitudes for selection, a bit mask per model, DELLA's byte mask); adapters: f32 copies
+  // of W and B A.
+  for (const auto& tensor : job.plan.tensors) {
+    const std::size_t n = tensor.dims.numel();
+    const std::size_t readers = tensor.models.size() + (tensor.base ? 1 : 0);
+    std::size_t scratch = tensor.merged() ? n * 4 + readers * (n / 8 + 8) + n : 0;
+    for (const model_input* input : job.sources) {
+      if (!input->reference().adapter.empty()) scratch += n * (4 + size_of(tensor.output_dtype));
     }
-    for (const auto& tensor : job.tensors) {
-      if (tensor.merged) (void)resolve_merge(job.recipe, tensor.name, tensor.depth, job.models.size());
+    const std::size_t working = tensor.input_bytes + tensor.output_bytes() + scratch;
+    if (working > job.peak_bytes) {
+      job.peak_bytes = working;
+      job.peak_tensor = tensor.name;
     }
-  });
+  }
   // Write order: as the safetensors writer aligns them (wider dtypes first, else as read).
   std::vector<tensor_spec> specs = job.output_specs();
   order_for_alignment(specs);
   std::map<std::string, planned_tensor, std::less<>> by_name;
-  for (auto& t : job.tensors) by_name.emplace(t.name, std::move(t));
-  job.tensors.clear();
-  for (const auto& spec : specs) job.tensors.push_back(std::move(by_name.at(spec.name)));
+  for (auto& t : job.plan.tensors) by_name.emplace(t.name, std::move(t));
+  job.plan.tensors.clear();
+  for (const auto& spec : specs) job.plan.tensors.push_back(std::move(by_name.at(spec.name)));
   return job;
 }
 
@@ -389,16 +325,6 @@ inline void finish_output(const merge_job& job, model_writer& writer) {
   });
 }
 
-// The base's and the models' views of one tensor (the base only for methods that read it).
-inline std::optional<const_tensor_view> gather_views(const merge_job& job, const planned_tensor& tensor,
-                                                     std::vector<const_tensor_view>& views) {
-  const method_definition& def = find_merge_method(job.config.method);
-  views.resize(job.models.size());
-  for (std::size_t i = 0; i < job.models.size(); ++i) views[i] = job.models[i]->view(tensor.name);
-  if (job.base == nullptr || !def.needs_base) return std::nullopt;
-  return job.base->view(tensor.name);
-}
-
 // Where element `flat` sits in a tensor of shape `dims`, as [i, j, ...].
 inline std::string element_position(const shape& dims, std::size_t flat) {
   std::vector<std::size_t> position(dims.rank());
@@ -425,16 +351,6 @@ inline void require_finite(const cpu_backend& backend, const_tensor_view view, c
                       " at element ", element_position(view.shape(), *at), " (flat index ", *at, "; --check-finite)");
 }
 
-// --check-finite, before a tensor is merged: every input it is merged from.
-inline void require_finite_inputs(const merge_job& job, const cpu_backend& backend, const planned_tensor& tensor,
-                                  const std::optional<const_tensor_view>& base_view,
-                                  std::span<const const_tensor_view> views) {
-  if (base_view) require_finite(backend, *base_view, "base model " + job.base->reference().text(), tensor.name);
-  for (std::size_t i = 0; i < views.size(); ++i) {
-    require_finite(backend, views[i], "model " + job.models[i]->reference().text(), tensor.name);
-  }
-}
-
 // --check-finite, after: finite inputs can still merge to an infinity (a weight sum beyond the
 // output dtype's range, e.g. 65504 in float16).
 inline void require_finite_output(const cpu_backend& backend, const_tensor_view merged, const planned_tensor& tensor) {
@@ -444,20 +360,80 @@ inline void require_finite_output(const cpu_backend& backend, const_tensor_view 
 
 }  // namespace detail
 
+// The job's inputs as the executor reads them: views of the mapped files (LoRA adapters folded in
+// on first access), checked for NaN and infinity with --check-finite, released once the tensor is
+// written so that resident memory stays a few tensors.
+class input_source {
+ public:
+  input_source(const merge_job& job, const cpu_backend& backend, bool check_finite)
+      : job_(&job), backend_(&backend), check_finite_(check_finite) {}
+
+  void read(const planned_tensor& tensor, tensor_inputs& out) const {
+    in_stage(failure_kind::input, [&] {
+      gather_inputs(tensor, out, [&](const tensor_source& source) { return job_->sources[source.input]->view(source.tensor); });
+      if (!check_finite_) return;
+      if (tensor.base) detail::require_finite(*backend_, *out.base, "base model " + label(*tensor.base), tensor.base->tensor);
+      for (std::size_t i = 0; i < out.models.size(); ++i) {
+        detail::require_finite(*backend_, out.models[i], "model " + label(tensor.models[i]), tensor.models[i].tensor);
+      }
+    });
+  }
+  void release(const planned_tensor& tensor) const {
+    if (tensor.base) job_->sources[tensor.base->input]->release(tensor.base->tensor);
+    for (const auto& source : tensor.models) job_->sources[source.input]->release(source.tensor);
+  }
+
+ private:
+  [[nodiscard]] std::string label(const tensor_source& source) const {
+    return job_->sources[source.input]->reference().text();
+  }
+
+  const merge_job* job_;
+  const cpu_backend* backend_;
+  bool check_finite_;
+};
+
+// Each merged tensor into one host buffer, then to the writer (which shards and aligns it).
+class writer_sink {
+ public:
+  writer_sink(model_writer& writer, const cpu_backend& backend, const write_options& options)
+      : writer_(&writer), backend_(&backend), options_(&options) {}
+
+  tensor_view output(const planned_tensor& tensor) {
+    buffer_.resize(tensor.output_bytes());
+    return {buffer_.data(), tensor.output_dtype, tensor.dims};
+  }
+  void commit(const planned_tensor& tensor) {
+    const const_tensor_view result(buffer_.data(), tensor.output_dtype, tensor.dims);
+    in_stage(failure_kind::input, [&] {
+      if (options_->check_finite) detail::require_finite_output(*backend_, result, tensor);
+    });
+    in_stage(failure_kind::output, [&] { writer_->write(tensor.name, result); });
+    written_ += result.byte_size();
+    if (options_->progress) options_->progress(++done_, written_);
+  }
+
+ private:
+  model_writer* writer_;
+  const cpu_backend* backend_;
+  const write_options* options_;
+  std::vector<std::byte> buffer_;
+  std::size_t done_ = 0;
+  std::size_t written_ = 0;
+};
+
 // --check-finite --dry-run: reads every input tensor the merge would read, without merging.
 // `progress` is called as write_options::progress is (bytes: the output's that were checked).
 inline void check_inputs_finite(const merge_job& job, const cpu_backend& backend,
                                 const std::function<void(std::size_t, std::size_t)>& progress = {}) {
-  std::vector<const_tensor_view> views;
+  const input_source source(job, backend, /*check_finite=*/true);
+  tensor_inputs views;
   std::size_t checked = 0;
-  for (std::size_t index = 0; index < job.tensors.size(); ++index) {
-    const planned_tensor& tensor = job.tensors[index];
-    in_stage(failure_kind::input, [&] {
-      const std::optional<const_tensor_view> base_view = detail::gather_views(job, tensor, views);
-      detail::require_finite_inputs(job, backend, tensor, base_view, views);
-    });
-    for (const auto& input : job.inputs) input->release(tensor.name);
-    checked += tensor.dims.numel() * size_of(tensor.output_dtype);
+  for (std::size_t index = 0; index < job.plan.tensors.size(); ++index) {
+    const planned_tensor& tensor = job.plan.tensors[index];
+    source.read(tensor, views);
+    source.release(tensor);
+    checked += tensor.output_bytes();
     if (progress) progress(index + 1, checked);
   }
 }
@@ -466,25 +442,9 @@ inline void check_inputs_finite(const merge_job& job, const cpu_backend& backend
 inline void run_merge(const merge_job& job, const cpu_backend& backend, const write_options& options) {
   std::optional<model_writer> writer;
   detail::open_writer(writer, job, options);
-  std::vector<std::byte> buffer;
-  std::vector<const_tensor_view> views;
-  std::size_t written = 0;
-  for (std::size_t index = 0; index < job.tensors.size(); ++index) {
-    const planned_tensor& tensor = job.tensors[index];
-    const tensor_view output = in_stage(failure_kind::input, [&] {
-      buffer.resize(tensor.dims.numel() * size_of(tensor.output_dtype));
-      const std::optional<const_tensor_view> base_view = detail::gather_views(job, tensor, views);
-      if (options.check_finite) detail::require_finite_inputs(job, backend, tensor, base_view, views);
-      const tensor_view out(buffer.data(), tensor.output_dtype, tensor.dims);
-      merge_model_tensor(job.recipe, backend, tensor.name, tensor.depth, base_view, views, out);
-      if (options.check_finite) detail::require_finite_output(backend, out, tensor);
-      return out;
-    });
-    in_stage(failure_kind::output, [&] { writer->write(tensor.name, output); });
-    for (const auto& input : job.inputs) input->release(tensor.name);
-    written += output.byte_size();
-    if (options.progress) options.progress(index + 1, written);
-  }
+  input_source source(job, backend, options.check_finite);
+  writer_sink sink(*writer, backend, options);
+  in_stage(failure_kind::input, [&] { execute(job.plan, backend, source, sink); });
   detail::finish_output(job, *writer);
 }
 

@@ -253,7 +253,7 @@ class continual_runner {
       {
         const auto started = clock::now();
         if (method.pam) {
-          aligner.emplace(alloy::pam_options{p, static_cast<std::size_t>(config_.align_every), method.reset, {}});
+          aligner.emplace(alloy::pam_options{p, static_cast<std::size_t>(config_.align_every), method.reset});
           aligner->set_global(merger->global(), device_);
         }
         if (!method.regularizer.empty()) target.emplace(merger->global(), config_.p, device_);
@@ -271,7 +271,7 @@ class continual_runner {
       std::vector<double> row;
       if (method.kind == method_kind::merged) {
         const auto started = clock::now();
-        merger->end_task(trained);
+        merger->end_task(alloy::cpu_backend{}, trained);
         alloy::torch_adapter::assign(*base_.model, merger->global());
         merge_seconds += seconds_since(started);
         row = evaluate_all(order);

@@ -17,8 +17,10 @@
 #include <cstring>
 #include <functional>
 #include <map>
+#include <span>
 #include <string>
 #include <string_view>
+#include <type_traits>
 #include <vector>
 
 #include "alloy/core/config.hpp"
@@ -37,7 +39,6 @@ struct pam_options {
   double p = 0.5;                       // fraction of G's entries (by magnitude) to align with
   std::size_t every = 1;                // align every K optimizer steps
   pam_reset reset = pam_reset::to_zero;
-  cpu_backend backend{};
 };
 
 struct pam_report {
@@ -53,89 +54,121 @@ ALLOY_HD ALLOY_ALWAYS_INLINE bool sign_conflict(float g, float t) noexcept {
   return g_sign * t_sign < 0;
 }
 
-// Per element: values[0] = G, values[1] = T; reset T where the mask bit is set. (The form a
-// device backend applies; the CPU pass below fuses it with the conflict test.)
+namespace detail {
+
+// values[0] = G, values[1] = T: the entries inside G's top-p mask where T's sign opposes G's.
+struct pam_conflict {
+  const std::uint64_t* top_bits = nullptr;
+  template <class Values>
+  ALLOY_HD bool operator()(const Values& values, std::size_t index) const {
+    return mask_bit(top_bits, index) && sign_conflict(values[0], values[1]);
+  }
+};
+
+// values[0] = G, values[1] = T: T reset (to zero or to G) where the reset mask is set, else T.
 struct pam_reset_kernel {
   const std::uint64_t* reset_bits = nullptr;
   bool to_global = false;
   template <class Values>
   ALLOY_HD float operator()(const Values& values, std::size_t index) const {
-    if ((reset_bits[index >> 6] >> (index & 63)) & 1u) return to_global ? values[0] : 0.0f;
+    if (mask_bit(reset_bits, index)) return to_global ? values[0] : 0.0f;
     return values[1];
   }
 };
 
+struct no_reset_callback {
+  template <class Mask>
+  void operator()(std::string_view, const Mask&) const noexcept {}
+};
+
+}  // namespace detail
+
 using pam_reset_callback = std::function<void(std::string_view tensor, const bit_mask& reset)>;
+
+// One tensor of an alignment pass, as the backend sees it: G, T (written in place) and the words
+// of G's top-p mask, all in the backend's memory.
+struct pam_tensor {
+  const_tensor_view global;
+  tensor_view task;
+  const std::uint64_t* top_bits = nullptr;
+};
+
+// Resets, in every tensor, T's entries inside G's top-p mask whose sign opposes G's (to zero or
+// to G); returns each tensor's reset mask and writes its count into counts[i]. Through the
+// backend's primitives: select_where, count_set, and elementwise where there is something to
+// reset. T's own values round-trip exactly through f32, so only reset entries change. A backend
+// compiled apart (the CUDA library) provides its own overload, found by argument-dependent lookup.
+template <class Backend>
+std::vector<mask_type_t<Backend>> reset_sign_conflicts(const Backend& backend, std::span<const pam_tensor> tensors,
+                                                       pam_reset mode, std::span<std::size_t> counts) {
+  std::vector<mask_type_t<Backend>> resets;
+  resets.reserve(tensors.size());
+  for (std::size_t i = 0; i < tensors.size(); ++i) {
+    const const_tensor_view inputs[] = {tensors[i].global, tensors[i].task};
+    auto reset = select_where(backend, inputs, tensors[i].global.numel(), detail::pam_conflict{tensors[i].top_bits});
+    counts[i] = count_set(backend, reset);
+    if (counts[i] != 0) {
+      elementwise(backend, tensors[i].task, inputs, detail::pam_reset_kernel{reset.words(), mode == pam_reset::to_global});
+    }
+    resets.push_back(std::move(reset));
+  }
+  return resets;
+}
 
 // One alignment pass, the step PAM repeats: inside the given top-p masks of G, resets T where its
 // sign opposes G's (to zero or to G), and reports the counts. Hands each tensor's reset mask to
-// `on_reset`. pam_aligner calls it with masks it keeps per task; adapters call it directly.
-template <parameter_store Global, mutable_parameter_store Task>
-pam_report align_signs(const cpu_backend& backend, const Global& global, Task& task, const tensor_masks& top_masks,
-                       pam_reset reset_mode, const pam_reset_callback& on_reset = {}) {
-  pam_report report;
+// `on_reset` (for the optimizer's state at those entries). Every tensor is checked before any is
+// written.
+template <class Backend, parameter_store Global, mutable_parameter_store Task, class Masks,
+          class OnReset = detail::no_reset_callback>
+pam_report align_signs(const Backend& backend, const Global& global, Task& task, const Masks& top_masks,
+                       pam_reset reset_mode, const OnReset& on_reset = {}) {
+  std::vector<pam_tensor> tensors;
+  std::vector<std::string_view> names;
+  std::size_t considered = 0;
   for (const auto& entry : top_masks) {
     const std::string& name = entry.first;
-    const bit_mask& top = entry.second;  // (a named reference: lambdas cannot capture bindings in clang 14)
-    const const_tensor_view g = global.view(name);
-    const auto found = task.find_mutable(name);
-    if (!found) detail::fail(error_code::not_found, "pam: the task weights lack tensor ", detail::quoted{name});
-    const tensor_view t = *found;
-    if (!(t.shape() == g.shape()) || top.size() != g.numel()) {
-      detail::fail(error_code::shape_mismatch, "pam: tensor ", detail::quoted{name}, " has shape ", t.shape(),
-                   " in the task weights but ", g.shape(), " in the global weights (and ", top.size(),
+    const auto g = global.find(name);
+    const auto t = task.find_mutable(name);
+    if (!g || !t) {
+      detail::fail(error_code::not_found, "pam: the ", g ? "task" : "global", " weights lack tensor ",
+                   detail::quoted{name});
+    }
+    if (!(t->shape() == g->shape()) || entry.second.size() != g->numel()) {
+      detail::fail(error_code::shape_mismatch, "pam: tensor ", detail::quoted{name}, " has shape ", t->shape(),
+                   " in the task weights but ", g->shape(), " in the global weights (and ", entry.second.size(),
                    " entries in its mask)");
     }
-    const const_tensor_view inputs[] = {g, t};
-    bit_mask reset(g.numel());
-    const bool to_global = reset_mode == pam_reset::to_global;
-    // One pass: each block of G and T is read once, 64 elements decide one word of the reset mask
-    // (blocks start on word boundaries), and a block of T is written back only where it changed.
-    for_each_block(backend, inputs, g.numel(), [&](std::size_t) {
-      return [&](const float* const* columns, std::size_t count, std::size_t first) {
-        const float* gv = columns[0];
-        const float* tv = columns[1];
-        alignas(64) std::uint8_t hit[detail::block_elements];
-        for (std::size_t j = 0; j < count; ++j) hit[j] = sign_conflict(gv[j], tv[j]);
-        for (std::size_t j = count; j < (count + 63) / 64 * 64; ++j) hit[j] = 0;
-        bool changed = false;
-        std::uint64_t block_words[detail::block_elements / 64] = {};
-        for (std::size_t start = 0; start < count; start += 64) {
-          // Eight 0/1 bytes into eight bits at once: the multiply gathers byte i's low bit into bit 56 + i.
-          std::uint64_t conflicts = 0;
-          for (std::size_t byte = 0; byte < 64; byte += 8) {
-            std::uint64_t eight;
-            std::memcpy(&eight, hit + start + byte, 8);
-            conflicts |= ((eight * 0x0102040810204080ull) >> 56) << byte;
-          }
-          const std::size_t word = (first + start) >> 6;
-          conflicts &= top.word(word);
-          reset.set_word(word, conflicts);
-          block_words[start >> 6] = conflicts;
-          changed = changed || conflicts != 0;
-        }
-        if (!changed) return;
-        alignas(64) float updated[detail::block_elements];
-        for (std::size_t j = 0; j < count; ++j) {
-          const bool reset_here = (block_words[j >> 6] >> (j & 63)) & 1u;
-          updated[j] = reset_here ? (to_global ? gv[j] : 0.0f) : tv[j];
-        }
-        detail::store_block(t, first, count, updated);  // T's own values round-trip exactly
-      };
-    });
-    const std::size_t count = reset.count();
-    report.reset_per_tensor.emplace(name, count);
-    report.total_reset += count;
-    report.total_considered += top.count();
-    if (count == 0) continue;
-    if (on_reset) on_reset(name, reset);
+    detail::check_computable(*t, "pam: tensor '" + name + "' of the task weights");
+    detail::check_computable(*g, "pam: tensor '" + name + "' of the global weights");
+    tensors.push_back({*g, *t, entry.second.words()});
+    names.push_back(name);
+    considered += count_set(backend, entry.second);
+  }
+  std::vector<std::size_t> counts(tensors.size());
+  const auto resets = reset_sign_conflicts(backend, std::span<const pam_tensor>(tensors), reset_mode, std::span(counts));
+  pam_report report;
+  report.total_considered = considered;
+  for (std::size_t i = 0; i < tensors.size(); ++i) {
+    report.reset_per_tensor.emplace(names[i], counts[i]);
+    report.total_reset += counts[i];
+    if (counts[i] == 0) continue;
+    if constexpr (std::is_constructible_v<bool, const OnReset&>) {
+      if (!on_reset) continue;
+    }
+    on_reset(names[i], resets[i]);
   }
   return report;
 }
 
+// PAM over a task: the top-p masks of G computed once when the task starts (by the backend given
+// to set_global, in its mask type: bit_mask on the CPU, device masks on a GPU), then an alignment
+// pass every K-th step. The backend is an argument of each call, never stored.
+template <class Mask = bit_mask>
 class pam_aligner {
  public:
   using reset_callback = pam_reset_callback;
+  using masks_type = std::map<std::string, Mask, std::less<>>;
 
   explicit pam_aligner(pam_options options = {}) : options_(options) {
     if (!(options_.p >= 0.0 && options_.p <= 1.0)) {
@@ -145,9 +178,10 @@ class pam_aligner {
   }
 
   // Computes the top-p masks of G for the task that starts now.
-  template <parameter_store Global>
-  void set_global(const Global& global) {
-    top_ = top_magnitude_masks(options_.backend, global, options_.p);
+  template <class Backend, parameter_store Global>
+  void set_global(const Backend& backend, const Global& global) {
+    static_assert(std::is_same_v<mask_type_t<Backend>, Mask>, "pam_aligner<Mask>: the backend's masks are another type");
+    top_ = top_magnitude_masks(backend, global, options_.p);
   }
 
   // Counts an optimizer step; true when alignment is due (every K-th step).
@@ -155,19 +189,20 @@ class pam_aligner {
 
   // Resets T's sign conflicts with G inside the top-p masks. G must be the store given to
   // set_global (its values are read for reset-to-global and for signs).
-  template <parameter_store Global, mutable_parameter_store Task>
-  pam_report align(const Global& global, Task& task, const reset_callback& on_reset = {}) const {
-    return align_signs(options_.backend, global, task, top_, options_.reset, on_reset);
+  template <class Backend, parameter_store Global, mutable_parameter_store Task,
+            class OnReset = detail::no_reset_callback>
+  pam_report align(const Backend& backend, const Global& global, Task& task, const OnReset& on_reset = {}) const {
+    return align_signs(backend, global, task, top_, options_.reset, on_reset);
   }
 
   // The top-p masks of the current task's G.
-  [[nodiscard]] const tensor_masks& top_masks() const noexcept { return top_; }
+  [[nodiscard]] const masks_type& top_masks() const noexcept { return top_; }
   [[nodiscard]] const pam_options& options() const noexcept { return options_; }
   [[nodiscard]] std::size_t steps() const noexcept { return steps_; }
 
  private:
   pam_options options_;
-  tensor_masks top_;
+  masks_type top_;
   std::size_t steps_ = 0;
 };
 

@@ -17,7 +17,9 @@
 #include <map>
 #include <string>
 #include <string_view>
+#include <vector>
 
+#include "alloy/core/config.hpp"
 #include "alloy/core/error.hpp"
 #include "alloy/exec/cpu_backend.hpp"
 #include "alloy/exec/elementwise.hpp"
@@ -27,30 +29,40 @@
 
 namespace alloy {
 
-using tensor_masks = std::map<std::string, bit_mask, std::less<>>;
+// Top-p masks per tensor name, in a backend's mask type (bit_mask on the CPU).
+template <class Mask>
+using masks_by_name = std::map<std::string, Mask, std::less<>>;
+using tensor_masks = masks_by_name<bit_mask>;
 
 // Per tensor of G (floating dtypes only), the floor(p n) entries of largest magnitude.
-template <parameter_store Global>
-tensor_masks top_magnitude_masks(const cpu_backend& backend, const Global& global, double p) {
+template <class Backend, parameter_store Global>
+masks_by_name<mask_type_t<Backend>> top_magnitude_masks(const Backend& backend, const Global& global, double p) {
   if (!(p >= 0.0 && p <= 1.0)) detail::fail(error_code::invalid_argument, "top-p fraction ", p, " must be in [0, 1]");
-  tensor_masks masks;
+  masks_by_name<mask_type_t<Backend>> masks;
   for (const auto& name : global.names()) {
     const const_tensor_view g = global.view(name);
     if (!is_mergeable(g.dtype())) continue;
     const const_tensor_view inputs[] = {g};
     const auto keep = static_cast<std::size_t>(p * static_cast<double>(g.numel()));
-    masks.insert_or_assign(std::string(name), rank_band_mask(backend, inputs, g.numel(),
-                                                             [](const auto& v, std::size_t) { return v[0]; }, 0, keep));
+    masks.insert_or_assign(std::string(name), rank_band_mask(backend, inputs, g.numel(), detail::first_value{}, 0, keep));
   }
   return masks;
 }
 
 namespace detail {
 
-// Calls fn(name, g, t, gradient view) for every tensor of G, checking T and the gradient match.
-template <parameter_store Global, parameter_store Task, mutable_parameter_store Gradient, class Fn>
-void for_each_aligned_tensor(std::string_view what, const Global& global, const Task& task, Gradient& gradient,
-                             Fn&& fn) {
+struct aligned_tensor {
+  std::string_view name;
+  const_tensor_view g, t, g0;
+  tensor_view gradient;
+};
+
+// Every tensor of G (floating dtypes only) with T's, the gradient's (and G0's) of the same name,
+// all checked before a regularizer computes anything.
+template <parameter_store Global, parameter_store Task, mutable_parameter_store Gradient, class Initial = Global>
+std::vector<aligned_tensor> aligned_tensors(std::string_view what, const Global& global, const Task& task,
+                                            Gradient& gradient, const Initial* initial = nullptr) {
+  std::vector<aligned_tensor> tensors;
   for (const auto& name : global.names()) {
     const const_tensor_view g = global.view(name);
     if (!is_mergeable(g.dtype())) continue;
@@ -64,102 +76,180 @@ void for_each_aligned_tensor(std::string_view what, const Global& global, const 
       fail(error_code::shape_mismatch, what, ": tensor ", quoted{name}, " has shape ", g.shape(),
            " in G but ", t->shape(), " in T and ", grad->shape(), " in the gradient");
     }
-    fn(std::string_view(name), g, *t, *grad);
+    aligned_tensor tensor{name, g, *t, {}, *grad};
+    if (initial != nullptr) {
+      const const_tensor_view g0 = initial->view(name);
+      if (!(g0.shape() == g.shape())) {
+        fail(error_code::shape_mismatch, what, ": tensor ", quoted{name}, " has shape ", g0.shape(), " in G0 but ",
+             g.shape(), " in G");
+      }
+      tensor.g0 = g0;
+    }
+    tensors.push_back(tensor);
   }
+  return tensors;
 }
 
-inline const bit_mask* mask_for(const tensor_masks* masks, std::string_view name) {
+template <class Masks>
+const typename Masks::mapped_type* mask_for(const Masks* masks, std::string_view name) {
   if (masks == nullptr) return nullptr;
   const auto it = masks->find(name);
   if (it == masks->end()) fail(error_code::not_found, "no top-p mask for tensor ", quoted{name});
   return &it->second;
 }
 
+// The regularizers' per-element forms: values are {G, T, gradient} (and G0 for the cosine).
+// A null mask means every entry.
+
+struct l2_pull_value {
+  const std::uint64_t* mask;
+  template <class Values, class Sums>
+  ALLOY_HD void operator()(const Values& v, std::size_t i, Sums&& sums) const {
+    if (mask != nullptr && !mask_bit(mask, i)) return;
+    const double d = static_cast<double>(v[1]) - static_cast<double>(v[0]);
+    sums[0] += 0.5 * d * d;
+  }
+};
+
+struct l2_pull_gradient {
+  const std::uint64_t* mask;
+  float strength;
+  template <class Values>
+  ALLOY_HD float operator()(const Values& v, std::size_t i) const {
+    if (mask != nullptr && !mask_bit(mask, i)) return v[2];
+    return v[2] + strength * (v[1] - v[0]);
+  }
+};
+
+// > 0 when T is on the other side of zero from G.
+ALLOY_HD ALLOY_ALWAYS_INLINE float sign_opposition(float g, float t) noexcept {
+  const float sign = static_cast<float>((g > 0) - (g < 0));
+  return -sign * t;
+}
+
+struct sign_agreement_value {
+  const std::uint64_t* mask;
+  template <class Values, class Sums>
+  ALLOY_HD void operator()(const Values& v, std::size_t i, Sums&& sums) const {
+    if (!mask_bit(mask, i)) return;
+    const double opposition = static_cast<double>(sign_opposition(v[0], v[1]));
+    sums[0] += opposition > 0.0 ? opposition : 0.0;
+  }
+};
+
+struct sign_agreement_gradient {
+  const std::uint64_t* mask;
+  float strength;
+  template <class Values>
+  ALLOY_HD float operator()(const Values& v, std::size_t i) const {
+    if (!mask_bit(mask, i) || sign_opposition(v[0], v[1]) <= 0.0f) return v[2];
+    const float sign = static_cast<float>((v[0] > 0) - (v[0] < 0));
+    return v[2] - strength * sign;
+  }
+};
+
+// values {G, T, G0, gradient}: |u|^2, |w|^2 and u.w of the task update u = T - G0 and the global
+// update w = G - G0.
+struct cosine_sums {
+  template <class Values, class Sums>
+  ALLOY_HD void operator()(const Values& v, std::size_t, Sums&& sums) const {
+    const double u = static_cast<double>(v[1]) - static_cast<double>(v[2]);
+    const double w = static_cast<double>(v[0]) - static_cast<double>(v[2]);
+    sums[0] += u * u;
+    sums[1] += w * w;
+    sums[2] += u * w;
+  }
+};
+
+// d(1 - cos)/du = -(w / (|u||w|) - cos u / |u|^2), scaled: a = -strength / (|u||w|),
+// b = strength cos / |u|^2.
+struct cosine_gradient {
+  float a, b;
+  template <class Values>
+  ALLOY_HD float operator()(const Values& v, std::size_t) const {
+    return v[3] + a * (v[0] - v[2]) + b * (v[1] - v[2]);
+  }
+};
+
 }  // namespace detail
 
+// One tensor of each regularizer: adds the gradient into `gradient` and returns the value. `mask`
+// is the words of the tensor's top-p mask in the backend's memory (null: every entry, for
+// l2_pull only). The store-level functions below and the torch adapter call these; a backend
+// compiled apart (the CUDA library) provides its own overloads, found by argument-dependent lookup.
+template <class Backend>
+double l2_pull_tensor(const Backend& backend, const_tensor_view g, const_tensor_view t, tensor_view gradient,
+                      double strength, const std::uint64_t* mask = nullptr) {
+  const const_tensor_view inputs[] = {g, t, gradient};
+  const double value = reduce_sums(backend, inputs, g.numel(), 1, detail::l2_pull_value{mask})[0] * strength;
+  elementwise(backend, gradient, inputs, detail::l2_pull_gradient{mask, static_cast<float>(strength)});
+  return value;
+}
+
+template <class Backend>
+double sign_agreement_tensor(const Backend& backend, const_tensor_view g, const_tensor_view t, tensor_view gradient,
+                             double strength, const std::uint64_t* mask) {
+  const const_tensor_view inputs[] = {g, t, gradient};
+  const double value = reduce_sums(backend, inputs, g.numel(), 1, detail::sign_agreement_value{mask})[0] * strength;
+  elementwise(backend, gradient, inputs, detail::sign_agreement_gradient{mask, static_cast<float>(strength)});
+  return value;
+}
+
+template <class Backend>
+double cosine_alignment_tensor(const Backend& backend, const_tensor_view g, const_tensor_view t, const_tensor_view g0,
+                               tensor_view gradient, double strength) {
+  const const_tensor_view inputs[] = {g, t, g0, gradient};
+  const auto sums = reduce_sums(backend, inputs, g.numel(), 3, detail::cosine_sums{});
+  const double norm_u = std::sqrt(sums[0]);
+  const double norm_w = std::sqrt(sums[1]);
+  if (norm_u == 0.0 || norm_w == 0.0) return 0.0;
+  const double cosine = sums[2] / (norm_u * norm_w);
+  elementwise(backend, gradient, inputs,
+              detail::cosine_gradient{static_cast<float>(-strength / (norm_u * norm_w)),
+                                      static_cast<float>(strength * cosine / (norm_u * norm_u))});
+  return strength * (1.0 - cosine);
+}
+
 // L2 pull toward G, on every entry (masks == nullptr) or on the masked ones.
-template <parameter_store Global, parameter_store Task, mutable_parameter_store Gradient>
-double l2_pull(const cpu_backend& backend, const Global& global, const Task& task, Gradient& gradient, double strength,
-               const tensor_masks* masks = nullptr) {
+template <class Backend, parameter_store Global, parameter_store Task, mutable_parameter_store Gradient,
+          class Masks = masks_by_name<mask_type_t<Backend>>>
+double l2_pull(const Backend& backend, const Global& global, const Task& task, Gradient& gradient, double strength,
+               const Masks* masks = nullptr) {
+  const auto tensors = detail::aligned_tensors("l2_pull", global, task, gradient);
+  for (const auto& tensor : tensors) (void)detail::mask_for(masks, tensor.name);  // every mask exists
   double value = 0.0;
-  const auto lambda = static_cast<float>(strength);
-  detail::for_each_aligned_tensor("l2_pull", global, task, gradient,
-                                  [&](std::string_view name, const_tensor_view g, const_tensor_view t, tensor_view grad) {
-    const bit_mask* mask = detail::mask_for(masks, name);
-    const const_tensor_view inputs[] = {g, t, grad};
-    value += reduce_sum<1>(backend, inputs, g.numel(), [mask](const auto& v, std::size_t i) {
-      if (mask != nullptr && !mask->test(i)) return std::array<double, 1>{0.0};
-      const double d = static_cast<double>(v[1]) - static_cast<double>(v[0]);
-      return std::array<double, 1>{0.5 * d * d};
-    })[0] * strength;
-    const std::uint64_t* bits = mask != nullptr ? mask->words() : nullptr;
-    elementwise(backend, grad, inputs, [bits, lambda](const auto& v, std::size_t i) {
-      if (bits != nullptr && !((bits[i >> 6] >> (i & 63)) & 1u)) return v[2];
-      return v[2] + lambda * (v[1] - v[0]);
-    });
-  });
+  for (const auto& tensor : tensors) {
+    const auto* mask = detail::mask_for(masks, tensor.name);
+    value += l2_pull_tensor(backend, tensor.g, tensor.t, tensor.gradient, strength,
+                            mask != nullptr ? mask->words() : nullptr);
+  }
   return value;
 }
 
 // Hinge penalty on entries of T whose sign opposes G's, inside G's top-p masks.
-template <parameter_store Global, parameter_store Task, mutable_parameter_store Gradient>
-double sign_agreement(const cpu_backend& backend, const Global& global, const Task& task, Gradient& gradient,
-                      double strength, const tensor_masks& masks) {
+template <class Backend, parameter_store Global, parameter_store Task, mutable_parameter_store Gradient, class Masks>
+double sign_agreement(const Backend& backend, const Global& global, const Task& task, Gradient& gradient,
+                      double strength, const Masks& masks) {
+  const auto tensors = detail::aligned_tensors("sign_agreement", global, task, gradient);
+  for (const auto& tensor : tensors) (void)detail::mask_for(&masks, tensor.name);
   double value = 0.0;
-  const auto lambda = static_cast<float>(strength);
-  detail::for_each_aligned_tensor("sign_agreement", global, task, gradient,
-                                  [&](std::string_view name, const_tensor_view g, const_tensor_view t, tensor_view grad) {
-    const bit_mask* mask = detail::mask_for(&masks, name);
-    const const_tensor_view inputs[] = {g, t, grad};
-    const auto opposition = [](float gv, float tv) {
-      const float sign = static_cast<float>((gv > 0) - (gv < 0));
-      return -sign * tv;  // > 0 when T is on the other side of zero from G
-    };
-    value += reduce_sum<1>(backend, inputs, g.numel(), [mask, opposition](const auto& v, std::size_t i) {
-      if (!mask->test(i)) return std::array<double, 1>{0.0};
-      return std::array<double, 1>{std::max(0.0, static_cast<double>(opposition(v[0], v[1])))};
-    })[0] * strength;
-    const std::uint64_t* bits = mask->words();
-    elementwise(backend, grad, inputs, [bits, lambda, opposition](const auto& v, std::size_t i) {
-      if (!((bits[i >> 6] >> (i & 63)) & 1u) || opposition(v[0], v[1]) <= 0.0f) return v[2];
-      const float sign = static_cast<float>((v[0] > 0) - (v[0] < 0));
-      return v[2] - lambda * sign;
-    });
-  });
+  for (const auto& tensor : tensors) {
+    value += sign_agreement_tensor(backend, tensor.g, tensor.t, tensor.gradient, strength,
+                                   detail::mask_for(&masks, tensor.name)->words());
+  }
   return value;
 }
 
 // 1 - cosine between the task update T - G0 and the global update G - G0, per tensor, summed.
 // Tensors where either update is zero contribute nothing (the angle is undefined).
-template <parameter_store Global, parameter_store Task, parameter_store Initial, mutable_parameter_store Gradient>
-double cosine_alignment(const cpu_backend& backend, const Global& global, const Task& task, const Initial& initial,
+template <class Backend, parameter_store Global, parameter_store Task, parameter_store Initial,
+          mutable_parameter_store Gradient>
+double cosine_alignment(const Backend& backend, const Global& global, const Task& task, const Initial& initial,
                         Gradient& gradient, double strength) {
   double value = 0.0;
-  detail::for_each_aligned_tensor("cosine_alignment", global, task, gradient,
-                                  [&](std::string_view name, const_tensor_view g, const_tensor_view t, tensor_view grad) {
-    const const_tensor_view g0 = initial.view(name);
-    if (!(g0.shape() == g.shape())) {
-      detail::fail(error_code::shape_mismatch, "cosine_alignment: tensor ", detail::quoted{name}, " has shape ",
-                   g0.shape(), " in G0 but ", g.shape(), " in G");
-    }
-    const const_tensor_view inputs[] = {g, t, g0, grad};
-    const auto sums = reduce_sum<3>(backend, inputs, g.numel(), [](const auto& v, std::size_t) {
-      const double u = static_cast<double>(v[1]) - static_cast<double>(v[2]);  // task update
-      const double w = static_cast<double>(v[0]) - static_cast<double>(v[2]);  // global update
-      return std::array<double, 3>{u * u, w * w, u * w};
-    });
-    const double norm_u = std::sqrt(sums[0]);
-    const double norm_w = std::sqrt(sums[1]);
-    if (norm_u == 0.0 || norm_w == 0.0) return;
-    const double cosine = sums[2] / (norm_u * norm_w);
-    value += strength * (1.0 - cosine);
-    // d(1 - cos)/du = -(w / (|u||w|) - cos u / |u|^2)
-    const auto a = static_cast<float>(-strength / (norm_u * norm_w));
-    const auto b = static_cast<float>(strength * cosine / (norm_u * norm_u));
-    elementwise(backend, grad, inputs, [a, b](const auto& v, std::size_t) {
-      return v[3] + a * (v[0] - v[2]) + b * (v[1] - v[2]);
-    });
-  });
+  for (const auto& tensor : detail::aligned_tensors("cosine_alignment", global, task, gradient, &initial)) {
+    value += cosine_alignment_tensor(backend, tensor.g, tensor.t, tensor.g0, tensor.gradient, strength);
+  }
   return value;
 }
 

@@ -145,15 +145,56 @@ struct strided_values {
 };
 }  // namespace detail
 
-// The k-th largest magnitude (k >= 1) among `magnitudes`, which it reorders (O(n) selection).
-inline float kth_largest(std::span<float> magnitudes, std::size_t k) {
-  if (k == 0 || k > magnitudes.size()) {
-    detail::fail(error_code::invalid_argument, "k = ", k, " is outside [1, ", magnitudes.size(), "]");
+namespace detail {
+
+// Eight 0/1 bytes into eight bits at once: the multiply gathers byte i's low bit into bit 56 + i.
+inline std::uint64_t pack_flags(const std::uint8_t* flags) noexcept {
+  std::uint64_t bits = 0;
+  for (std::size_t byte = 0; byte < 64; byte += 8) {
+    std::uint64_t eight;
+    std::memcpy(&eight, flags + byte, 8);
+    bits |= ((eight * 0x0102040810204080ull) >> 56) << byte;
   }
-  auto nth = magnitudes.begin() + static_cast<std::ptrdiff_t>(k - 1);
-  std::nth_element(magnitudes.begin(), nth, magnitudes.end(), std::greater<float>());
-  return *nth;
+  return bits;
 }
+
+// Whether bit `index` of a mask's words is set: what kernels read of a mask, on any backend.
+ALLOY_HD ALLOY_ALWAYS_INLINE bool mask_bit(const std::uint64_t* words, std::size_t index) noexcept {
+  return (words[index >> 6] >> (index & 63)) & 1u;
+}
+
+// The first input's value: the magnitude a selection over one tensor ranks.
+struct first_value {
+  template <class Values>
+  ALLOY_HD float operator()(const Values& values, std::size_t) const { return values[0]; }
+};
+
+}  // namespace detail
+
+// The mask of the elements where predicate(values, index) holds (values[i]: input i at `index`,
+// in f32). A predicate is a small ALLOY_HD function object, as elementwise kernels are.
+template <class Predicate>
+bit_mask select_where(const cpu_backend& backend, std::span<const const_tensor_view> inputs, std::size_t elements,
+                      const Predicate& predicate) {
+  bit_mask mask(elements);
+  // Blocks start on word boundaries: 64 elements decide one word, and the flags loop vectorises.
+  for_each_block(backend, inputs, elements, [&](std::size_t) {
+    return [&](const float* const* columns, std::size_t count, std::size_t first) {
+      alignas(64) std::uint8_t flags[detail::block_elements];
+      for (std::size_t j = 0; j < count; ++j) {
+        flags[j] = predicate(detail::block_values{columns, j, inputs.size()}, first + j) ? 1 : 0;
+      }
+      for (std::size_t j = count; j < (count + 63) / 64 * 64; ++j) flags[j] = 0;
+      for (std::size_t start = 0; start < count; start += 64) {
+        mask.set_word((first + start) >> 6, detail::pack_flags(flags + start));
+      }
+    };
+  });
+  return mask;
+}
+
+// The number of set bits of a mask.
+[[nodiscard]] inline std::size_t count_set(const cpu_backend&, const bit_mask& mask) noexcept { return mask.count(); }
 
 namespace detail {
 

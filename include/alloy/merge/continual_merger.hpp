@@ -14,9 +14,12 @@
 #include <cstddef>
 #include <optional>
 #include <string>
+#include <utility>
+#include <vector>
 
 #include "alloy/core/error.hpp"
 #include "alloy/exec/cpu_backend.hpp"
+#include "alloy/exec/elementwise.hpp"
 #include "alloy/merge/linear_merge.hpp"
 #include "alloy/merge/merge_inputs.hpp"
 #include "alloy/merge/registry.hpp"
@@ -34,7 +37,6 @@ struct continual_options {
   // The per-model parameters the policy sees for G and for T (density for TIES, ...); their
   // weights are the rule's, (t - 1) / t and 1 / t.
   model_parameters policy_parameters{};
-  cpu_backend backend{};
 };
 
 class continual_merger {
@@ -51,6 +53,15 @@ class continual_merger {
     }
     if (options_.merge_rule == rule::policy) {
       if (!options_.policy) detail::fail(error_code::invalid_argument, "continual_merger: rule::policy needs a policy");
+      // Checked once here, so that no task can be refused halfway through G for its parameters.
+      const model_parameters& p = options_.policy_parameters;
+      for (const auto& [parameter, value] : {std::pair{"density", p.density}, std::pair{"gamma", p.gamma},
+                                             std::pair{"epsilon", p.epsilon}}) {
+        if (!(value >= 0.0 && value <= 1.0)) {
+          detail::fail(error_code::invalid_argument, "continual_merger: policy parameter ", parameter, " = ", value,
+                       " must be in [0, 1]");
+        }
+      }
       initial_ = global_;
     }
   }
@@ -86,48 +97,57 @@ class continual_merger {
   // A fresh copy of G for the next task to fine-tune.
   [[nodiscard]] memory_store begin_task() const { return global_; }
 
-  // Merges the fine-tuned task weights into G. T must hold every tensor of G, same shapes.
-  template <parameter_store Task>
-  void end_task(const Task& task) {
-    ++tasks_;
-    const double t = static_cast<double>(tasks_);
+  // Merges the fine-tuned task weights into G on `backend`. T must hold every tensor of G, same
+  // shapes, computable dtypes; all of that is checked before G is touched, so a refused task
+  // leaves G and the task count as they were.
+  template <class Backend, parameter_store Task>
+  void end_task(const Backend& backend, const Task& task) {
+    std::vector<std::pair<tensor_view, const_tensor_view>> pairs;  // G's tensor, T's tensor
     for (const auto& name : global_.names()) {
       const auto found = task.find(name);
       if (!found) detail::fail(error_code::not_found, "continual_merger: the task weights lack tensor ", detail::quoted{name});
-      tensor_view g = global_.mutable_view(name);
+      const tensor_view g = global_.mutable_view(name);
       if (!(found->shape() == g.shape())) {
         detail::fail(error_code::shape_mismatch, "continual_merger: tensor ", detail::quoted{name}, " has shape ",
                      found->shape(), " in the task weights but ", g.shape(), " in the global weights");
       }
-      const const_tensor_view g_in = g;
-      if (tasks_ == 1 && options_.merge_rule != rule::fixed_weight) {
-        const const_tensor_view only[] = {*found};
+      detail::check_computable(*found, "continual_merger: tensor '" + name + "' of the task weights");
+      pairs.emplace_back(g, *found);
+    }
+    const std::size_t tasks = tasks_ + 1;
+    const double t = static_cast<double>(tasks);
+    const auto& names = global_.names();
+    for (std::size_t i = 0; i < pairs.size(); ++i) {
+      const auto& [g, task_tensor] = pairs[i];
+      const std::string& name = names[i];
+      if (tasks == 1 && options_.merge_rule != rule::fixed_weight) {
+        const const_tensor_view only[] = {task_tensor};
         const model_parameters one[] = {{}};
-        linear_merge{true}.merge(options_.backend, merge_inputs{name, std::nullopt, only, one}, g);
+        linear_merge{true}.merge(backend, merge_inputs{name, std::nullopt, only, one}, g);
         continue;
       }
-      const const_tensor_view both[] = {g_in, *found};
+      const const_tensor_view both[] = {g, task_tensor};
       switch (options_.merge_rule) {
         case rule::running_mean: {
           const model_parameters weights[] = {{(t - 1) / t}, {1 / t}};
-          linear_merge{true}.merge(options_.backend, merge_inputs{name, std::nullopt, both, weights}, g);
+          linear_merge{true}.merge(backend, merge_inputs{name, std::nullopt, both, weights}, g);
           break;
         }
         case rule::fixed_weight: {
           const model_parameters weights[] = {{1 - options_.fixed_weight}, {options_.fixed_weight}};
-          linear_merge{true}.merge(options_.backend, merge_inputs{name, std::nullopt, both, weights}, g);
+          linear_merge{true}.merge(backend, merge_inputs{name, std::nullopt, both, weights}, g);
           break;
         }
         case rule::policy: {
           model_parameters weights[] = {options_.policy_parameters, options_.policy_parameters};
           weights[0].weight = (t - 1) / t;
           weights[1].weight = 1 / t;
-          merge_with(*options_.policy, options_.backend,
-                     merge_inputs{name, initial_->view(name), both, weights}, g);
+          merge_with(*options_.policy, backend, merge_inputs{name, initial_->view(name), both, weights}, g);
           break;
         }
       }
     }
+    tasks_ = tasks;
   }
 
   [[nodiscard]] const memory_store& global() const noexcept { return global_; }

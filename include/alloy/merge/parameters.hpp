@@ -34,6 +34,9 @@ class parameter_setting {
 
   parameter_setting() = default;
   parameter_setting(double scalar) : conditions_{{std::nullopt, {scalar}}} {}  // NOLINT: natural
+  // A word, for choice parameters (consensus: count). One value for the whole merge.
+  parameter_setting(std::string word) : word_(std::move(word)) {}  // NOLINT: natural
+  parameter_setting(const char* word) : word_(word) {}             // NOLINT: natural
   static parameter_setting gradient(std::vector<double> values) {
     if (values.empty()) detail::fail(error_code::invalid_argument, "a gradient needs at least one value");
     parameter_setting setting;
@@ -60,7 +63,9 @@ class parameter_setting {
   }
 
   [[nodiscard]] const std::vector<condition>& conditions() const noexcept { return conditions_; }
-  [[nodiscard]] bool empty() const noexcept { return conditions_.empty(); }
+  [[nodiscard]] bool empty() const noexcept { return conditions_.empty() && !word_; }
+  // The word of a choice setting, or nothing for a number.
+  [[nodiscard]] const std::optional<std::string>& word() const noexcept { return word_; }
 
   // Every number this setting can produce (for validating ranges before a merge starts).
   [[nodiscard]] std::vector<double> all_values() const {
@@ -81,6 +86,7 @@ class parameter_setting {
   }
 
   std::vector<condition> conditions_;
+  std::optional<std::string> word_;
 };
 
 // The layer index in a tensor name: the first dot-separated component made of digits only

@@ -5,11 +5,14 @@
 #include <algorithm>
 #include <cstdint>
 #include <cmath>
+#include <deque>
+#include <iterator>
 #include <functional>
 #include <limits>
 #include <optional>
 #include <string>
 #include <string_view>
+#include <utility>
 #include <variant>
 #include <vector>
 
@@ -33,28 +36,78 @@ void merge_with(const merge_policy& policy, const Backend& backend, const merge_
 
 struct parameter_definition {
   enum class scope : std::uint8_t { method, model };  // once per merge, or once per model
-  std::string_view name;
+  // What values a parameter takes. Numbers (real, boolean as 0/1, integer) may vary per tensor
+  // (gradients, filters); a choice is one word for the whole merge.
+  enum class kind : std::uint8_t { real, boolean, integer, choice };
+  std::string_view name{};
   scope where = scope::method;
-  std::optional<double> default_value;  // none: required
-  std::string_view meaning;
-  double minimum = -std::numeric_limits<double>::infinity();  // the values a merge accepts
+  kind type = kind::real;
+  std::optional<double> default_value{};  // numbers; none (and no choices): required
+  std::string_view meaning{};
+  double minimum = -std::numeric_limits<double>::infinity();  // the numbers a merge accepts
   double maximum = std::numeric_limits<double>::infinity();
+  std::vector<std::string_view> choices{};  // kind::choice: the words it accepts, the first the default
+
+  [[nodiscard]] bool required() const noexcept { return !default_value && choices.empty(); }
 
   [[nodiscard]] bool accepts(double value) const noexcept {
-    return std::isfinite(value) && value >= minimum && value <= maximum;
+    if (type == kind::choice || !std::isfinite(value) || value < minimum || value > maximum) return false;
+    if (type == kind::boolean) return value == 0.0 || value == 1.0;
+    if (type == kind::integer) return value == std::floor(value);
+    return true;
+  }
+  [[nodiscard]] bool accepts(std::string_view word) const noexcept {
+    return type == kind::choice && std::find(choices.begin(), choices.end(), word) != choices.end();
+  }
+  // What accepts() wants, for messages: "a boolean (true or false)", "in [0, 1]", ...
+  [[nodiscard]] std::string expected() const {
+    const bool bounded = std::isfinite(minimum) || std::isfinite(maximum);
+    const std::string range = detail::concat("[", minimum, ", ", maximum, "]");
+    switch (type) {
+      case kind::boolean: return "a boolean (true or false)";
+      case kind::integer: return bounded ? "a whole number in " + range : std::string("a whole number");
+      case kind::choice: {
+        std::string words;
+        for (const auto word : choices) words += (words.empty() ? "" : ", ") + std::string(word);
+        return "one of " + words;
+      }
+      case kind::real: break;
+    }
+    return bounded ? "in " + range : std::string("a finite number");
   }
 };
 
-// Resolves a method-scope parameter for the tensor being merged (default already applied).
-using parameter_lookup = std::function<double(std::string_view)>;
+// A method's parameters resolved for the tensor being merged (defaults applied, kinds checked),
+// as a method's `make` reads them.
+class parameter_lookup {
+ public:
+  using numbers = std::function<double(std::string_view)>;
+  using words = std::function<std::string(std::string_view)>;
+  explicit parameter_lookup(numbers number_of, words choice_of = {})
+      : number_of_(std::move(number_of)), choice_of_(std::move(choice_of)) {}
+
+  [[nodiscard]] double number(std::string_view name) const { return number_of_(name); }
+  [[nodiscard]] bool flag(std::string_view name) const { return number_of_(name) != 0.0; }
+  [[nodiscard]] std::uint64_t integer(std::string_view name) const {
+    return static_cast<std::uint64_t>(number_of_(name));  // range and wholeness checked by its kind
+  }
+  [[nodiscard]] std::string choice(std::string_view name) const {
+    if (!choice_of_) detail::fail(error_code::invalid_argument, "parameter ", detail::quoted{name}, " has no value");
+    return choice_of_(name);
+  }
+
+ private:
+  numbers number_of_;
+  words choice_of_;
+};
 
 struct method_definition {
   std::string_view name;
   bool needs_base = true;
-  std::size_t min_models = 1;
+  std::size_t min_models = 1;  // models besides the base
+  std::size_t max_models = std::numeric_limits<std::size_t>::max();
   std::vector<parameter_definition> parameters;
-  std::vector<std::string_view> consensus_choices;  // for the `consensus` option, if any
-  std::function<merge_policy(const parameter_lookup&, std::string_view consensus)> make;
+  std::function<merge_policy(const parameter_lookup&)> make;
 
   [[nodiscard]] const parameter_definition* find(std::string_view parameter) const {
     for (const auto& p : parameters) {
@@ -62,117 +115,179 @@ struct method_definition {
     }
     return nullptr;
   }
+  // Every parameter at its default (required ones must be given by `fallback`).
+  [[nodiscard]] parameter_lookup defaults(const parameter_lookup::numbers& fallback = {}) const {
+    return parameter_lookup(
+        [this, fallback](std::string_view parameter) {
+          const parameter_definition* p = find(parameter);
+          if (p != nullptr && p->default_value) return *p->default_value;
+          if (fallback) return fallback(parameter);
+          detail::fail(error_code::invalid_argument, name, ": parameter ", detail::quoted{parameter}, " has no default");
+        },
+        [this](std::string_view parameter) { return std::string(find(parameter)->choices.front()); });
+  }
 };
 
 namespace detail {
 
 using scope = parameter_definition::scope;
+using kind = parameter_definition::kind;
+
+// Seeds are 64-bit; the largest double below 2^64 bounds what a config can write exactly.
+inline constexpr double max_seed = 18446744073709549568.0;
 
 inline std::vector<parameter_definition> task_vector_parameters(bool normalize, bool rescale, bool density,
-                                                                bool random, bool gamma, bool epsilon) {
+                                                                bool random, bool gamma, bool epsilon, bool consensus) {
   std::vector<parameter_definition> p{
-      {"weight", scope::model, std::nullopt, "scale of the model's task vector"},
-      {"normalize", scope::method, normalize ? 1.0 : 0.0, "divide by the sum of (agreeing) weights"},
-      {"lambda", scope::method, 1.0, "scale of the merged task vector"},
-      {"int8_mask", scope::method, 0.0, "accepted for mergekit compatibility; alloy's masks are bits"},
+      {.name = "weight", .where = scope::model, .meaning = "scale of the model's task vector"},
+      {.name = "normalize", .type = kind::boolean, .default_value = normalize ? 1.0 : 0.0,
+       .meaning = "divide by the sum of (agreeing) weights"},
+      {.name = "lambda", .default_value = 1.0, .meaning = "scale of the merged task vector"},
+      {.name = "int8_mask", .type = kind::boolean, .default_value = 0.0,
+       .meaning = "accepted for mergekit compatibility; alloy's masks are bits"},
   };
   if (density) {
-    p.push_back({"density", scope::model, 1.0, "fraction of the task vector kept", 0.0, 1.0});
-    p.push_back({"rescale", scope::method, rescale ? 1.0 : 0.0, "rescale what is kept"});
+    p.push_back({.name = "density", .where = scope::model, .default_value = 1.0,
+                 .meaning = "fraction of the task vector kept", .minimum = 0.0, .maximum = 1.0});
+    p.push_back({.name = "rescale", .type = kind::boolean, .default_value = rescale ? 1.0 : 0.0,
+                 .meaning = "rescale what is kept"});
   }
-  if (random) p.push_back({"seed", scope::method, 0.0, "seed of the random masks"});
-  if (gamma) p.push_back({"gamma", scope::model, 0.01, "fraction of largest entries dropped", 0.0, 1.0});
-  if (epsilon) p.push_back({"epsilon", scope::model, 0.15, "spread of keep probabilities", 0.0, 1.0});
+  if (random) {
+    p.push_back({.name = "seed", .type = kind::integer, .default_value = 0.0, .meaning = "seed of the random masks",
+                 .minimum = 0.0, .maximum = max_seed});
+  }
+  if (gamma) {
+    p.push_back({.name = "gamma", .where = scope::model, .default_value = 0.01,
+                 .meaning = "fraction of largest entries dropped", .minimum = 0.0, .maximum = 1.0});
+  }
+  if (epsilon) {
+    p.push_back({.name = "epsilon", .where = scope::model, .default_value = 0.15,
+                 .meaning = "spread of keep probabilities", .minimum = 0.0, .maximum = 1.0});
+  }
+  if (consensus) {
+    p.push_back({.name = "consensus", .type = kind::choice,
+                 .meaning = "how the sign is elected: by the weighted sum or by counting signs",
+                 .choices = {"sum", "count"}});
+  }
   return p;
-}
-
-inline sign_consensus parse_consensus(std::string_view text) {
-  if (text == "sum") return sign_consensus::sum;
-  if (text == "count") return sign_consensus::count;
-  fail(error_code::invalid_argument, "consensus must be 'sum' or 'count', not ", quoted{text});
 }
 
 inline method_definition task_vector_method(task_vector_merge prototype, bool density, bool random, bool gamma,
                                             bool epsilon) {
   method_definition def;
   def.name = prototype.method;
-  def.parameters = task_vector_parameters(prototype.normalize, prototype.rescale, density, random, gamma, epsilon);
-  if (prototype.consensus != sign_consensus::none) def.consensus_choices = {"sum", "count"};
-  def.make = [prototype, density, random](const parameter_lookup& get, std::string_view consensus) {
+  const bool consensus = prototype.consensus != sign_consensus::none;
+  def.parameters =
+      task_vector_parameters(prototype.normalize, prototype.rescale, density, random, gamma, epsilon, consensus);
+  def.make = [prototype, density, random, consensus](const parameter_lookup& get) {
     task_vector_merge policy = prototype;
-    policy.normalize = get("normalize") != 0.0;
-    policy.lambda = get("lambda");
-    if (density) policy.rescale = get("rescale") != 0.0;
-    if (random) {
-      const double seed = get("seed");
-      if (!(seed >= 0 && seed < 18446744073709551616.0) || seed != std::floor(seed)) {
-        fail(error_code::invalid_argument, prototype.method, ": seed ", seed, " must be a non-negative integer");
-      }
-      policy.seed = static_cast<std::uint64_t>(seed);
-    }
-    if (!consensus.empty()) policy.consensus = parse_consensus(consensus);
+    policy.normalize = get.flag("normalize");
+    policy.lambda = get.number("lambda");
+    if (density) policy.rescale = get.flag("rescale");
+    if (random) policy.seed = get.integer("seed");
+    if (consensus) policy.consensus = get.choice("consensus") == "count" ? sign_consensus::count : sign_consensus::sum;
     return merge_policy(policy);
   };
   return def;
 }
 
-}  // namespace detail
+inline std::vector<method_definition> builtin_methods() {
+  std::vector<method_definition> all;
+  {
+    method_definition linear;
+    linear.name = "linear";
+    linear.needs_base = false;
+    linear.parameters = {{.name = "weight", .where = scope::model, .meaning = "weight of the model"},
+                         {.name = "normalize", .type = kind::boolean, .default_value = 1.0,
+                          .meaning = "divide by the sum of weights"}};
+    linear.make = [](const parameter_lookup& get) { return merge_policy(linear_merge{get.flag("normalize")}); };
+    all.push_back(std::move(linear));
+  }
+  all.push_back(task_vector_method(task_vector_merge::task_arithmetic(), false, false, false, false));
+  all.push_back(task_vector_method(task_vector_merge::ties(), true, false, false, false));
+  all.push_back(task_vector_method(task_vector_merge::dare_linear(), true, true, false, false));
+  all.push_back(task_vector_method(task_vector_merge::dare_ties(), true, true, false, false));
+  all.push_back(task_vector_method(task_vector_merge::breadcrumbs(), true, false, true, false));
+  all.push_back(task_vector_method(task_vector_merge::breadcrumbs_ties(), true, false, true, false));
+  all.push_back(task_vector_method(task_vector_merge::della(), true, true, false, true));
+  all.push_back(task_vector_method(task_vector_merge::della_linear(), true, true, false, true));
+  {
+    method_definition magmax;
+    magmax.name = "magmax";
+    magmax.parameters = {{.name = "lambda", .default_value = 1.0, .meaning = "scale of the selected task vector"}};
+    magmax.make = [](const parameter_lookup& get) { return merge_policy(magmax_merge{get.number("lambda")}); };
+    all.push_back(std::move(magmax));
+  }
+  {
+    method_definition slerp;
+    slerp.name = "slerp";
+    slerp.max_models = 1;  // interpolates between the base and one other model
+    slerp.parameters = {{.name = "t", .meaning = "interpolation factor: 0 is the base, 1 the model"}};
+    slerp.make = [](const parameter_lookup& get) { return merge_policy(slerp_merge{get.number("t")}); };
+    all.push_back(std::move(slerp));
+  }
+  {
+    method_definition stock;
+    stock.name = "model_stock";
+    stock.min_models = 2;
+    stock.parameters = {{.name = "filter_wise", .type = kind::boolean, .default_value = 0.0,
+                         .meaning = "per-row angles; only false is supported"}};
+    stock.make = [](const parameter_lookup& get) {
+      if (get.flag("filter_wise")) {
+        detail::fail(error_code::invalid_argument, "model_stock: filter_wise: true is not supported yet");
+      }
+      return merge_policy(model_stock_merge{});
+    };
+    all.push_back(std::move(stock));
+  }
+  return all;
+}
 
-inline const std::vector<method_definition>& merge_methods() {
-  using detail::scope;
-  static const std::vector<method_definition> methods = [] {
-    std::vector<method_definition> all;
-    {
-      method_definition linear;
-      linear.name = "linear";
-      linear.needs_base = false;
-      linear.parameters = {{"weight", scope::model, std::nullopt, "weight of the model"},
-                           {"normalize", scope::method, 1.0, "divide by the sum of weights"}};
-      linear.make = [](const parameter_lookup& get, std::string_view) {
-        return merge_policy(linear_merge{get("normalize") != 0.0});
-      };
-      all.push_back(std::move(linear));
-    }
-    all.push_back(detail::task_vector_method(task_vector_merge::task_arithmetic(), false, false, false, false));
-    all.push_back(detail::task_vector_method(task_vector_merge::ties(), true, false, false, false));
-    all.push_back(detail::task_vector_method(task_vector_merge::dare_linear(), true, true, false, false));
-    all.push_back(detail::task_vector_method(task_vector_merge::dare_ties(), true, true, false, false));
-    all.push_back(detail::task_vector_method(task_vector_merge::breadcrumbs(), true, false, true, false));
-    all.push_back(detail::task_vector_method(task_vector_merge::breadcrumbs_ties(), true, false, true, false));
-    all.push_back(detail::task_vector_method(task_vector_merge::della(), true, true, false, true));
-    all.push_back(detail::task_vector_method(task_vector_merge::della_linear(), true, true, false, true));
-    {
-      method_definition magmax;
-      magmax.name = "magmax";
-      magmax.parameters = {{"lambda", scope::method, 1.0, "scale of the selected task vector"}};
-      magmax.make = [](const parameter_lookup& get, std::string_view) { return merge_policy(magmax_merge{get("lambda")}); };
-      all.push_back(std::move(magmax));
-    }
-    {
-      method_definition slerp;
-      slerp.name = "slerp";
-      slerp.parameters = {{"t", scope::method, std::nullopt, "interpolation factor: 0 is the base, 1 the model"}};
-      slerp.make = [](const parameter_lookup& get, std::string_view) { return merge_policy(slerp_merge{get("t")}); };
-      all.push_back(std::move(slerp));
-    }
-    {
-      method_definition stock;
-      stock.name = "model_stock";
-      stock.min_models = 2;
-      stock.parameters = {{"filter_wise", scope::method, 0.0, "per-row angles; only false (0) is supported"}};
-      stock.make = [](const parameter_lookup& get, std::string_view) {
-        if (get("filter_wise") != 0.0) {
-          detail::fail(error_code::invalid_argument, "model_stock: filter_wise: true is not supported yet");
-        }
-        return merge_policy(model_stock_merge{});
-      };
-      all.push_back(std::move(stock));
-    }
-    return all;
+// A deque: registering a method leaves references to the others valid.
+inline std::deque<method_definition>& method_registry() {
+  static std::deque<method_definition> methods = [] {
+    std::vector<method_definition> builtin = builtin_methods();
+    return std::deque<method_definition>(std::make_move_iterator(builtin.begin()), std::make_move_iterator(builtin.end()));
   }();
   return methods;
 }
 
+}  // namespace detail
+
+// Every merge method alloy knows: the built-in ones, then those registered by the program.
+inline const std::deque<method_definition>& merge_methods() { return detail::method_registry(); }
+
+// Adds a method under a new name: a new configuration of the existing policies (a task-vector
+// method with other defaults or steps, say), usable from recipes and configs like a built-in one,
+// on every backend (its policies are the variant's, which the CUDA library compiles). Names are
+// views: give literals or strings that outlive the program's merges. Register before merging
+// starts (the registry is not guarded for concurrent changes). Fails if the name is taken or the
+// definition is incomplete.
+inline void register_merge_method(method_definition method) {
+  if (method.name.empty()) detail::fail(error_code::invalid_argument, "register_merge_method: the method has no name");
+  if (!method.make) {
+    detail::fail(error_code::invalid_argument, "register_merge_method: ", detail::quoted{method.name}, " has no make");
+  }
+  if (method.min_models == 0 || method.min_models > method.max_models) {
+    detail::fail(error_code::invalid_argument, "register_merge_method: ", detail::quoted{method.name},
+                 " has model counts [", method.min_models, ", ", method.max_models, "]");
+  }
+  for (const auto& p : method.parameters) {
+    if (p.type == parameter_definition::kind::choice && p.choices.empty()) {
+      detail::fail(error_code::invalid_argument, "register_merge_method: choice parameter ", detail::quoted{p.name},
+                   " of ", detail::quoted{method.name}, " has no choices");
+    }
+  }
+  for (const auto& known : merge_methods()) {
+    if (known.name == method.name) {
+      detail::fail(error_code::already_exists, "register_merge_method: a method named ", detail::quoted{method.name},
+                   " exists already");
+    }
+  }
+  detail::method_registry().push_back(std::move(method));
+}
+
+// The method of that config name; fails naming the known ones.
 inline const method_definition& find_merge_method(std::string_view name) {
   for (const auto& method : merge_methods()) {
     if (method.name == name) return method;

@@ -17,8 +17,8 @@ int main() {
   alloy::xtensor_adapter::xtensor_store xtensor;
   xtensor.add("w", b);
   alloy::continual_merger merger(alloy::copy_store(eigen));
-  merger.end_task(eigen);
-  merger.end_task(xtensor);
+  merger.end_task(alloy::cpu_backend{}, eigen);
+  merger.end_task(alloy::cpu_backend{}, xtensor);
   alloy::assign(eigen, merger.global());
   std::printf("consumer_adapters averaged to %g %g %g %g\n", double(a(0, 0)), double(a(0, 1)), double(a(1, 0)),
               double(a(1, 1)));

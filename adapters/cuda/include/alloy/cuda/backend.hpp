@@ -140,6 +140,16 @@ class device_mask {
   [[nodiscard]] std::size_t word_count() const noexcept { return words_.size(); }
   [[nodiscard]] std::size_t size() const noexcept { return size_; }
 
+  // A device copy of a host mask (waits for the copy, so `mask` may go right after).
+  static device_mask from_host(const bit_mask& mask, cudaStream_t stream) {
+    device_mask copy(mask.size(), stream);
+    if (copy.word_count() != 0) {
+      check(cudaMemcpyAsync(copy.mutable_words(), mask.words(), copy.word_count() * 8, cudaMemcpyHostToDevice, stream),
+            "copying a mask to the GPU");
+    }
+    check(cudaStreamSynchronize(stream), "waiting for a mask");
+    return copy;
+  }
   // A host copy (waits for the stream): for tests and inspection.
   [[nodiscard]] bit_mask to_host(cudaStream_t stream) const {
     std::vector<std::uint64_t> host(words_.size());
@@ -290,6 +300,10 @@ class backend {
  private:
   std::shared_ptr<detail::backend_state> state_;
 };
+
+// The number of set bits of a device mask. Waits for the stream (the count comes back to the
+// host). Compiled in the alloy::cuda library (align.cu), so that any compiler can call it.
+std::size_t count_set(const backend& b, const device_mask& mask);
 
 // The backend hook the policies call (see alloy::stage_arguments for the CPU).
 template <class T>

@@ -197,6 +197,64 @@ void elementwise(const backend& b, tensor_view output, std::span<const const_ten
 
 namespace detail {
 
+// One 64-bit word of the mask per thread: bits of the elements [64 w, 64 w + 64) that satisfy
+// the predicate. Bits past the end stay zero.
+template <class Predicate>
+__global__ void __launch_bounds__(block_threads)
+    select_where_kernel(Predicate predicate, device_inputs in, std::size_t n, std::uint64_t* words, std::size_t word_count) {
+  const std::size_t stride = static_cast<std::size_t>(gridDim.x) * blockDim.x;
+  for (std::size_t w = static_cast<std::size_t>(blockIdx.x) * blockDim.x + threadIdx.x; w < word_count; w += stride) {
+    std::uint64_t word = 0;
+    const std::size_t first = w * 64;
+    const std::size_t count = n - first < 64 ? n - first : 64;
+    for (std::size_t b = 0; b < count; ++b) {
+      if (predicate(global_values{in, first + b}, first + b)) word |= std::uint64_t{1} << b;
+    }
+    words[w] = word;
+  }
+}
+
+// Adds the number of set bits among the first `size` bits of `words` to *count.
+__global__ void __launch_bounds__(block_threads)
+    count_bits_kernel(const std::uint64_t* words, std::size_t size, unsigned long long* count) {
+  const std::size_t word_count = (size + 63) / 64;
+  unsigned long long local = 0;
+  const std::size_t stride = static_cast<std::size_t>(gridDim.x) * blockDim.x;
+  for (std::size_t w = static_cast<std::size_t>(blockIdx.x) * blockDim.x + threadIdx.x; w < word_count; w += stride) {
+    std::uint64_t word = words[w];
+    if (w + 1 == word_count && size % 64 != 0) word &= (std::uint64_t{1} << (size % 64)) - 1;
+    local += static_cast<unsigned long long>(__popcll(word));
+  }
+  if (local != 0) atomicAdd(count, local);
+}
+
+// Queues the count of a mask's set bits into *count (device memory, zeroed beforehand).
+inline void count_bits_async(const backend& b, const device_mask& mask, unsigned long long* count) {
+  if (mask.size() == 0) return;
+  const unsigned grid = grid_for(b, mask.word_count());
+  count_bits_kernel<<<grid, block_threads, 0, b.stream()>>>(mask.words(), mask.size(), count);
+  check(cudaGetLastError(), "launching a bit-count kernel");
+}
+
+}  // namespace detail
+
+// The mask of the elements where predicate(values, index) holds, on the backend's stream.
+template <class Predicate>
+device_mask select_where(const backend& b, std::span<const const_tensor_view> inputs, std::size_t elements,
+                         const Predicate& predicate) {
+  alloy::detail::check_inputs(inputs, elements);
+  device_mask mask(elements, b.stream());
+  if (elements == 0) return mask;
+  const detail::device_inputs staged = detail::stage_inputs(b, inputs);
+  const unsigned grid = detail::grid_for(b, mask.word_count());
+  detail::select_where_kernel<<<grid, detail::block_threads, 0, b.stream()>>>(predicate, staged, elements,
+                                                                             mask.mutable_words(), mask.word_count());
+  check(cudaGetLastError(), "launching a mask kernel");
+  return mask;
+}
+
+namespace detail {
+
 // Sums are accumulated `reduce_window` terms per pass; an accumulator writes all its terms, and
 // those outside the window land in a discarded slot.
 inline constexpr std::size_t reduce_window = 16;

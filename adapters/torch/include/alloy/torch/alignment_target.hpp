@@ -1,8 +1,9 @@
 #pragma once
 // What a task's weights align to, placed on the model's device once per task: G (in f32, the
 // compute dtype), the top-p masks of G by magnitude (alloy's exact selection, ties broken by
-// position, as the CPU aligner uses), and optionally the initial weights G0 (for cosine
-// alignment). The PAM aligner and the differentiable regularizers of this adapter read it.
+// position, computed on the host from G) as bit words where the device reads them, and
+// optionally the initial weights G0 (for cosine alignment). The PAM aligner and the
+// differentiable regularizers of this adapter read it.
 
 #include <torch/torch.h>
 
@@ -20,15 +21,10 @@
 #include "alloy/exec/select.hpp"
 #include "alloy/store/name_index.hpp"
 #include "alloy/store/parameter_store.hpp"
+#include "alloy/torch/tensor_store.hpp"
 #include "alloy/torch/transfer.hpp"
 
 namespace alloy::torch_adapter {
-
-enum class align_engine : std::uint8_t {
-  automatic,  // alloy's CPU kernels for CPU targets, torch operations otherwise
-  alloy_cpu,  // alloy's CPU kernels on the parameters' memory
-  torch_ops,  // torch operations on the parameters' device
-};
 
 // A bit mask as a bool tensor of the given sizes on the given device.
 inline ::torch::Tensor to_bool_tensor(const bit_mask& mask, at::IntArrayRef sizes,
@@ -54,7 +50,8 @@ inline ::torch::Tensor to_bool_tensor(const bit_mask& mask, at::IntArrayRef size
 
 class alignment_target {
  public:
-  // G's floating tensors with their top-p masks (p = 0: empty masks, for L2 and cosine only).
+  // G's floating tensors with their top-p masks (p = 0: empty masks, for L2 and cosine only),
+  // selected on the host by `backend`.
   template <parameter_store Global>
   alignment_target(const Global& global, double p, ::torch::Device device, const cpu_backend& backend = {})
       : alignment_target(global, top_magnitude_masks(backend, global, p), device) {}
@@ -71,13 +68,14 @@ class alignment_target {
                             " has ", entry.second.size(), " entries but the tensor has ", g.numel());
       }
       index_.add(name, "an alignment target");
-      const auto sizes = sizes_of(g.shape());
       global_.push_back(from_view(g).to(device, ::torch::kFloat32, /*non_blocking=*/false, /*copy=*/true));
-      top_.push_back(to_bool_tensor(entry.second, sizes, device));
-      // Computed once per task for the regularizers, so that a training step multiplies by them
-      // instead of converting the mask and taking signs again.
-      top_weight_.push_back(top_.back().to(::torch::kFloat32));
-      opposition_weight_.push_back(-global_.back().sign() * top_weight_.back());
+      if (!device.is_cpu()) {
+        // The mask's 64-bit words as an int64 tensor on the device, for alloy's device kernels.
+        const auto words = static_cast<std::int64_t>((entry.second.size() + 63) / 64);
+        ::torch::Tensor host = ::torch::empty({words}, ::torch::kInt64);
+        if (words > 0) std::memcpy(host.data_ptr<std::int64_t>(), entry.second.words(), static_cast<std::size_t>(words) * 8);
+        device_words_.push_back(host.to(device));
+      }
     }
   }
 
@@ -100,21 +98,23 @@ class alignment_target {
   [[nodiscard]] const std::vector<std::string>& names() const noexcept { return index_.names(); }
   [[nodiscard]] ::torch::Device device() const noexcept { return device_; }
   [[nodiscard]] bool has_initial() const noexcept { return initial_.has_value(); }
+  // The top-p masks, in host memory.
   [[nodiscard]] const tensor_masks& masks() const noexcept { return masks_; }
 
+  // G's tensor in f32 on the target's device.
   [[nodiscard]] const ::torch::Tensor& global(std::string_view name) const { return global_[position(name)]; }
-  [[nodiscard]] const ::torch::Tensor& top(std::string_view name) const { return top_[position(name)]; }
-  // The top-p mask as 0/1 floats, and -sign(G) on it (0 elsewhere): the regularizers' factors.
-  [[nodiscard]] const ::torch::Tensor& top_weight(std::string_view name) const { return top_weight_[position(name)]; }
-  [[nodiscard]] const ::torch::Tensor& opposition_weight(std::string_view name) const {
-    return opposition_weight_[position(name)];
+  // The words of the tensor's top-p mask where the target's device reads them.
+  [[nodiscard]] const std::uint64_t* mask_words(std::string_view name) const {
+    const std::size_t at = position(name);
+    if (device_.is_cpu()) return masks_.find(name)->second.words();
+    return reinterpret_cast<const std::uint64_t*>(device_words_[at].data_ptr<std::int64_t>());
   }
   [[nodiscard]] const ::torch::Tensor& initial(std::string_view name) const {
     if (!initial_) alloy::detail::fail(error_code::invalid_argument, "alignment target: G0 was not set (set_initial)");
     return (*initial_)[position(name)];
   }
 
-  // G's tensors as a store (zero-copy views of the f32 copies; CPU targets only).
+  // G's tensors as a store (zero-copy views of the f32 copies, in the target's device memory).
   [[nodiscard]] tensor_store global_store() const {
     std::vector<std::pair<std::string, ::torch::Tensor>> tensors;
     for (std::size_t i = 0; i < names().size(); ++i) tensors.emplace_back(names()[i], global_[i]);
@@ -131,7 +131,7 @@ class alignment_target {
   tensor_masks masks_;
   ::torch::Device device_;
   alloy::detail::name_index index_;
-  std::vector<::torch::Tensor> global_, top_, top_weight_, opposition_weight_;
+  std::vector<::torch::Tensor> global_, device_words_;
   std::optional<std::vector<::torch::Tensor>> initial_;
 };
 

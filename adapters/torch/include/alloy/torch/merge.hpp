@@ -14,7 +14,7 @@
 #include <cstdint>
 #include <span>
 
-#include "alloy/merge/merge_recipe.hpp"
+#include "alloy/merge/execute_plan.hpp"
 #include "alloy/torch/tensor_store.hpp"
 #include "alloy/torch/transfer.hpp"
 
@@ -76,78 +76,94 @@ inline std::vector<std::byte> host_bytes(const cuda::backend& gpu, const_tensor_
   return bytes;
 }
 
+// The executor's source for a merge on the GPU: the inputs' own views where they are already on
+// the GPU, a copy uploaded in stream order where they are on the host (freed in stream order once
+// the tensor is merged), and host copies of device views for the copy rule.
+template <parameter_store Base, parameter_store Model, std::size_t Extent>
+class cuda_upload_source {
+ public:
+  cuda_upload_source(const cuda::backend& gpu, const Base* base, std::span<const Model, Extent> models)
+      : gpu_(&gpu), stores_(base, models) {}
+
+  void read(const planned_tensor& tensor, tensor_inputs& out) {
+    gather_inputs(tensor, out, [&](const tensor_source& source) { return on_device(stores_.view(source), tensor.name); });
+  }
+  void read_host(const planned_tensor& tensor, tensor_inputs& out) {
+    gather_inputs(tensor, out, [&](const tensor_source& source) {
+      const const_tensor_view view = stores_.view(source);
+      auto& bytes = host_copies_.emplace_back(host_bytes(*gpu_, view));
+      return const_tensor_view(bytes.data(), view.dtype(), view.shape());
+    });
+  }
+  void release(const planned_tensor&) {
+    uploads_.clear();
+    host_copies_.clear();
+  }
+
+ private:
+  const_tensor_view on_device(const_tensor_view view, const std::string& name) {
+    if (view.byte_size() == 0 || cuda::is_device_pointer(view.data())) return view;
+    auto& copy = uploads_.emplace_back(view.byte_size(), gpu_->stream());
+    cuda::check(cudaMemcpyAsync(copy.data(), view.data(), view.byte_size(), cudaMemcpyHostToDevice, gpu_->stream()),
+                "copying tensor '" + name + "' to the GPU");
+    return const_tensor_view(copy.data(), view.dtype(), view.shape());
+  }
+
+  const cuda::backend* gpu_;
+  stores_source<Base, Model, Extent> stores_;
+  std::vector<cuda::device_buffer<std::byte>> uploads_;
+  std::vector<std::vector<std::byte>> host_copies_;
+};
+
+// The executor's sink: the module's own CUDA tensors, chosen before anything is written.
+class cuda_module_sink {
+ public:
+  cuda_module_sink(const cuda::backend& gpu, const merge_plan& plan, std::vector<tensor_view> targets)
+      : gpu_(&gpu), views_(plan, std::move(targets)) {}
+  [[nodiscard]] tensor_view output(const planned_tensor& tensor) const { return views_.output(tensor); }
+  void write_copy(const planned_tensor& tensor, const_tensor_view value) const {
+    const tensor_view target = output(tensor);
+    cuda::check(cudaMemcpyAsync(target.data(), value.data(), value.byte_size(), cudaMemcpyHostToDevice, gpu_->stream()),
+                "copying tensor '" + tensor.name + "' to the GPU");
+    gpu_->synchronize();  // `value` is a host copy that the source frees after this tensor
+  }
+
+ private:
+  const cuda::backend* gpu_;
+  views_sink views_;
+};
+
 // Merges into the module's CUDA tensors in place on torch's current stream.
 template <parameter_store Base, parameter_store Model, std::size_t Extent>
 void merge_on_gpu(::torch::nn::Module& module, ::torch::Device device, const merge_recipe& recipe, const Base* base,
                   std::span<const Model, Extent> models) {
-  recipe.validate();
-  const method_definition& def = find_merge_method(recipe.method);
-  if (def.needs_base && base == nullptr) alloy::detail::fail(error_code::invalid_argument, recipe.method, " needs a base model");
-  if (models.empty()) alloy::detail::fail(error_code::invalid_argument, recipe.method, ": no models to merge");
+  const merge_plan plan = plan_merge(recipe, base, models);
+  std::map<std::string, ::torch::Tensor, std::less<>> module_tensors;
+  for (auto& [name, tensor] : named_tensors(module, /*include_buffers=*/true)) module_tensors.emplace(name, tensor);
+  std::vector<tensor_view> targets;
+  for (const auto& tensor : plan.tensors) {
+    const auto found = module_tensors.find(tensor.name);
+    if (found == module_tensors.end()) {
+      alloy::detail::fail(error_code::not_found, recipe.method, ": the module has no tensor ",
+                          alloy::detail::quoted{tensor.name});
+    }
+    const tensor_view target(static_cast<std::byte*>(found->second.data_ptr()), *dtype_of(found->second),
+                             shape_of(found->second));
+    if (!(target.shape() == tensor.dims)) {
+      alloy::detail::fail(error_code::shape_mismatch, recipe.method, ": tensor ", alloy::detail::quoted{tensor.name},
+                          " has shape ", tensor.dims, " in the models and ", target.shape(), " in the module");
+    }
+    if (!tensor.merged() && target.dtype() != tensor.output_dtype) {
+      alloy::detail::fail(error_code::dtype_mismatch, recipe.method, ": tensor ", alloy::detail::quoted{tensor.name},
+                          " is ", tensor.output_dtype, " in the models but ", target.dtype(), " in the module");
+    }
+    targets.push_back(target);
+  }
   const c10::cuda::CUDAGuard guard(device);
   const cuda::backend gpu(c10::cuda::getCurrentCUDAStream(device.index()).stream());
-  std::map<std::string, ::torch::Tensor, std::less<>> targets;
-  for (auto& [name, tensor] : named_tensors(module, /*include_buffers=*/true)) targets.emplace(name, tensor);
-  const auto& names = base != nullptr ? base->names() : models.front().names();
-  const std::size_t layers = count_layers(names);
-  for (const auto& name : names) {
-    const auto target = targets.find(name);
-    if (target == targets.end()) {
-      alloy::detail::fail(error_code::not_found, recipe.method, ": the module has no tensor ", alloy::detail::quoted{name});
-    }
-    const tensor_view output(static_cast<std::byte*>(target->second.data_ptr()), *dtype_of(target->second),
-                             shape_of(target->second));
-    // Host inputs are copied to the GPU; the copies are freed in stream order after the merge.
-    std::vector<cuda::device_buffer<std::byte>> uploads;
-    const auto on_device = [&](const_tensor_view view) {
-      if (view.byte_size() == 0 || cuda::is_device_pointer(view.data())) return view;
-      auto& copy = uploads.emplace_back(view.byte_size(), gpu.stream());
-      cuda::check(cudaMemcpyAsync(copy.data(), view.data(), view.byte_size(), cudaMemcpyHostToDevice, gpu.stream()),
-                  "copying tensor '" + std::string(name) + "' to the GPU");
-      return const_tensor_view(copy.data(), view.dtype(), view.shape());
-    };
-    std::vector<const_tensor_view> views;
-    for (std::size_t i = 0; i < models.size(); ++i) {
-      const auto found = models[i].find(name);
-      if (!found) {
-        alloy::detail::fail(error_code::not_found, recipe.method, ": tensor ", alloy::detail::quoted{name},
-                            " is missing from model ", i);
-      }
-      views.push_back(*found);
-    }
-    std::optional<const_tensor_view> base_view;
-    if (base != nullptr) base_view = base->view(name);
-    const const_tensor_view reference = base_view ? *base_view : views.front();
-    for (const auto& view : views) {
-      if (!(view.shape() == output.shape()) || !(reference.shape() == output.shape())) {
-        alloy::detail::fail(error_code::shape_mismatch, recipe.method, ": tensor ", alloy::detail::quoted{name},
-                            " has shape ", view.shape(), " in a model and ", output.shape(), " in the module");
-      }
-    }
-    if (!is_mergeable(reference.dtype())) {
-      // Integer and boolean buffers are copied when every model agrees, as merge_stores_into does.
-      const std::vector<std::byte> want = host_bytes(gpu, reference);
-      for (std::size_t i = 0; i < views.size(); ++i) {
-        if (views[i].dtype() != reference.dtype() || host_bytes(gpu, views[i]) != want) {
-          alloy::detail::fail(error_code::dtype_mismatch, recipe.method, ": tensor ", alloy::detail::quoted{name},
-                              " of dtype ", reference.dtype(), " cannot be merged and differs in model ", i);
-        }
-      }
-      if (output.dtype() != reference.dtype()) {
-        alloy::detail::fail(error_code::dtype_mismatch, recipe.method, ": tensor ", alloy::detail::quoted{name}, " is ",
-                            reference.dtype(), " in the models but ", output.dtype(), " in the module");
-      }
-      cuda::check(cudaMemcpyAsync(output.data(), want.data(), want.size(), cudaMemcpyHostToDevice, gpu.stream()),
-                  "copying tensor '" + std::string(name) + "' to the GPU");
-      gpu.synchronize();
-      continue;
-    }
-    for (auto& view : views) view = on_device(view);
-    if (base_view) base_view = on_device(*base_view);
-    const resolved_merge resolved = resolve_merge(recipe, name, layer_depth(name, layers), models.size());
-    cuda::merge_with(resolved.policy, gpu,
-                     merge_inputs{name, def.needs_base ? base_view : std::nullopt, views, resolved.per_model}, output);
-  }
+  cuda_upload_source source(gpu, base, models);
+  cuda_module_sink sink(gpu, plan, std::move(targets));
+  execute(plan, gpu, source, sink);
 }
 
 }  // namespace detail

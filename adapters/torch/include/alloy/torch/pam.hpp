@@ -10,16 +10,21 @@
 // AdamW's moments (and max_exp_avg_sq), SGD's momentum buffer, RMSprop's square average, momentum
 // and gradient average. A reset weight should not keep the momentum that pushed it across zero,
 // nor a second moment that scales its next step; Adagrad's accumulated sum holds no direction and
-// is kept. An optimizer whose state alloy does not know is refused by name rather than left
-// half-reset.
+// is kept. An optimizer whose state alloy does not know is refused by name before anything is
+// reset.
 //
-// Engines: on CPU, alloy's own kernels run on the parameters' memory (zero-copy, as the core
-// aligner); on other devices (CUDA), the same rule runs as torch operations until alloy's CUDA
-// backend takes over. Both give the same resets (a test compares them on CPU).
+// One PAM (alloy::reset_sign_conflicts) on the parameters' own memory, by the backend of their
+// device: alloy's CPU backend for contiguous CPU parameters; alloy's CUDA backend on torch's
+// current stream for contiguous CUDA parameters (ALLOY_TORCH_CUDA builds: no f32 copies, one wait
+// per pass for the counts). Anything else is staged through host memory: copied out, aligned on
+// the CPU, copied back.
 
 #include <torch/torch.h>
 
+#include <algorithm>
 #include <cstdint>
+#include <optional>
+#include <span>
 #include <sstream>
 #include <string>
 #include <string_view>
@@ -29,6 +34,13 @@
 #include "alloy/core/error.hpp"
 #include "alloy/torch/alignment_target.hpp"
 #include "alloy/torch/tensor_store.hpp"
+
+#if defined(ALLOY_TORCH_CUDA)
+#include <c10/cuda/CUDAGuard.h>
+#include <c10/cuda/CUDAStream.h>
+
+#include "alloy/cuda.hpp"
+#endif
 
 namespace alloy::torch_adapter {
 
@@ -90,51 +102,58 @@ inline void reset_optimizer_state(::torch::optim::Optimizer& optimizer, const ::
   }
 }
 
-// One alignment pass with torch operations, on any device: the rule of alloy::align_signs.
-inline pam_report align_signs_torch(::torch::nn::Module& module, const alignment_target& target, pam_reset mode,
-                                    ::torch::optim::Optimizer* optimizer = nullptr) {
-  ::torch::NoGradGuard no_grad;
-  pam_report report;
+namespace detail {
+
+// Refuses, before anything is reset, an optimizer whose per-parameter state alloy cannot reset.
+inline void check_optimizer_state(::torch::optim::Optimizer& optimizer, const ::torch::Tensor& parameter,
+                                  std::string_view name) {
+  namespace optim = ::torch::optim;
+  const optim::OptimizerParamState* state = optimizer_state(optimizer, parameter);
+  if (state == nullptr || dynamic_cast<const optim::AdamParamState*>(state) != nullptr ||
+      dynamic_cast<const optim::AdamWParamState*>(state) != nullptr ||
+      dynamic_cast<const optim::SGDParamState*>(state) != nullptr ||
+      dynamic_cast<const optim::RMSpropParamState*>(state) != nullptr ||
+      dynamic_cast<const optim::AdagradParamState*>(state) != nullptr) {
+    return;
+  }
+  reset_optimizer_state(optimizer, parameter, ::torch::Tensor(), name);  // throws, naming the state
+}
+
+// The module's parameters that the target aligns, checked by name and shape.
+inline std::vector<std::pair<std::string, ::torch::Tensor>> aligned_parameters(::torch::nn::Module& module,
+                                                                               const alignment_target& target) {
   const auto parameters = module.named_parameters(/*recurse=*/true);
+  std::vector<std::pair<std::string, ::torch::Tensor>> aligned;
   for (const auto& name : target.names()) {
     const ::torch::Tensor* found = parameters.find(name);
     if (found == nullptr) {
       alloy::detail::fail(error_code::not_found, "pam: the module has no parameter named ", alloy::detail::quoted{name});
     }
-    const ::torch::Tensor t = found->detach();  // shares the parameter's storage
-    const ::torch::Tensor& g = target.global(name);
-    if (!(shape_of(t) == shape_of(g))) {
+    if (!(shape_of(*found) == shape_of(target.global(name)))) {
       alloy::detail::fail(error_code::shape_mismatch, "pam: tensor ", alloy::detail::quoted{name}, " has shape ",
-                          shape_of(t), " in the module but ", shape_of(g), " in the global weights");
+                          shape_of(*found), " in the module but ", shape_of(target.global(name)), " in the global weights");
     }
-    const ::torch::Tensor& top = target.top(name);
-    const ::torch::Tensor tv = t.to(::torch::kFloat32);
-    const ::torch::Tensor conflict = top.logical_and(((g > 0).logical_and(tv < 0)).logical_or((g < 0).logical_and(tv > 0)));
-    const auto count = static_cast<std::size_t>(conflict.sum().item<std::int64_t>());
-    report.reset_per_tensor.emplace(name, count);
-    report.total_reset += count;
-    report.total_considered += target.masks().find(name)->second.count();
-    if (count == 0) continue;
-    if (mode == pam_reset::to_zero) {
-      t.masked_fill_(conflict, 0);
-    } else {
-      t.copy_(::torch::where(conflict, g.to(t.scalar_type()), t));
-    }
-    if (optimizer != nullptr) reset_optimizer_state(*optimizer, *found, conflict, name);
+    aligned.emplace_back(name, *found);
   }
-  return report;
+  return aligned;
 }
+
+inline bool viewable_on(const ::torch::Tensor& tensor, ::torch::Device device) {
+  return tensor.device() == device && tensor.is_contiguous() && dtype_of(tensor).has_value() &&
+         is_mergeable(*dtype_of(tensor));
+}
+
+}  // namespace detail
 
 class pam_aligner {
  public:
-  explicit pam_aligner(pam_options options = {}, align_engine engine = align_engine::automatic)
-      : core_(options), engine_(engine) {}
+  explicit pam_aligner(pam_options options = {}) : core_(options) {}
 
   // G for the task that starts now (any alloy store, e.g. continual_merger::global()), placed on
-  // the device the module trains on, with its top-p masks.
+  // the device the module trains on, with its top-p masks (selected on the host by `host`).
   template <parameter_store Global>
-  void set_global(const Global& global, ::torch::Device device = ::torch::kCPU) {
-    core_.set_global(global);
+  void set_global(const Global& global, ::torch::Device device = ::torch::kCPU, const cpu_backend& host = {}) {
+    core_.set_global(host, global);
     target_.emplace(global, core_.top_masks(), device);
   }
 
@@ -148,21 +167,43 @@ class pam_aligner {
   // One alignment pass now; the optimizer's state is reset too when one is given.
   pam_report align(::torch::nn::Module& module, ::torch::optim::Optimizer* optimizer = nullptr) const {
     const alignment_target& g = target();
-    const bool cpu_kernels = engine_ == align_engine::alloy_cpu ||
-                             (engine_ == align_engine::automatic && g.device().is_cpu());
-    if (!cpu_kernels) return align_signs_torch(module, g, core_.options().reset, optimizer);
-    if (!g.device().is_cpu()) {
-      alloy::detail::fail(error_code::invalid_argument, "pam: the alloy_cpu engine needs G on the CPU, not on ",
-                          g.device().str());
+    ::torch::NoGradGuard no_grad;
+    const auto parameters = detail::aligned_parameters(module, g);
+    if (optimizer != nullptr) {
+      for (const auto& [name, parameter] : parameters) detail::check_optimizer_state(*optimizer, parameter, name);
     }
-    const tensor_store global = g.global_store();
-    tensor_store task = tensor_store::from_module(module);
-    return align_signs(core_.options().backend, global, task, g.masks(), core_.options().reset,
-                       [&](std::string_view name, const bit_mask& reset) {
-                         if (optimizer == nullptr) return;
-                         const ::torch::Tensor& parameter = task.tensor(name);
-                         reset_optimizer_state(*optimizer, parameter, to_bool_tensor(reset, parameter.sizes()), name);
-                       });
+    const bool in_place = std::all_of(parameters.begin(), parameters.end(),
+                                      [&](const auto& p) { return detail::viewable_on(p.second, g.device()); });
+    const auto reset_state = [&](const std::string& name, const ::torch::Tensor& parameter, const ::torch::Tensor& mask) {
+      if (optimizer != nullptr) reset_optimizer_state(*optimizer, parameter, mask, name);
+    };
+    if (in_place && g.device().is_cpu()) {
+      const tensor_store global = g.global_store();
+      tensor_store task(parameters);
+      return align_signs(cpu_backend{}, global, task, g.masks(), core_.options().reset,
+                         [&](std::string_view name, const bit_mask& reset) {
+                           const ::torch::Tensor& parameter = task.tensor(name);
+                           reset_state(std::string(name), parameter, to_bool_tensor(reset, parameter.sizes()));
+                         });
+    }
+#if defined(ALLOY_TORCH_CUDA)
+    if (in_place && g.device().is_cuda()) return align_on_gpu(g, parameters, reset_state);
+#endif
+    // Staged: the parameters and G in host memory, aligned there, the parameters written back.
+    std::vector<std::pair<std::string, ::torch::Tensor>> host_task, host_global;
+    for (const auto& [name, parameter] : parameters) {
+      host_task.emplace_back(name, parameter.to(::torch::kCPU, ::torch::kFloat32, false, true).contiguous());
+      host_global.emplace_back(name, g.global(name).to(::torch::kCPU).contiguous());
+    }
+    tensor_store task(host_task);
+    const pam_report report = align_signs(cpu_backend{}, tensor_store(host_global), task, g.masks(), core_.options().reset,
+                                          [&](std::string_view name, const bit_mask& reset) {
+                                            const auto& [key, parameter] = *std::find_if(
+                                                parameters.begin(), parameters.end(), [&](const auto& p) { return p.first == name; });
+                                            reset_state(key, parameter, to_bool_tensor(reset, parameter.sizes(), parameter.device()));
+                                          });
+    for (std::size_t i = 0; i < parameters.size(); ++i) parameters[i].second.copy_(host_task[i].second);
+    return report;
   }
 
   [[nodiscard]] const alignment_target& target() const {
@@ -173,8 +214,40 @@ class pam_aligner {
   [[nodiscard]] std::size_t steps() const noexcept { return core_.steps(); }
 
  private:
-  alloy::pam_aligner core_;
-  align_engine engine_;
+#if defined(ALLOY_TORCH_CUDA)
+  template <class ResetState>
+  pam_report align_on_gpu(const alignment_target& g, const std::vector<std::pair<std::string, ::torch::Tensor>>& parameters,
+                          const ResetState& reset_state) const {
+    const c10::cuda::CUDAGuard guard(g.device());
+    const cuda::backend gpu(c10::cuda::getCurrentCUDAStream(g.device().index()).stream());
+    std::vector<pam_tensor> tensors;
+    std::size_t considered = 0;
+    for (const auto& [name, parameter] : parameters) {
+      const ::torch::Tensor& global = g.global(name);
+      tensors.push_back({const_tensor_view(static_cast<const std::byte*>(global.data_ptr()), dtype::f32, shape_of(global)),
+                         tensor_view(static_cast<std::byte*>(parameter.data_ptr()), *dtype_of(parameter), shape_of(parameter)),
+                         g.mask_words(name)});
+      considered += g.masks().find(name)->second.count();
+    }
+    std::vector<std::size_t> counts(tensors.size());
+    const std::vector<cuda::device_mask> resets =
+        cuda::reset_sign_conflicts(gpu, std::span<const pam_tensor>(tensors), core_.options().reset, std::span(counts));
+    pam_report report;
+    report.total_considered = considered;
+    for (std::size_t i = 0; i < parameters.size(); ++i) {
+      const auto& [name, parameter] = parameters[i];
+      report.reset_per_tensor.emplace(name, counts[i]);
+      report.total_reset += counts[i];
+      if (counts[i] == 0) continue;
+      ::torch::Tensor mask = ::torch::empty(parameter.sizes(), parameter.options().dtype(::torch::kBool));
+      cuda::expand_mask(gpu, resets[i], reinterpret_cast<std::uint8_t*>(mask.data_ptr<bool>()));
+      reset_state(name, parameter, mask);
+    }
+    return report;
+  }
+#endif
+
+  alloy::pam_aligner<> core_;
   std::optional<alignment_target> target_;
 };
 

@@ -1,23 +1,22 @@
 #pragma once
 // alloy's alignment regularizers (alloy/align/regularizers.hpp) as differentiable torch
-// functions: each returns a scalar tensor on the target's device that joins the loss, and its
-// gradient with respect to the module's parameters is alloy's closed form (a test checks both
-// engines against it). Compute in f32.
+// functions: each returns a scalar tensor that joins the loss, and its gradient with respect to
+// the module's parameters is alloy's closed form, computed by alloy's backend for the
+// parameter's device (the same functors as the CPU's; alloy's CUDA backend on torch's current
+// stream in ALLOY_TORCH_CUDA builds). This file is only the autograd glue: one function per tensor
+// whose forward runs the closed form (value and gradient) and whose backward scales the saved
+// gradient. Compute in f32; parameters keep their dtype.
 //
 //   loss = task_loss + alloy::torch_adapter::l2_pull(*model, target, 1e-3)
 //                    + alloy::torch_adapter::sign_agreement(*model, target, 1e-2);
 //
 // The sums run over the target's tensors (G's floating tensors) that the module holds by name.
-//
-// Engines. Torch operations, differentiated by autograd, on any device (the default). Or, on CPU
-// with align_engine::alloy_cpu, one autograd function per tensor whose forward runs alloy's
-// closed-form kernels (value and gradient) and whose backward scales the saved gradient. Both are
-// tested against the closed form. The closed-form engine is not the default because it measured
-// slower: 2.1 ms against 0.64 ms for a regularized step of a 100 k-parameter MLP, 18.5 ms against
-// 7.2 ms at 800 k (docs/benchmarks.md); alloy's reductions are the part to speed up.
+// A parameter on a device without an alloy backend (or on another device than the target) is
+// staged through host memory.
 
 #include <torch/torch.h>
 
+#include <cstdint>
 #include <functional>
 #include <string>
 #include <utility>
@@ -28,50 +27,93 @@
 #include "alloy/torch/alignment_target.hpp"
 #include "alloy/torch/tensor_store.hpp"
 
+#if defined(ALLOY_TORCH_CUDA)
+#include <c10/cuda/CUDAGuard.h>
+#include <c10/cuda/CUDAStream.h>
+
+#include "alloy/cuda.hpp"
+#endif
+
 namespace alloy::torch_adapter {
 
 namespace detail {
 
-// The closed form of one tensor's penalty: adds the gradient into `gradient` (a zeroed store
-// holding the tensor under its name) and returns the value.
-using closed_form = std::function<double(const tensor_store& task, tensor_store& gradient)>;
+// One tensor in the form the closed forms read: G, T and G0 (when set) as f32 or T's own dtype,
+// the mask's words, all where the backend that runs them reads them.
+struct penalty_inputs {
+  ::torch::Tensor g, t, g0;
+  const std::uint64_t* mask = nullptr;
+};
+
+// The closed form of one tensor's penalty on a backend: adds the gradient into `gradient` and
+// returns the value. Called with alloy::cpu_backend or alloy::cuda::backend.
+using closed_form = std::function<double(const penalty_inputs&, tensor_view gradient)>;
+
+inline tensor_view view_in_place(const std::string& name, const ::torch::Tensor& tensor) {
+  tensor_store one({{name, tensor}});
+  return one.with_device_views().mutable_view(name);
+}
+
+// Runs body(backend) with alloy's backend for `device` (CPU, or CUDA in ALLOY_TORCH_CUDA builds).
+template <class Body>
+double with_backend(::torch::Device device, Body&& body) {
+#if defined(ALLOY_TORCH_CUDA)
+  if (device.is_cuda()) {
+    const c10::cuda::CUDAGuard guard(device);
+    return body(cuda::backend(c10::cuda::getCurrentCUDAStream(device.index()).stream()));
+  }
+#endif
+  if (!device.is_cpu()) alloy::detail::fail(error_code::invalid_argument, "regularizer: no alloy backend for ", device.str());
+  return body(cpu_backend{});
+}
+
+inline bool has_backend(::torch::Device device) {
+#if defined(ALLOY_TORCH_CUDA)
+  if (device.is_cuda()) return true;
+#endif
+  return device.is_cpu();
+}
 
 struct closed_form_penalty : ::torch::autograd::Function<closed_form_penalty> {
   static ::torch::Tensor forward(::torch::autograd::AutogradContext* context, const ::torch::Tensor& task,
-                                 const std::string& name, const closed_form& penalty) {
+                                 const std::string& name, const alignment_target& target, const closed_form& penalty) {
+    // Where the closed form runs: on the target's device when the parameter is there too and that
+    // device has an alloy backend; otherwise on the host.
+    const ::torch::Device device =
+        task.device() == target.device() && has_backend(target.device()) ? target.device() : ::torch::Device(::torch::kCPU);
+    const bool on_target = device == target.device();
+    const auto place = [&](const ::torch::Tensor& tensor) {
+      return tensor.to(device, ::torch::kFloat32).contiguous();
+    };
+    penalty_inputs in;
+    in.g = on_target ? target.global(name) : place(target.global(name));
     const ::torch::Tensor values = task.detach();
-    ::torch::Tensor gradient = ::torch::zeros(values.sizes(), ::torch::kFloat32);
-    const tensor_store task_store({{name, values}});
-    tensor_store gradient_store({{name, gradient}});
-    const double value = penalty(task_store, gradient_store);
+    const auto type = dtype_of(values);
+    const bool viewable = values.device() == device && values.is_contiguous() && type && is_mergeable(*type);
+    in.t = viewable ? values : place(values);
+    if (target.has_initial()) in.g0 = on_target ? target.initial(name) : place(target.initial(name));
+    in.mask = on_target ? target.mask_words(name) : target.masks().find(name)->second.words();
+    ::torch::Tensor gradient = ::torch::zeros(values.sizes(), ::torch::TensorOptions().dtype(::torch::kFloat32).device(device));
+    const double value = penalty(in, view_in_place(name, gradient));
     context->save_for_backward({gradient});
     context->saved_data["dtype"] = static_cast<std::int64_t>(task.scalar_type());
-    return ::torch::tensor(value, ::torch::kFloat32);
+    context->saved_data["device"] = task.device();
+    return ::torch::tensor(value, ::torch::TensorOptions().dtype(::torch::kFloat32)).to(device);
   }
 
   static ::torch::autograd::variable_list backward(::torch::autograd::AutogradContext* context,
                                                    ::torch::autograd::variable_list outputs) {
     const auto saved = context->get_saved_variables();
     const auto type = static_cast<::torch::ScalarType>(context->saved_data["dtype"].toInt());
-    return {(outputs[0] * saved[0]).to(type), ::torch::Tensor(), ::torch::Tensor()};
+    const ::torch::Device device = context->saved_data["device"].toDevice();
+    return {(outputs[0] * saved[0]).to(device, type), ::torch::Tensor(), ::torch::Tensor(), ::torch::Tensor()};
   }
 };
 
-inline bool use_closed_form(align_engine engine, const alignment_target& target, const ::torch::Tensor& parameter) {
-  const bool viewable = target.device().is_cpu() && parameter.device().is_cpu() && parameter.is_contiguous() &&
-                        dtype_of(parameter).has_value() && is_mergeable(*dtype_of(parameter));
-  if (engine == align_engine::alloy_cpu && !viewable) {
-    alloy::detail::fail(error_code::invalid_argument, "regularizer: the alloy_cpu engine needs contiguous CPU "
-                        "f32/f16/bf16 parameters and a CPU target");
-  }
-  return engine == align_engine::alloy_cpu;  // automatic: torch operations (see the header comment)
-}
-
-// Sums, over every target tensor, closed(name) on the closed-form engine or with_ops(T as f32,
-// name) on torch operations; T is the module's parameter, with autograd.
-template <class ClosedForm, class WithOps>
+// Sums penalty(name) over every target tensor; T is the module's parameter, with autograd.
+template <class Penalty>
 ::torch::Tensor sum_over_target(const char* what, const ::torch::nn::Module& module, const alignment_target& target,
-                                align_engine engine, ClosedForm&& closed, WithOps&& with_ops) {
+                                Penalty&& penalty) {
   const auto parameters = module.named_parameters(/*recurse=*/true);
   ::torch::Tensor total = ::torch::zeros({}, ::torch::TensorOptions().dtype(::torch::kFloat32).device(target.device()));
   for (const auto& name : target.names()) {
@@ -83,79 +125,59 @@ template <class ClosedForm, class WithOps>
       alloy::detail::fail(error_code::shape_mismatch, what, ": tensor ", alloy::detail::quoted{name}, " has shape ",
                           shape_of(*found), " in the module but ", shape_of(target.global(name)), " in G");
     }
-    if (use_closed_form(engine, target, *found)) {
-      total = total + closed_form_penalty::apply(*found, name, closed_form(closed(name)));
-    } else {
-      total = total + with_ops(found->to(::torch::kFloat32), name);
-    }
+    total = total + closed_form_penalty::apply(*found, name, target, closed_form(penalty(name))).to(target.device());
   }
   return total;
 }
 
-// G's (and G0's) tensor of that name as a one-tensor store, for the closed forms.
-inline tensor_store one_tensor(const std::string& name, const ::torch::Tensor& tensor) {
-  return tensor_store({{name, tensor}});
+// A tensor's view for a closed form (the tensors of penalty_inputs are contiguous and computable).
+inline const_tensor_view input_view(const std::string& name, const ::torch::Tensor& tensor) {
+  return view_in_place(name, tensor);
 }
 
 }  // namespace detail
 
 // (strength / 2) sum (T - G)^2, over every entry or only G's top-p entries.
 inline ::torch::Tensor l2_pull(const ::torch::nn::Module& module, const alignment_target& target, double strength,
-                               bool top_only = false, align_engine engine = align_engine::automatic) {
-  return detail::sum_over_target(
-      "l2_pull", module, target, engine,
-      [&](const std::string& name) {
-        return [&, name](const tensor_store& task, tensor_store& gradient) {
-          return alloy::l2_pull(cpu_backend{}, detail::one_tensor(name, target.global(name)), task, gradient, strength,
-                                top_only ? &target.masks() : nullptr);
-        };
-      },
-      [&](const ::torch::Tensor& t, const std::string& name) {
-        if (!top_only) return (0.5 * strength) * ::torch::mse_loss(t, target.global(name), at::Reduction::Sum);
-        return (0.5 * strength) * ((t - target.global(name)).square() * target.top_weight(name)).sum();
+                               bool top_only = false) {
+  return detail::sum_over_target("l2_pull", module, target, [&](const std::string& name) {
+    return [&, name](const detail::penalty_inputs& in, tensor_view gradient) {
+      return detail::with_backend(in.t.device(), [&](const auto& backend) {
+        return l2_pull_tensor(backend, detail::input_view(name, in.g), detail::input_view(name, in.t), gradient, strength,
+                              top_only ? in.mask : nullptr);
       });
+    };
+  });
 }
 
 // strength sum over G's top-p entries of max(0, -sign(G) T): zero while T keeps G's sign.
 inline ::torch::Tensor sign_agreement(const ::torch::nn::Module& module, const alignment_target& target,
-                                      double strength, align_engine engine = align_engine::automatic) {
-  return detail::sum_over_target(
-      "sign_agreement", module, target, engine,
-      [&](const std::string& name) {
-        return [&, name](const tensor_store& task, tensor_store& gradient) {
-          return alloy::sign_agreement(cpu_backend{}, detail::one_tensor(name, target.global(name)), task, gradient,
-                                       strength, target.masks());
-        };
-      },
-      [&](const ::torch::Tensor& t, const std::string& name) {
-        // relu(-sign(G) T) on the mask equals relu(w T) with w = -sign(G) there and 0 elsewhere.
-        return strength * ::torch::relu(target.opposition_weight(name) * t).sum();
+                                      double strength) {
+  return detail::sum_over_target("sign_agreement", module, target, [&](const std::string& name) {
+    return [&, name](const detail::penalty_inputs& in, tensor_view gradient) {
+      return detail::with_backend(in.t.device(), [&](const auto& backend) {
+        return sign_agreement_tensor(backend, detail::input_view(name, in.g), detail::input_view(name, in.t), gradient,
+                                     strength, in.mask);
       });
+    };
+  });
 }
 
 // strength (1 - cos(T - G0, G - G0)) per tensor, summed; tensors where either update is zero
 // contribute nothing (the angle is undefined). Needs target.set_initial(G0).
 inline ::torch::Tensor cosine_alignment(const ::torch::nn::Module& module, const alignment_target& target,
-                                        double strength, align_engine engine = align_engine::automatic) {
-  return detail::sum_over_target(
-      "cosine_alignment", module, target, engine,
-      [&](const std::string& name) {
-        return [&, name](const tensor_store& task, tensor_store& gradient) {
-          return alloy::cosine_alignment(cpu_backend{}, detail::one_tensor(name, target.global(name)), task,
-                                         detail::one_tensor(name, target.initial(name)), gradient, strength);
-        };
-      },
-      [&](const ::torch::Tensor& t, const std::string& name) {
-        const ::torch::Tensor& g0 = target.initial(name);
-        const ::torch::Tensor task_update = (t - g0).flatten();
-        const ::torch::Tensor global_update = (target.global(name) - g0).flatten();
-        const ::torch::Tensor norms = task_update.norm() * global_update.norm();
-        // No branch on the host (no device sync): where() keeps the gradient of the chosen side only.
-        const ::torch::Tensor defined = norms > 0;
-        const ::torch::Tensor safe_norms = ::torch::where(defined, norms, ::torch::ones_like(norms));
-        const ::torch::Tensor cosine = task_update.dot(global_update) / safe_norms;
-        return ::torch::where(defined, strength * (1 - cosine), ::torch::zeros_like(cosine));
+                                        double strength) {
+  if (!target.has_initial()) {
+    alloy::detail::fail(error_code::invalid_argument, "cosine_alignment: the alignment target has no G0 (set_initial)");
+  }
+  return detail::sum_over_target("cosine_alignment", module, target, [&](const std::string& name) {
+    return [&, name](const detail::penalty_inputs& in, tensor_view gradient) {
+      return detail::with_backend(in.t.device(), [&](const auto& backend) {
+        return cosine_alignment_tensor(backend, detail::input_view(name, in.g), detail::input_view(name, in.t),
+                                       detail::input_view(name, in.g0), gradient, strength);
       });
+    };
+  });
 }
 
 }  // namespace alloy::torch_adapter
