@@ -21,7 +21,7 @@
 #include <unistd.h>
 
 #include "alloy/align/pam.hpp"
-#include "alloy/merge/continual_merger.hpp"
+#include "alloy/continual/continual_merger.hpp"
 #include "alloy/merge/registry.hpp"
 
 namespace {

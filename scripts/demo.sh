@@ -12,7 +12,7 @@ export ALLOY_DATA_DIR=$data_dir
 
 "$root/scripts/bootstrap.sh"
 "$root/scripts/fetch_data.sh"
-"$root/scripts/build.sh" release
+"$root/scripts/build.sh" release prepare_datasets clip_continual  # what the demo runs, nothing more
 
 bin="$root/build/release"
 "$bin/examples/datasets/prepare_datasets" "$data_dir"

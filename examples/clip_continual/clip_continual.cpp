@@ -159,7 +159,7 @@ int run_continual(const common_options& common, const run_options& options) {
     if (std::filesystem::exists(settings)) {
       std::ifstream in(settings);
       if (nlohmann::json::parse(in) != config.to_json()) {
-        alloy::detail::fail(alloy::error_code::invalid_argument, dir.string(),
+        alloy::fail(alloy::error_code::invalid_argument, dir.string(),
                             " was made with other settings: run with those, or without --resume to start again");
       }
     }

@@ -43,7 +43,7 @@ struct mnist_split {
 
   static mnist_split load(const std::filesystem::path& file) {
     if (!std::filesystem::exists(file)) {
-      alloy::detail::fail(alloy::error_code::not_found, "no MNIST at ", file.string(),
+      alloy::fail(alloy::error_code::not_found, "no MNIST at ", file.string(),
                           ": run scripts/demo.sh once, or scripts/fetch_data.sh and then "
                           "prepare_datasets DATA_DIR, or give the datasets folder as the first argument");
     }
@@ -110,7 +110,7 @@ inline task_sequence permuted_tasks(const mnist_split& data, std::size_t count, 
 inline task_sequence make_tasks(const mnist_split& data, const std::string& protocol, std::size_t count, unsigned seed) {
   if (protocol == "split") return split_tasks(data);
   if (protocol == "permuted") return permuted_tasks(data, count, seed);
-  alloy::detail::fail(alloy::error_code::invalid_argument, "unknown protocol ", alloy::detail::quoted{protocol},
+  alloy::fail(alloy::error_code::invalid_argument, "unknown protocol ", alloy::quoted{protocol},
                       " (expected split or permuted)");
 }
 

@@ -48,11 +48,15 @@ TEST_CASE("the methods are the issue's keys, each with its ingredients", "[clip]
   for (const auto& m : all_methods()) keys.push_back(m.key);
   CHECK(keys == std::vector<std::string>{"zero_shot", "sequential_finetune", "independent", "merge_avg", "pam", "pam_global_reset",
                                          "ties_post", "magmax", "l2_regularizer", "sign_regularizer", "pam_ties"});
-  CHECK(find_method("pam").pam);
-  CHECK(find_method("pam").reset == alloy::pam_reset::to_zero);
-  CHECK(find_method("pam_global_reset").reset == alloy::pam_reset::to_global);
-  CHECK(find_method("pam_ties").merge == "ties");
+  CHECK(find_method("pam").pam == alloy::pam_reset::to_zero);
+  CHECK(find_method("pam_global_reset").pam == alloy::pam_reset::to_global);
+  CHECK(find_method("pam_ties").merge == alloy::continual_rule::policy);
+  CHECK(find_method("pam_ties").merge_method == "ties");
   CHECK_FALSE(find_method("ties_post").pam);
-  CHECK(find_method("sign_regularizer").regularizer == "sign");
+  CHECK(find_method("sign_regularizer").regularizer == regularizer_kind::sign_agreement);
+  // Every policy a method names is in alloy's registry.
+  for (const auto& method : all_methods()) {
+    if (method.merge == alloy::continual_rule::policy) CHECK_NOTHROW(alloy::find_merge_method(method.merge_method));
+  }
   CHECK_THROWS_WITH(find_method("ewc"), Catch::Contains("unknown method") && Catch::Contains("pam_ties"));
 }

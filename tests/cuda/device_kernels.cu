@@ -25,11 +25,11 @@ __global__ void apply(Kernel kernel, const float* inputs, std::size_t inputs_cou
   output[i] = kernel(register_values{values, inputs_count}, i);
 }
 
-template __global__ void apply<alloy::task_vector_kernel>(alloy::task_vector_kernel, const float*, std::size_t, float*, std::size_t);
-template __global__ void apply<alloy::weighted_sum_kernel>(alloy::weighted_sum_kernel, const float*, std::size_t, float*, std::size_t);
-template __global__ void apply<alloy::magmax_kernel>(alloy::magmax_kernel, const float*, std::size_t, float*, std::size_t);
-template __global__ void apply<alloy::two_term_kernel>(alloy::two_term_kernel, const float*, std::size_t, float*, std::size_t);
-template __global__ void apply<alloy::interpolate_mean_kernel>(alloy::interpolate_mean_kernel, const float*, std::size_t, float*, std::size_t);
+template __global__ void apply<alloy::detail::task_vector_kernel>(alloy::detail::task_vector_kernel, const float*, std::size_t, float*, std::size_t);
+template __global__ void apply<alloy::detail::weighted_sum_kernel>(alloy::detail::weighted_sum_kernel, const float*, std::size_t, float*, std::size_t);
+template __global__ void apply<alloy::detail::magmax_kernel>(alloy::detail::magmax_kernel, const float*, std::size_t, float*, std::size_t);
+template __global__ void apply<alloy::detail::two_term_kernel>(alloy::detail::two_term_kernel, const float*, std::size_t, float*, std::size_t);
+template __global__ void apply<alloy::detail::interpolate_mean_kernel>(alloy::detail::interpolate_mean_kernel, const float*, std::size_t, float*, std::size_t);
 template __global__ void apply<alloy::detail::pam_reset_kernel>(alloy::detail::pam_reset_kernel, const float*, std::size_t, float*, std::size_t);
 template __global__ void apply<alloy::detail::l2_pull_gradient>(alloy::detail::l2_pull_gradient, const float*, std::size_t, float*, std::size_t);
 template __global__ void apply<alloy::detail::sign_agreement_gradient>(alloy::detail::sign_agreement_gradient, const float*, std::size_t, float*, std::size_t);

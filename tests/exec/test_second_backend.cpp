@@ -10,7 +10,7 @@
 
 #include "alloy/align/pam.hpp"
 #include "alloy/align/regularizers.hpp"
-#include "alloy/merge/continual_merger.hpp"
+#include "alloy/continual/continual_merger.hpp"
 #include "alloy/merge/execute_plan.hpp"
 #include "counting_backend.hpp"
 #include "tensor_builders.hpp"

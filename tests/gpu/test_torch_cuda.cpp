@@ -133,7 +133,7 @@ TEST_CASE("PAM and the regularizers run on alloy's CUDA backend with the CPU's b
     WARN("no CUDA device: PAM and the regularizers on the CUDA backend were not run");
     return;
   }
-  const cuda::backend gpu(c10::cuda::getCurrentCUDAStream().stream());
+  const alloy::cuda::backend gpu(c10::cuda::getCurrentCUDAStream().stream());
   const memory_store global = snapshot(*small_model(30));
   const memory_store initial = snapshot(*small_model(31));
   memory_store task = snapshot(*small_model(32));
@@ -146,8 +146,8 @@ TEST_CASE("PAM and the regularizers run on alloy's CUDA backend with the CPU's b
   const torch_adapter::tensor_store device_initial = on_device(initial);
   torch_adapter::tensor_store device_task = on_device(task);
   const tensor_masks masks = top_magnitude_masks(cpu_backend{}, global, 0.5);
-  masks_by_name<cuda::device_mask> device_masks;
-  for (const auto& [name, mask] : masks) device_masks.emplace(name, cuda::device_mask::from_host(mask, gpu.stream()));
+  masks_by_name<alloy::cuda::device_mask> device_masks;
+  for (const auto& [name, mask] : masks) device_masks.emplace(name, alloy::cuda::device_mask::from_host(mask, gpu.stream()));
 
   // Regularizers: the same gradients bit for bit (the same functors), values up to the f64 sum order.
   memory_store gradient;
@@ -172,7 +172,7 @@ TEST_CASE("PAM and the regularizers run on alloy's CUDA backend with the CPU's b
     const pam_report cpu_report = align_signs(cpu_backend{}, global, cpu_task, masks, mode);
     std::size_t callbacks = 0;
     const pam_report gpu_report = align_signs(gpu, device_global, gpu_task, device_masks, mode,
-                                              [&](std::string_view name, const cuda::device_mask& reset) {
+                                              [&](std::string_view name, const alloy::cuda::device_mask& reset) {
                                                 CHECK(reset.size() == global.view(name).numel());
                                                 ++callbacks;
                                               });

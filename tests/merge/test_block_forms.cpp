@@ -68,14 +68,14 @@ TEST_CASE("linear-type sums: the block form gives the per-element bits", "[merge
     for (std::size_t i = 0; i < inputs; ++i) weights[i] = 0.1f + 0.37f * static_cast<float>(i % 5) - (i == 2 ? 1.0f : 0.0f);
     const std::vector<std::vector<float>> used(columns.begin() + 1, columns.end());
     INFO(inputs << " inputs");
-    CHECK(differing_elements(weighted_sum_kernel{weights.data(), 0.3f}, used, 0) == 0);
+    CHECK(differing_elements(detail::weighted_sum_kernel{weights.data(), 0.3f}, used, 0) == 0);
   }
 }
 
 TEST_CASE("MagMax: the block form gives the per-element bits", "[merge][block]") {
   for (std::size_t models : {1u, 2u, 7u, 8u, 9u, 16u, 19u}) {
     INFO(models << " models");
-    CHECK(differing_elements(magmax_kernel{0.7f}, block_columns(models + 1, static_cast<unsigned>(models)), 0) == 0);
+    CHECK(differing_elements(detail::magmax_kernel{0.7f}, block_columns(models + 1, static_cast<unsigned>(models)), 0) == 0);
   }
 }
 
@@ -86,8 +86,8 @@ TEST_CASE("task-vector kernel: the block form gives the per-element bits", "[mer
   for (auto& word : bits) word = z = mix64(z);
   for (std::size_t models : {1u, 2u, 3u, 8u, 11u, 16u, 18u}) {
     const auto columns = block_columns(models + 1, static_cast<unsigned>(models * 7));
-    for (auto rule : {task_vector_term::keep_rule::all, task_vector_term::keep_rule::bits, task_vector_term::keep_rule::random}) {
-      std::vector<task_vector_term> terms(models);
+    for (auto rule : {detail::task_vector_term::keep_rule::all, detail::task_vector_term::keep_rule::bits, detail::task_vector_term::keep_rule::random}) {
+      std::vector<detail::task_vector_term> terms(models);
       for (std::size_t i = 0; i < models; ++i) {
         terms[i].weight = i == 1 ? 0.0f : 0.3f + 0.2f * static_cast<float>(i % 3);
         terms[i].scale = i % 2 == 0 ? 1.0f : 1.7f;
@@ -100,7 +100,7 @@ TEST_CASE("task-vector kernel: the block form gives the per-element bits", "[mer
         for (bool normalize : {false, true}) {
           INFO(models << " models, keep rule " << static_cast<int>(rule) << ", consensus "
                       << static_cast<int>(consensus) << ", normalize " << normalize);
-          CHECK(differing_elements(task_vector_kernel{terms.data(), consensus, normalize, 0.9f}, columns, first) == 0);
+          CHECK(differing_elements(detail::task_vector_kernel{terms.data(), consensus, normalize, 0.9f}, columns, first) == 0);
         }
       }
     }

@@ -2,7 +2,7 @@
 
 #include <catch2/catch.hpp>
 
-#include "alloy/merge/continual_merger.hpp"
+#include "alloy/continual/continual_merger.hpp"
 #include "tensor_builders.hpp"
 
 using namespace alloy;

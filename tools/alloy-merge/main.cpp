@@ -19,6 +19,7 @@
 #include <CLI/CLI.hpp>
 
 #include "human_bytes.hpp"
+#include "terminal_status.hpp"
 #include "merge_config.hpp"
 #include "merge_job.hpp"
 #if defined(ALLOY_HAVE_CUDA_BACKEND)
@@ -72,43 +73,37 @@ std::optional<std::size_t> parse_size(std::string text) {
   return static_cast<std::size_t>(bytes);
 }
 
-// A one-line progress bar on a terminal: tensors, bytes, rate, ETA; redrawn at most 10 times a second.
+// A one-line progress bar on a terminal: tensors, bytes, rate, ETA.
 class progress_bar {
  public:
   progress_bar(std::size_t tensors, std::size_t bytes, bool enabled)
-      : tensors_(tensors), bytes_(bytes), enabled_(enabled), start_(clock::now()), last_(start_) {}
+      : tensors_(tensors), bytes_(bytes), line_(enabled), start_(clock::now()) {}
 
   void update(std::size_t tensors_done, std::size_t bytes_done) {
     if (received_signal.load() != 0) throw interrupted{};
-    if (!enabled_) return;
-    const auto now = clock::now();
-    if (tensors_done != tensors_ && now - last_ < std::chrono::milliseconds(100)) return;
-    last_ = now;
-    const double seconds = std::chrono::duration<double>(now - start_).count();
+    if (!line_.enabled()) return;
+    const double seconds = std::chrono::duration<double>(clock::now() - start_).count();
     const double fraction = bytes_ == 0 ? 1.0 : static_cast<double>(bytes_done) / static_cast<double>(bytes_);
     const double rate = seconds > 0 ? static_cast<double>(bytes_done) / seconds : 0.0;
-    const int width = 30;
-    const int filled = static_cast<int>(fraction * width);
-    std::string bar(static_cast<std::size_t>(filled), '=');
-    if (filled < width) bar += '>' + std::string(static_cast<std::size_t>(width - filled - 1), ' ');
     char eta[32] = "";
     if (rate > 0 && tensors_done < tensors_) {
       std::snprintf(eta, sizeof eta, " ETA %.0fs", static_cast<double>(bytes_ - bytes_done) / rate);
     }
-    std::fprintf(stderr, "\r[%s] %zu/%zu tensors  %s/%s  %s/s%s\033[K", bar.c_str(), tensors_done, tensors_,
-                 human_bytes(static_cast<double>(bytes_done)).c_str(), human_bytes(static_cast<double>(bytes_)).c_str(),
-                 human_bytes(rate).c_str(), eta);
-    if (tensors_done == tensors_) std::fprintf(stderr, "\n");
-    std::fflush(stderr);
+    char text[256];
+    std::snprintf(text, sizeof text, "%s %zu/%zu tensors  %s/%s  %s/s%s", alloy::tools::terminal_status::bar(fraction, 30).c_str(),
+                  tensors_done, tensors_, human_bytes(static_cast<double>(bytes_done)).c_str(),
+                  human_bytes(static_cast<double>(bytes_)).c_str(), human_bytes(rate).c_str(), eta);
+    const bool done = tensors_done == tensors_;
+    line_.show(text, done);
+    if (done) line_.finish(/*keep=*/true);
   }
 
  private:
   using clock = std::chrono::steady_clock;
   std::size_t tensors_;
   std::size_t bytes_;
-  bool enabled_;
+  alloy::tools::terminal_status line_;
   clock::time_point start_;
-  clock::time_point last_;
 };
 
 void print_plan(const alloy::tools::merge_job& job, const std::string& output, std::size_t shard_bytes) {
@@ -232,7 +227,7 @@ int main(int argc, char** argv) {
         std::error_code ec;
         const auto status = fs::symlink_status(output, ec);
         if (fs::exists(status) && !allow_overwrite && !(fs::is_directory(status) && fs::is_empty(output, ec))) {
-          alloy::detail::fail(alloy::error_code::already_exists, "output ", output,
+          alloy::fail(alloy::error_code::already_exists, "output ", output,
                               " exists and is not an empty folder (--allow-overwrite replaces it)");
         }
       });

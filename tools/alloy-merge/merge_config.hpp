@@ -59,7 +59,7 @@ struct merge_config {
 namespace detail {
 
 [[noreturn]] inline void config_fail(std::string_view path, const std::string& message) {
-  alloy::detail::fail(error_code::invalid_argument, path, ": ", message);
+  alloy::fail(error_code::invalid_argument, path, ": ", message);
 }
 
 inline std::string describe_node(const YAML::Node& node) {
@@ -251,18 +251,18 @@ inline constexpr std::size_t max_config_bytes = 1 << 20;
 // Reads a config from YAML text; `source` names it in messages (a file name).
 inline merge_config parse_merge_config(const std::string& text, std::string_view source = "the config") {
   if (text.size() > max_config_bytes) {
-    alloy::detail::fail(error_code::limit, source, ": ", text.size(), " bytes is too large for a merge config (limit ",
+    alloy::fail(error_code::limit, source, ": ", text.size(), " bytes is too large for a merge config (limit ",
                         max_config_bytes, " bytes)");
   }
   YAML::Node root;
   try {
     root = YAML::Load(text);
   } catch (const YAML::Exception& e) {
-    alloy::detail::fail(error_code::invalid_argument, source, ": not valid YAML at line ", e.mark.line + 1,
+    alloy::fail(error_code::invalid_argument, source, ": not valid YAML at line ", e.mark.line + 1,
                         ", column ", e.mark.column + 1, ": ", e.msg);
   }
   if (!root.IsMap()) {
-    alloy::detail::fail(error_code::invalid_argument, source, ": expected a mapping with merge_method and models, got ",
+    alloy::fail(error_code::invalid_argument, source, ": expected a mapping with merge_method and models, got ",
                         detail::describe_node(root));
   }
   merge_config config;
@@ -356,15 +356,15 @@ inline merge_config parse_merge_config(const std::string& text, std::string_view
 inline merge_config read_merge_config(const std::filesystem::path& path) {
   std::error_code ec;
   if (std::filesystem::is_directory(path, ec)) {
-    alloy::detail::fail(error_code::invalid_argument, "config ", path.string(), " is a folder, not a YAML file");
+    alloy::fail(error_code::invalid_argument, "config ", path.string(), " is a folder, not a YAML file");
   }
   std::ifstream in(path, std::ios::binary);
-  if (!in) alloy::detail::fail(error_code::not_found, "cannot read config ", path.string());
+  if (!in) alloy::fail(error_code::not_found, "cannot read config ", path.string());
   // Read at most one byte past the cap (the config may be a pipe, whose size is unknown).
   std::string text(max_config_bytes + 1, '\0');
   in.read(text.data(), static_cast<std::streamsize>(text.size()));
   text.resize(static_cast<std::size_t>(in.gcount()));
-  if (in.bad()) alloy::detail::fail(error_code::io, "cannot read config ", path.string());
+  if (in.bad()) alloy::fail(error_code::io, "cannot read config ", path.string());
   return parse_merge_config(text, path.string());
 }
 

@@ -20,7 +20,7 @@
 #include <nlohmann/json.hpp>
 
 #include "alloy/alloy.hpp"
-#include "alloy/merge/lora_adapter.hpp"
+#include "alloy/store/lora_applied_store.hpp"
 #include "merge_config.hpp"
 
 namespace alloy::tools {
@@ -93,7 +93,7 @@ class model_input {
     if (!std::filesystem::exists(text, ec)) {
       const bool looks_like_hub_id = text.find('/') != std::string::npos && text.front() != '/' && text.front() != '.' &&
                                      std::count(text.begin(), text.end(), '/') == 1;
-      alloy::detail::fail(error_code::not_found, what, " ", alloy::detail::quoted{text}, " does not exist",
+      alloy::fail(error_code::not_found, what, " ", alloy::quoted{text}, " does not exist",
                           looks_like_hub_id ? " (alloy-merge reads local folders and files only; download the "
                                               "model first, e.g. with huggingface-cli download)"
                                             : "");
@@ -243,7 +243,7 @@ inline std::string updated_model_config(const std::filesystem::path& path, std::
   constexpr int max_depth = 256;
   const mapped_file file(path);
   if (file.bytes().size() > max_bytes) {
-    alloy::detail::fail(error_code::limit, path.string(), ": ", file.bytes().size(), " bytes is too large for a model "
+    alloy::fail(error_code::limit, path.string(), ": ", file.bytes().size(), " bytes is too large for a model "
                         "config (limit ", max_bytes, " bytes)");
   }
   const auto* text = reinterpret_cast<const char*>(file.bytes().data());
@@ -252,13 +252,13 @@ inline std::string updated_model_config(const std::filesystem::path& path, std::
     config = nlohmann::ordered_json::parse(text, text + file.bytes().size(),
                                            [&](int depth, nlohmann::ordered_json::parse_event_t, nlohmann::ordered_json&) {
                                              if (depth > max_depth) {
-                                               alloy::detail::fail(error_code::limit, path.string(), ": nested more than ",
+                                               alloy::fail(error_code::limit, path.string(), ": nested more than ",
                                                                    max_depth, " levels deep");
                                              }
                                              return true;
                                            });
   } catch (const nlohmann::json::exception& e) {
-    alloy::detail::fail(error_code::format, path.string(), ": not valid JSON: ", e.what());
+    alloy::fail(error_code::format, path.string(), ": not valid JSON: ", e.what());
   }
   if (written && config.is_object()) {
     config["torch_dtype"] = *written == dtype::bf16 ? "bfloat16" : *written == dtype::f16 ? "float16" : "float32";
@@ -346,7 +346,7 @@ inline void require_finite(const cpu_backend& backend, const_tensor_view view, c
   const bool readable = view.dtype() == dtype::f64 || view.dtype() == dtype::f32 || view.dtype() == dtype::f16 ||
                         view.dtype() == dtype::bf16;  // 8-bit floats: said by their bits only
   const float value = readable ? load_as_float(view, *at) : std::nanf("");
-  alloy::detail::fail(error_code::format, what, ": tensor ", alloy::detail::quoted{tensor}, " holds ",
+  alloy::fail(error_code::format, what, ": tensor ", alloy::quoted{tensor}, " holds ",
                       !readable ? "a NaN or infinity" : std::isnan(value) ? "NaN" : value > 0 ? "+inf" : "-inf",
                       " at element ", element_position(view.shape(), *at), " (flat index ", *at, "; --check-finite)");
 }

@@ -10,22 +10,15 @@ void merge_with(const merge_policy& policy, const backend& gpu, const merge_inpu
   std::visit([&](const auto& p) { p.merge(gpu, in, output); }, policy);
 }
 
-namespace {
-struct first_input {
-  template <class Values>
-  __device__ float operator()(const Values& values, std::size_t) const { return values[0]; }
-};
-}  // namespace
-
 device_mask magnitude_band_mask(const backend& gpu, std::span<const const_tensor_view> inputs, std::size_t first,
                                 std::size_t last) {
   if (inputs.empty() || inputs.size() > 2) {
-    alloy::detail::fail(error_code::invalid_argument, "magnitude_band_mask takes one tensor or a (base, model) pair, not ",
+    alloy::fail(error_code::invalid_argument, "magnitude_band_mask takes one tensor or a (base, model) pair, not ",
                         inputs.size(), " tensors");
   }
   const std::size_t n = inputs[0].numel();
-  return inputs.size() == 1 ? rank_band_mask(gpu, inputs, n, first_input{}, first, last)
-                            : rank_band_mask(gpu, inputs, n, task_vector_delta{}, first, last);
+  return inputs.size() == 1 ? rank_band_mask(gpu, inputs, n, alloy::detail::first_value{}, first, last)
+                            : rank_band_mask(gpu, inputs, n, alloy::detail::task_vector_delta{}, first, last);
 }
 
 }  // namespace alloy::cuda

@@ -15,7 +15,7 @@
 #include "alloy/torch/transfer.hpp"
 #include "config.hpp"
 #include "model.hpp"
-#include "text_file.hpp"
+#include "alloy/store/file_io.hpp"
 
 namespace alloy_clip {
 
@@ -32,8 +32,8 @@ inline clip_model load_pretrained(const std::filesystem::path& folder) {
   const auto parameters = model->named_parameters(/*recurse=*/true);
   for (const auto& item : parameters) {
     if (!wanted.contains(item.key())) {
-      alloy::detail::fail(alloy::error_code::not_found, folder.string(), ": the checkpoint lacks tensor ",
-                          alloy::detail::quoted{item.key()});
+      alloy::fail(alloy::error_code::not_found, folder.string(), ": the checkpoint lacks tensor ",
+                          alloy::quoted{item.key()});
     }
   }
   // (assign refuses, by name, a tensor of the file that the model does not have.)
@@ -45,7 +45,7 @@ inline clip_model load_pretrained(const std::filesystem::path& folder) {
 // written under a temporary name and renamed when complete.
 inline void save_pretrained(clip_model& model, const std::filesystem::path& folder) {
   std::filesystem::create_directories(folder);
-  write_text_file(folder / "config.json", model->config.to_json().dump(2) + "\n");
+  alloy::write_file_atomically(folder / "config.json", model->config.to_json().dump(2) + "\n");
   // transformers refuses safetensors files without {"format": "pt"} in their metadata.
   alloy::save_safetensors(folder / "model.safetensors", alloy::torch_adapter::snapshot(*model), {{"format", "pt"}},
                           /*replace=*/true);

@@ -152,7 +152,7 @@ struct clip_config {
 
  private:
   [[noreturn]] static void fail(const std::string& source, const std::string& message) {
-    alloy::detail::fail(alloy::error_code::invalid_argument, source, ": ", message);
+    alloy::fail(alloy::error_code::invalid_argument, source, ": ", message);
   }
   static void positive(std::int64_t value, const std::string& source, const std::string& field) {
     if (value <= 0) fail(source, field + " must be positive, not " + std::to_string(value));

@@ -19,15 +19,15 @@ inline ::torch::Device parse_device(const std::string& name) {
   try {
     device = ::torch::Device(name);
   } catch (const c10::Error&) {
-    alloy::detail::fail(alloy::error_code::invalid_argument, "unknown device ", alloy::detail::quoted{name},
+    alloy::fail(alloy::error_code::invalid_argument, "unknown device ", alloy::quoted{name},
                         " (expected cpu, cuda or cuda:N)");
   }
   if (device.is_cuda() && !::torch::cuda::is_available()) {
-    alloy::detail::fail(alloy::error_code::invalid_argument, "--device ", name,
+    alloy::fail(alloy::error_code::invalid_argument, "--device ", name,
                         ": this LibTorch sees no CUDA device (a CPU-only LibTorch, or no GPU on this machine)");
   }
   if (!device.is_cuda() && !device.is_cpu()) {
-    alloy::detail::fail(alloy::error_code::invalid_argument, "device ", name, " is not supported (cpu or cuda)");
+    alloy::fail(alloy::error_code::invalid_argument, "device ", name, " is not supported (cpu or cuda)");
   }
   return device;
 }

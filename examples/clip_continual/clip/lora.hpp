@@ -37,13 +37,13 @@ struct lora_linear_impl : ::torch::nn::Module {
 
   // Adds the low-rank update and freezes W and b.
   void enable_lora(const lora_options& options) {
-    if (lora_A) alloy::detail::fail(alloy::error_code::invalid_argument, "LoRA is already enabled on this layer");
+    if (lora_A) alloy::fail(alloy::error_code::invalid_argument, "LoRA is already enabled on this layer");
     if (options.rank <= 0 || options.rank > std::min(in, out)) {
-      alloy::detail::fail(alloy::error_code::invalid_argument, "LoRA rank ", options.rank, " must be in [1, ",
+      alloy::fail(alloy::error_code::invalid_argument, "LoRA rank ", options.rank, " must be in [1, ",
                           std::min(in, out), "] for a ", out, "x", in, " layer");
     }
     if (!(options.dropout >= 0.0 && options.dropout < 1.0)) {
-      alloy::detail::fail(alloy::error_code::invalid_argument, "LoRA dropout ", options.dropout, " must be in [0, 1)");
+      alloy::fail(alloy::error_code::invalid_argument, "LoRA dropout ", options.dropout, " must be in [0, 1)");
     }
     lora_A = register_module("lora_A", ::torch::nn::Linear(::torch::nn::LinearOptions(in, options.rank).bias(false)));
     lora_B = register_module("lora_B", ::torch::nn::Linear(::torch::nn::LinearOptions(options.rank, out).bias(false)));

@@ -131,7 +131,7 @@ struct text_transformer_impl : ::torch::nn::Module {
   // ids: [batch, tokens] (int64). Returns the pooled states [batch, width].
   ::torch::Tensor forward(const ::torch::Tensor& ids) {
     if (ids.size(1) > config.max_position_embeddings) {
-      alloy::detail::fail(alloy::error_code::invalid_argument, "text of ", ids.size(1), " tokens exceeds the model's ",
+      alloy::fail(alloy::error_code::invalid_argument, "text of ", ids.size(1), " tokens exceeds the model's ",
                           config.max_position_embeddings, " positions");
     }
     ::torch::Tensor x = embeddings(ids);
@@ -166,7 +166,7 @@ struct vision_embeddings_impl : ::torch::nn::Module {
   ::torch::Tensor forward(const ::torch::Tensor& pixels) {
     if (pixels.dim() != 4 || pixels.size(1) != config.num_channels || pixels.size(2) != config.image_size ||
         pixels.size(3) != config.image_size) {
-      alloy::detail::fail(alloy::error_code::shape_mismatch, "images must be [batch, ", config.num_channels, ", ",
+      alloy::fail(alloy::error_code::shape_mismatch, "images must be [batch, ", config.num_channels, ", ",
                           config.image_size, ", ", config.image_size, "], not ", pixels.sizes());
     }
     const ::torch::Tensor patches = patch_embedding(pixels.to(patch_embedding->weight.scalar_type())).flatten(2).transpose(1, 2);
@@ -231,7 +231,7 @@ struct clip_model_impl : ::torch::nn::Module {
       ++adapted;
     }
     if (adapted == 0) {
-      alloy::detail::fail(alloy::error_code::invalid_argument, "add_lora: no linear layer matches the targets");
+      alloy::fail(alloy::error_code::invalid_argument, "add_lora: no linear layer matches the targets");
     }
     for (auto& item : named_parameters()) {
       if (item.key().find(".lora_") == std::string::npos) item.value().set_requires_grad(false);

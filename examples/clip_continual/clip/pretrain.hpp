@@ -54,13 +54,13 @@ struct clip_bundle {
 
 inline clip_bundle load_clip_folder(const std::filesystem::path& folder) {
   if (!std::filesystem::is_directory(folder)) {
-    alloy::detail::fail(alloy::error_code::not_found, "no CLIP folder at ", folder.string(),
+    alloy::fail(alloy::error_code::not_found, "no CLIP folder at ", folder.string(),
                         " (expected config.json, model.safetensors, vocab.json and merges.txt)");
   }
   clip_tokenizer tokenizer = clip_tokenizer::load(folder);
   clip_model model = load_pretrained(folder);
   if (static_cast<std::int64_t>(tokenizer.vocab_size()) > model->config.text.vocab_size) {
-    alloy::detail::fail(alloy::error_code::shape_mismatch, folder.string(), ": the tokenizer has ", tokenizer.vocab_size(),
+    alloy::fail(alloy::error_code::shape_mismatch, folder.string(), ": the tokenizer has ", tokenizer.vocab_size(),
                         " ids but the text model embeds ", model->config.text.vocab_size);
   }
   return {folder, std::move(model), std::move(tokenizer), normalization::of_model(folder)};
@@ -74,7 +74,7 @@ inline std::string prompt_corpus_fingerprint() {
   std::string all;
   for (const auto& text : prompt_corpus()) all += text + "\n";
   char hex[17];
-  std::snprintf(hex, sizeof hex, "%016llx", static_cast<unsigned long long>(stable_hash(all)));
+  std::snprintf(hex, sizeof hex, "%016llx", static_cast<unsigned long long>(alloy::fnv1a64(all)));
   return hex;
 }
 
@@ -209,7 +209,7 @@ inline pretrain_result pretrain_small_clip(const std::filesystem::path& folder, 
     for (std::size_t d = 0; d < inputs.size(); ++d) {
       const std::int64_t n = offsets[d + 1] - offsets[d];
       if (n == 0) {
-        alloy::detail::fail(alloy::error_code::invalid_argument, options.datasets[d], " has no pretraining images (pretrain_fraction ",
+        alloy::fail(alloy::error_code::invalid_argument, options.datasets[d], " has no pretraining images (pretrain_fraction ",
                             options.split.pretrain_fraction, ")");
       }
       const std::vector<std::int64_t> cycle = seeded_permutation(n, options.seed * 7919u + d);
@@ -302,8 +302,7 @@ inline pretrain_result pretrain_small_clip(const std::filesystem::path& folder, 
   result.seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - started).count();
 
   // Write the folder beside its final place, then rename: a killed run leaves no half-made base.
-  const std::filesystem::path partial = folder.string() + ".partial";
-  std::filesystem::remove_all(partial);
+  const std::filesystem::path partial = alloy::temporary_sibling(folder, "pretrain");
   save_pretrained(model, partial);
   vocabulary.save(partial);
   nlohmann::json record = {{"recipe", options.recipe()},
@@ -311,11 +310,7 @@ inline pretrain_result pretrain_small_clip(const std::filesystem::path& folder, 
                            {"device", device.str()},
                            {"epoch_loss", result.epoch_loss},
                            {"zero_shot_test_accuracy", result.zero_shot}};
-  {
-    std::ofstream out(partial / "alloy_pretraining.json");
-    out << record.dump(2) << "\n";
-    if (!out) alloy::detail::fail(alloy::error_code::io, "cannot write ", (partial / "alloy_pretraining.json").string());
-  }
+  alloy::write_file_atomically(partial / "alloy_pretraining.json", record.dump(2) + "\n");
   std::filesystem::remove_all(folder);
   std::filesystem::rename(partial, folder);
   return result;

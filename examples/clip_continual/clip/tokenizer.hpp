@@ -32,7 +32,7 @@
 #include <vector>
 
 #include "alloy/core/error.hpp"
-#include "text_file.hpp"
+#include "alloy/store/file_io.hpp"
 #include "unicode_tables.hpp"
 
 namespace alloy_clip {
@@ -112,21 +112,21 @@ inline std::vector<std::uint32_t> decode_utf8(std::string_view text) {
       length = 4;
       cp = lead & 0x07u;
     } else {
-      alloy::detail::fail(alloy::error_code::invalid_argument, "text is not valid UTF-8 (byte ", i, ")");
+      alloy::fail(alloy::error_code::invalid_argument, "text is not valid UTF-8 (byte ", i, ")");
     }
     if (i + length > text.size()) {
-      alloy::detail::fail(alloy::error_code::invalid_argument, "text is not valid UTF-8 (truncated at byte ", i, ")");
+      alloy::fail(alloy::error_code::invalid_argument, "text is not valid UTF-8 (truncated at byte ", i, ")");
     }
     for (std::size_t k = 1; k < length; ++k) {
       const auto next = static_cast<unsigned char>(text[i + k]);
       if ((next & 0xC0) != 0x80) {
-        alloy::detail::fail(alloy::error_code::invalid_argument, "text is not valid UTF-8 (byte ", i + k, ")");
+        alloy::fail(alloy::error_code::invalid_argument, "text is not valid UTF-8 (byte ", i + k, ")");
       }
       cp = (cp << 6) | (next & 0x3Fu);
     }
     const bool overlong = (length == 3 && cp < 0x800) || (length == 4 && cp < 0x10000);
     if (overlong || cp > 0x10FFFF || (cp >= 0xD800 && cp <= 0xDFFF)) {
-      alloy::detail::fail(alloy::error_code::invalid_argument, "text is not valid UTF-8 (byte ", i, ")");
+      alloy::fail(alloy::error_code::invalid_argument, "text is not valid UTF-8 (byte ", i, ")");
     }
     out.push_back(cp);
     i += length;
@@ -182,7 +182,7 @@ class clip_tokenizer {
       ranks_.emplace(merges[rank].first + ' ' + merges[rank].second, rank);
     }
     for (const auto& [symbol, id] : vocab_) {
-      if (id < 0) alloy::detail::fail(alloy::error_code::invalid_argument, "vocabulary id of ", symbol, " is negative");
+      if (id < 0) alloy::fail(alloy::error_code::invalid_argument, "vocabulary id of ", symbol, " is negative");
       if (static_cast<std::size_t>(id) >= symbols_.size()) symbols_.resize(static_cast<std::size_t>(id) + 1);
       symbols_[static_cast<std::size_t>(id)] = symbol;
     }
@@ -199,16 +199,16 @@ class clip_tokenizer {
     const auto merges_file = folder / "merges.txt";
     for (const auto& file : {vocab_file, merges_file}) {
       if (!std::filesystem::is_regular_file(file)) {
-        alloy::detail::fail(alloy::error_code::not_found, "no ", file.filename().string(), " in ", folder.string(),
+        alloy::fail(alloy::error_code::not_found, "no ", file.filename().string(), " in ", folder.string(),
                             " (a CLIP tokenizer needs vocab.json and merges.txt)");
       }
     }
     nlohmann::json json = read_json(vocab_file);
-    if (!json.is_object()) alloy::detail::fail(alloy::error_code::format, vocab_file.string(), ": not a JSON object");
+    if (!json.is_object()) alloy::fail(alloy::error_code::format, vocab_file.string(), ": not a JSON object");
     std::unordered_map<std::string, std::int64_t> vocab;
     for (const auto& [symbol, id] : json.items()) {
       if (!id.is_number_integer()) {
-        alloy::detail::fail(alloy::error_code::format, vocab_file.string(), ": the id of ", alloy::detail::quoted{symbol},
+        alloy::fail(alloy::error_code::format, vocab_file.string(), ": the id of ", alloy::quoted{symbol},
                             " is not an integer");
       }
       vocab.emplace(symbol, id.get<std::int64_t>());
@@ -245,7 +245,7 @@ class clip_tokenizer {
 
   // encode(text) truncated to `length` (keeping <|endoftext|> last) and padded with the pad token.
   [[nodiscard]] std::vector<std::int64_t> encode(std::string_view text, std::size_t length) const {
-    if (length < 2) alloy::detail::fail(alloy::error_code::invalid_argument, "a context of ", length, " tokens cannot hold the start and end tokens");
+    if (length < 2) alloy::fail(alloy::error_code::invalid_argument, "a context of ", length, " tokens cannot hold the start and end tokens");
     std::vector<std::int64_t> ids = encode(text);
     if (ids.size() > length) {
       ids.resize(length);
@@ -409,11 +409,11 @@ class clip_tokenizer {
  private:
   static nlohmann::json read_json(const std::filesystem::path& file) {
     std::ifstream in(file);
-    if (!in) alloy::detail::fail(alloy::error_code::io, "cannot read ", file.string());
+    if (!in) alloy::fail(alloy::error_code::io, "cannot read ", file.string());
     try {
       return nlohmann::json::parse(in);
     } catch (const nlohmann::json::parse_error& e) {
-      alloy::detail::fail(alloy::error_code::format, file.string(), ": ", e.what());
+      alloy::fail(alloy::error_code::format, file.string(), ": ", e.what());
     }
   }
 
@@ -421,11 +421,11 @@ class clip_tokenizer {
   // at most 49152 - 256 - 2 merges are read.
   static std::vector<std::pair<std::string, std::string>> read_merges(const std::filesystem::path& file) {
     std::ifstream in(file);
-    if (!in) alloy::detail::fail(alloy::error_code::io, "cannot read ", file.string());
+    if (!in) alloy::fail(alloy::error_code::io, "cannot read ", file.string());
     std::string line;
     std::getline(in, line);
     if (line.rfind("#version", 0) != 0) {
-      alloy::detail::fail(alloy::error_code::format, file.string(),
+      alloy::fail(alloy::error_code::format, file.string(),
                           ": the first line must be the \"#version\" header (CLIPTokenizer skips it unread)");
     }
     std::vector<std::pair<std::string, std::string>> merges;
@@ -437,8 +437,8 @@ class clip_tokenizer {
       if (line.empty()) continue;
       const auto space = line.find(' ');
       if (space == std::string::npos || space == 0 || space + 1 == line.size() || line.find(' ', space + 1) != std::string::npos) {
-        alloy::detail::fail(alloy::error_code::format, file.string(), ":", number, ": expected two symbols separated by one space, not ",
-                            alloy::detail::quoted{line});
+        alloy::fail(alloy::error_code::format, file.string(), ":", number, ": expected two symbols separated by one space, not ",
+                            alloy::quoted{line});
       }
       merges.emplace_back(line.substr(0, space), line.substr(space + 1));
     }
@@ -448,7 +448,7 @@ class clip_tokenizer {
   [[nodiscard]] std::int64_t special(std::string_view token) const {
     const auto it = vocab_.find(std::string(token));
     if (it == vocab_.end()) {
-      alloy::detail::fail(alloy::error_code::not_found, "the vocabulary lacks the special token ", token);
+      alloy::fail(alloy::error_code::not_found, "the vocabulary lacks the special token ", token);
     }
     return it->second;
   }
@@ -530,10 +530,10 @@ struct bpe_vocabulary {
     std::filesystem::create_directories(folder);
     nlohmann::ordered_json vocab = nlohmann::ordered_json::object();
     for (std::size_t id = 0; id < symbols.size(); ++id) vocab[symbols[id]] = id;
-    write_text_file(folder / "vocab.json", vocab.dump() + "\n");
+    alloy::write_file_atomically(folder / "vocab.json", vocab.dump() + "\n");
     std::string text = "#version: 0.2\n";
     for (const auto& [first, second] : merges) text += first + ' ' + second + '\n';
-    write_text_file(folder / "merges.txt", text);
+    alloy::write_file_atomically(folder / "merges.txt", text);
   }
 
 };

@@ -79,7 +79,7 @@ class inference_scope {
 // Normalised class embeddings [classes, projection_dim] of a dataset's classes and templates.
 inline ::torch::Tensor class_embeddings(clip_model& model, const clip_tokenizer& tokenizer, const image_dataset& data,
                                         const ::torch::Device& device) {
-  if (data.templates.empty()) alloy::detail::fail(alloy::error_code::invalid_argument, "dataset ", data.name, " has no prompt templates");
+  if (data.templates.empty()) alloy::fail(alloy::error_code::invalid_argument, "dataset ", data.name, " has no prompt templates");
   inference_scope scope(model);
   autocast_scope autocast(device);
   std::vector<std::string> prompts;

@@ -15,28 +15,38 @@
 #include <cstdint>
 #include <optional>
 #include <string>
+#include <string_view>
 #include <vector>
 
 #include "alloy/align/pam.hpp"
+#include "alloy/continual/continual_merger.hpp"
 #include "alloy/core/error.hpp"
+#include "alloy/core/lookup.hpp"
 #include "../data/datasets.hpp"
 
 namespace alloy_clip {
 
 enum class method_kind { zero_shot, sequential, independent, merged };
 
-// One method of the comparison (the keys of results.json).
+// The soft alignment a merged method adds to its loss, if any (alloy's regularizers).
+enum class regularizer_kind { none, l2_pull, sign_agreement };
+
+// One method of the comparison (the keys of results.json), described by what it is made of:
+// how T is merged back into G (alloy's continual rules; for continual_rule::policy, the merge
+// method of alloy's registry), whether PAM aligns T during training and how it resets, and
+// whether a regularizer joins the loss.
 struct method_spec {
   std::string key;
   std::string description;
   method_kind kind = method_kind::merged;
-  std::string merge = "average";  // merged: average (running mean), ties, magmax
-  bool pam = false;
-  alloy::pam_reset reset = alloy::pam_reset::to_zero;
-  std::string regularizer = {};  // merged: "", "l2" or "sign"
+  alloy::continual_rule merge = alloy::continual_rule::running_mean;
+  std::string_view merge_method{};            // continual_rule::policy: "ties", "magmax"
+  std::optional<alloy::pam_reset> pam{};      // PAM during training, resetting to zero or to G
+  regularizer_kind regularizer = regularizer_kind::none;
 };
 
 inline const std::vector<method_spec>& all_methods() {
+  using alloy::continual_rule;
   using alloy::pam_reset;
   static const std::vector<method_spec> all = {
       {.key = "zero_shot", .description = "the pretrained base, untrained", .kind = method_kind::zero_shot},
@@ -45,26 +55,25 @@ inline const std::vector<method_spec>& all_methods() {
       {.key = "independent", .description = "a fresh LoRA per task, each task tested with its own (upper bound)",
        .kind = method_kind::independent},
       {.key = "merge_avg", .description = "a copy of the global LoRA per task, merged back by running mean, no alignment"},
-      {.key = "pam", .description = "merge_avg with PAM during training (reset to zero)", .pam = true},
-      {.key = "pam_global_reset", .description = "merge_avg with PAM during training (reset to G)", .pam = true,
-       .reset = pam_reset::to_global},
-      {.key = "ties_post", .description = "TIES instead of averaging, no alignment", .merge = "ties"},
-      {.key = "magmax", .description = "MagMax instead of averaging, no alignment", .merge = "magmax"},
-      {.key = "l2_regularizer", .description = "merge_avg with an L2 pull towards G in the loss", .regularizer = "l2"},
+      {.key = "pam", .description = "merge_avg with PAM during training (reset to zero)", .pam = pam_reset::to_zero},
+      {.key = "pam_global_reset", .description = "merge_avg with PAM during training (reset to G)",
+       .pam = pam_reset::to_global},
+      {.key = "ties_post", .description = "TIES instead of averaging, no alignment", .merge = continual_rule::policy,
+       .merge_method = "ties"},
+      {.key = "magmax", .description = "MagMax instead of averaging, no alignment", .merge = continual_rule::policy,
+       .merge_method = "magmax"},
+      {.key = "l2_regularizer", .description = "merge_avg with an L2 pull towards G in the loss",
+       .regularizer = regularizer_kind::l2_pull},
       {.key = "sign_regularizer", .description = "merge_avg with a sign-agreement penalty on G's top-p entries",
-       .regularizer = "sign"},
-      {.key = "pam_ties", .description = "PAM during training, then TIES merging", .merge = "ties", .pam = true},
+       .regularizer = regularizer_kind::sign_agreement},
+      {.key = "pam_ties", .description = "PAM during training, then TIES merging", .merge = continual_rule::policy,
+       .merge_method = "ties", .pam = pam_reset::to_zero},
   };
   return all;
 }
 
 inline const method_spec& find_method(const std::string& key) {
-  for (const auto& m : all_methods()) {
-    if (m.key == key) return m;
-  }
-  std::string known;
-  for (const auto& m : all_methods()) known += (known.empty() ? "" : ", ") + m.key;
-  alloy::detail::fail(alloy::error_code::invalid_argument, "unknown method ", alloy::detail::quoted{key}, " (known: ", known, ")");
+  return alloy::find_named(all_methods(), key, [](const method_spec& m) -> const std::string& { return m.key; }, "method");
 }
 
 // The orders of the tasks: order 0 as given, the others seeded permutations, all distinct.
@@ -76,7 +85,7 @@ inline std::vector<std::vector<std::size_t>> task_orders(std::size_t tasks, std:
   std::size_t possible = 1;
   for (std::size_t i = 2; i <= tasks && possible < count; ++i) possible *= i;
   if (count > possible) {
-    alloy::detail::fail(alloy::error_code::invalid_argument, count, " orders asked of ", tasks, " tasks, which have only ", possible);
+    alloy::fail(alloy::error_code::invalid_argument, count, " orders asked of ", tasks, " tasks, which have only ", possible);
   }
   for (std::uint64_t attempt = 1; orders.size() < count; ++attempt) {
     const auto p = seeded_permutation(static_cast<std::int64_t>(tasks), seed * 7777u + attempt);
@@ -97,10 +106,10 @@ struct sequence_metrics {
 
 inline sequence_metrics metrics_of(const std::vector<std::vector<double>>& r, const std::vector<double>& baseline) {
   const std::size_t n = r.size();
-  if (n == 0 || baseline.size() != n) alloy::detail::fail(alloy::error_code::invalid_argument, "metrics: matrix and baseline disagree");
+  if (n == 0 || baseline.size() != n) alloy::fail(alloy::error_code::invalid_argument, "metrics: matrix and baseline disagree");
   sequence_metrics m;
   for (std::size_t i = 0; i < n; ++i) {
-    if (r[i].size() != n) alloy::detail::fail(alloy::error_code::invalid_argument, "metrics: the accuracy matrix is not square");
+    if (r[i].size() != n) alloy::fail(alloy::error_code::invalid_argument, "metrics: the accuracy matrix is not square");
     m.acc += r[n - 1][i] / static_cast<double>(n);
     m.plasticity += r[i][i] / static_cast<double>(n);
   }

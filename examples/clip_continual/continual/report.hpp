@@ -14,8 +14,9 @@
 #include <vector>
 
 #include "alloy/core/error.hpp"
+#include "alloy/store/file_io.hpp"
 #include "protocol.hpp"
-#include "runner.hpp"
+#include "results.hpp"
 
 namespace alloy_clip {
 
@@ -148,7 +149,7 @@ inline std::vector<std::string> draw_plots(const run_summary& run, const std::fi
       }
       data << "\n\n";
     }
-    write_text_file(plots / "matrices.dat", data.str());
+    alloy::write_file_atomically(plots / "matrices.dat", data.str());
     script << "set terminal svg size " << 360 * columns << "," << 330 * rows << " font 'sans,11'\n"
            << "set output 'matrices.svg'\nset multiplot layout " << rows << "," << columns << "\n"
            << "set cbrange [0:100]\nset palette defined (0 'white', 100 '#1f4e9c')\nset xrange [0.5:" << static_cast<double>(n) + 0.5
@@ -160,7 +161,7 @@ inline std::vector<std::string> draw_plots(const run_summary& run, const std::fi
              << " using 2:1:(sprintf('%.0f',$3)) with labels font 'sans,9'\n";
     }
     script << "unset multiplot\n";
-    write_text_file(plots / "matrices.gp", script.str());
+    alloy::write_file_atomically(plots / "matrices.gp", script.str());
   }
   // Accuracy of each task over time, one panel per method.
   {
@@ -171,7 +172,7 @@ inline std::vector<std::string> draw_plots(const run_summary& run, const std::fi
         data << "\n\n";
       }
     }
-    write_text_file(plots / "task_curves.dat", data.str());
+    alloy::write_file_atomically(plots / "task_curves.dat", data.str());
     script << "set terminal svg size " << 360 * columns << "," << 300 * rows << " font 'sans,11'\n"
            << "set output 'task_curves.svg'\nset multiplot layout " << rows << "," << columns << "\n"
            << "set yrange [0:100]\nset xrange [1:" << n << "]\nset xtics 1\nset xlabel 'after task'\n"
@@ -184,7 +185,7 @@ inline std::vector<std::string> draw_plots(const run_summary& run, const std::fi
       script << "\n";
     }
     script << "unset multiplot\n";
-    write_text_file(plots / "task_curves.gp", script.str());
+    alloy::write_file_atomically(plots / "task_curves.gp", script.str());
   }
   // ACC against BWT.
   {
@@ -193,11 +194,11 @@ inline std::vector<std::string> draw_plots(const run_summary& run, const std::fi
       if (method.key == "zero_shot") continue;
       data << 100.0 * mean_of(method.bwt) << ' ' << 100.0 * mean_of(method.acc) << ' ' << method.key << '\n';
     }
-    write_text_file(plots / "acc_bwt.dat", data.str());
+    alloy::write_file_atomically(plots / "acc_bwt.dat", data.str());
     script << "set terminal svg size 640,480 font 'sans,11'\nset output 'acc_bwt.svg'\n"
            << "set xlabel 'BWT (points; 0 is no forgetting)'\nset ylabel 'ACC (%)'\nunset key\nset offsets 2,2,2,2\n"
            << "plot 'acc_bwt.dat' using 1:2 with points pt 7 ps 1.2, '' using 1:2:3 with labels offset 0,1 noenhanced\n";
-    write_text_file(plots / "acc_bwt.gp", script.str());
+    alloy::write_file_atomically(plots / "acc_bwt.gp", script.str());
   }
   // The stability-plasticity curve of PAM's p.
   if (!run.p_sweep.empty()) {
@@ -205,12 +206,12 @@ inline std::vector<std::string> draw_plots(const run_summary& run, const std::fi
     for (const auto& s : run.p_sweep) {
       data << s.p << ' ' << 100.0 * mean_of(s.acc) << ' ' << 100.0 * mean_of(s.bwt) << ' ' << 100.0 * mean_of(s.plasticity) << '\n';
     }
-    write_text_file(plots / "p_sweep.dat", data.str());
+    alloy::write_file_atomically(plots / "p_sweep.dat", data.str());
     script << "set terminal svg size 640,480 font 'sans,11'\nset output 'p_sweep.svg'\nset xlabel \"PAM's p\"\n"
            << "set ylabel 'points'\nset key bottom right\n"
            << "plot 'p_sweep.dat' using 1:2 with linespoints title 'ACC', '' using 1:4 with linespoints title "
               "'plasticity (accuracy on a task just learned)', '' using 1:3 with linespoints title 'BWT'\n";
-    write_text_file(plots / "p_sweep.gp", script.str());
+    alloy::write_file_atomically(plots / "p_sweep.gp", script.str());
   }
   if (!have_gnuplot()) return drawn;
   for (const char* name : {"matrices", "task_curves", "acc_bwt", "p_sweep"}) {
@@ -226,7 +227,7 @@ inline std::vector<std::string> draw_plots(const run_summary& run, const std::fi
 // Writes results.json, report.md and the plots into `dir`; returns the report's path.
 inline std::filesystem::path write_report(const run_summary& run, const std::filesystem::path& dir) {
   std::filesystem::create_directories(dir);
-  write_text_file(dir / "results.json", run.to_json().dump(2) + "\n");
+  alloy::write_file_atomically(dir / "results.json", run.to_json().dump(2) + "\n");
   const std::vector<std::string> plots = detail::draw_plots(run, dir);
   const std::size_t n = run.orders.front().size();
 
@@ -264,7 +265,7 @@ inline std::filesystem::path write_report(const run_summary& run, const std::fil
     md << "## PAM's p: stability against plasticity\n\n| p | ACC (%) | BWT (points) | plasticity (%) | entries reset per pass (%) |\n"
        << "| --- | --- | --- | --- | --- |\n";
     for (const auto& s : run.p_sweep) {
-      md << "| " << continual_runner::format_p(s.p) << " | " << detail::pct_pm(s.acc) << " | " << detail::pct_pm(s.bwt) << " | "
+      md << "| " << format_p(s.p) << " | " << detail::pct_pm(s.acc) << " | " << detail::pct_pm(s.bwt) << " | "
          << detail::pct_pm(s.plasticity) << " | " << detail::pct(s.reset_fraction) << " |\n";
     }
     md << "\nPlasticity: mean accuracy on a task right after learning it. Entries reset: the share of G's top-p "
@@ -290,7 +291,7 @@ inline std::filesystem::path write_report(const run_summary& run, const std::fil
     md << "## Plots\n\n";
     for (const auto& p : plots) md << "![" << p << "](" << p << ")\n\n";
   }
-  write_text_file(dir / "report.md", md.str());
+  alloy::write_file_atomically(dir / "report.md", md.str());
   return dir / "report.md";
 }
 

@@ -11,7 +11,6 @@
 // that an interrupted run resumes at the next task with the same result.
 
 #include <torch/torch.h>
-#include <unistd.h>
 
 #include <chrono>
 #include <cstdlib>
@@ -29,54 +28,12 @@
 #include "alloy/alloy.hpp"
 #include "alloy/torch.hpp"
 #include "../clip/pretrain.hpp"
+#include "config.hpp"
 #include "protocol.hpp"
+#include "results.hpp"
+#include "terminal_status.hpp"
 
 namespace alloy_clip {
-
-struct continual_config {
-  std::vector<std::string> tasks = {"mnist-inverted", "fashion_mnist-rotated", "digits-rotated", "mnist-rotated",
-                                    "fashion_mnist-inverted"};
-  std::string heldout = "digits-inverted";
-  std::vector<std::string> methods = {"zero_shot", "sequential_finetune", "independent", "merge_avg", "pam"};
-  std::int64_t orders = 3;
-  std::int64_t epochs = 3;
-  std::int64_t max_train = 2000;  // training images per task
-  std::int64_t max_test = 1000;   // test images per task
-  std::int64_t batch = 64;
-  double learning_rate = 1e-2;  // AdamW on the LoRA factors
-  std::int64_t lora_rank = 8;
-  double lora_alpha = 16;
-  std::vector<std::string> lora_targets = {"q_proj", "v_proj", "fc1", "fc2"};  // in the vision tower
-  double p = 0.5;                // PAM's top-p fraction of G
-  std::int64_t align_every = 10;  // PAM every K optimizer steps
-  double merge_weight = 0;    // average-merging methods: 0 for the running mean, else G <- (1 - w) G + w T
-  double ties_density = 0.2;  // TIES keeps the top 20% of each task vector (Yadav et al.'s default k)
-  double l2_strength = 1.0;
-  double sign_strength = 0.1;
-  std::vector<double> p_sweep;  // PAM's p values for the stability-plasticity curve (every order)
-  std::uint64_t seed = 0;
-
-  [[nodiscard]] nlohmann::json to_json() const {
-    return {{"tasks", tasks},
-            {"heldout", heldout},
-            {"methods", methods},
-            {"orders", orders},
-            {"epochs", epochs},
-            {"max_train", max_train},
-            {"max_test", max_test},
-            {"batch", batch},
-            {"learning_rate", learning_rate},
-            {"optimizer", "AdamW"},
-            {"lora", {{"rank", lora_rank}, {"alpha", lora_alpha}, {"targets", lora_targets}, {"tower", "vision"}}},
-            {"pam", {{"p", p}, {"every", align_every}}},
-            {"merge_weight", merge_weight},
-            {"ties_density", ties_density},
-            {"l2_strength", l2_strength},
-            {"sign_strength", sign_strength},
-            {"p_sweep", p_sweep},
-            {"seed", seed}};
-  }
-};
 
 // One task's data, ready to train and test on.
 struct continual_task {
@@ -86,61 +43,22 @@ struct continual_task {
   ::torch::Tensor classes;  // [classes, projection_dim], normalised (the text tower is frozen)
 };
 
-// One method on one task order: the accuracy rows so far and the time spent.
-struct cell_result {
-  std::string method;
-  double p = 0;  // PAM's p (methods with PAM)
-  std::size_t order = 0;
-  std::vector<std::size_t> task_order;       // indices into continual_config::tasks
-  std::vector<std::vector<double>> matrix;  // [after task t][task learned i-th]
-  std::vector<double> heldout;               // after each task
-  std::vector<double> train_s, merge_s;      // per task
-  std::vector<double> reset_fraction;        // per task: PAM's resets / entries inside G's top-p masks, over its passes
-  std::size_t tasks_total = 0;
-
-  [[nodiscard]] bool complete() const { return tasks_total > 0 && matrix.size() == tasks_total; }
-
-  [[nodiscard]] nlohmann::json to_json() const {
-    return {{"method", method}, {"p", p},           {"order", order},     {"task_order", task_order}, {"matrix", matrix},
-            {"heldout", heldout}, {"train_s", train_s}, {"merge_s", merge_s}, {"reset_fraction", reset_fraction},
-            {"tasks_total", tasks_total}};
-  }
-  static cell_result from_json(const nlohmann::json& j) {
-    cell_result c;
-    c.method = j.at("method").get<std::string>();
-    c.p = j.at("p").get<double>();
-    c.order = j.at("order").get<std::size_t>();
-    c.task_order = j.at("task_order").get<std::vector<std::size_t>>();
-    c.matrix = j.at("matrix").get<std::vector<std::vector<double>>>();
-    c.heldout = j.at("heldout").get<std::vector<double>>();
-    c.train_s = j.at("train_s").get<std::vector<double>>();
-    c.merge_s = j.at("merge_s").get<std::vector<double>>();
-    c.reset_fraction = j.value("reset_fraction", std::vector<double>{});
-    c.tasks_total = j.at("tasks_total").get<std::size_t>();
-    return c;
-  }
-};
-
-// A one-line progress bar on a terminal (rewritten in place); nothing otherwise.
+// The training progress on a terminal: the cell, task and epoch, the steps done, the loss.
 class progress_bar {
  public:
-  explicit progress_bar(bool enabled) : enabled_(enabled && ::isatty(STDERR_FILENO) != 0) {}
+  explicit progress_bar(bool enabled) : line_(enabled) {}
   void update(const std::string& label, std::int64_t done, std::int64_t total, double loss) {
-    if (!enabled_ || total <= 0) return;
-    constexpr int width = 24;
-    const int filled = static_cast<int>(static_cast<double>(width) * static_cast<double>(done) / static_cast<double>(total));
-    std::string bar(static_cast<std::size_t>(filled), '=');
-    bar.resize(width, ' ');
-    std::fprintf(stderr, "\r%-60s [%s] %3d%% loss %.3f ", label.c_str(), bar.c_str(),
-                 static_cast<int>(100 * done / total), loss);
-    std::fflush(stderr);
+    if (!line_.enabled() || total <= 0) return;
+    char text[256];
+    std::snprintf(text, sizeof text, "%-60s %s %3d%% loss %.3f", label.c_str(),
+                  alloy::tools::terminal_status::bar(static_cast<double>(done) / static_cast<double>(total), 24).c_str(),
+                  static_cast<int>(100 * done / total), loss);
+    line_.show(text, done == total);
   }
-  void finish() {
-    if (enabled_) std::fprintf(stderr, "\r%*s\r", 110, "");
-  }
+  void finish() { line_.finish(/*keep=*/false); }
 
  private:
-  bool enabled_;
+  alloy::tools::terminal_status line_;
 };
 
 class continual_runner {
@@ -196,7 +114,7 @@ class continual_runner {
       std::ifstream in(state_file);
       cell = cell_result::from_json(nlohmann::json::parse(in));
       if (cell.task_order != order) {
-        alloy::detail::fail(alloy::error_code::invalid_argument, state_file.string(),
+        alloy::fail(alloy::error_code::invalid_argument, state_file.string(),
                             ": a checkpoint of another task order (the run's settings changed; remove the run folder)");
       }
       if (cell.complete()) return cell;
@@ -253,10 +171,10 @@ class continual_runner {
       {
         const auto started = clock::now();
         if (method.pam) {
-          aligner.emplace(alloy::pam_options{p, static_cast<std::size_t>(config_.align_every), method.reset});
+          aligner.emplace(alloy::pam_options{p, static_cast<std::size_t>(config_.align_every), *method.pam});
           aligner->set_global(merger->global(), device_);
         }
-        if (!method.regularizer.empty()) target.emplace(merger->global(), config_.p, device_);
+        if (method.regularizer != regularizer_kind::none) target.emplace(merger->global(), config_.p, device_);
         merge_seconds += seconds_since(started);
       }
       const std::string label = id + "  task " + std::to_string(t + 1) + "/" + std::to_string(order.size()) + " " + task.name;
@@ -308,12 +226,6 @@ class continual_runner {
     return cell;
   }
 
-  static std::string format_p(double p) {
-    char text[16];
-    std::snprintf(text, sizeof text, "%.2g", p);
-    return text;
-  }
-
  private:
   using clock = std::chrono::steady_clock;
   static double seconds_since(clock::time_point t) { return std::chrono::duration<double>(clock::now() - t).count(); }
@@ -331,19 +243,19 @@ class continual_runner {
     return b;
   }
 
+  // How the method merges T into G, from its description and the run's settings; a policy comes
+  // from alloy's registry with its defaults (TIES: sum election, normalised; MagMax: lambda 1).
   alloy::continual_options merge_options(const method_spec& method) const {
     alloy::continual_options options;
-    if (method.merge == "average" && config_.merge_weight > 0) {
+    options.merge_rule = method.merge;
+    if (method.merge == alloy::continual_rule::running_mean && config_.merge_weight > 0) {
       options.merge_rule = alloy::continual_rule::fixed_weight;
       options.fixed_weight = config_.merge_weight;
     }
-    if (method.merge == "ties") {
-      options.merge_rule = alloy::continual_rule::policy;
-      options.policy = alloy::task_vector_merge::ties();
-      options.policy_parameters.density = config_.ties_density;
-    } else if (method.merge == "magmax") {
-      options.merge_rule = alloy::continual_rule::policy;
-      options.policy = alloy::magmax_merge{1.0};
+    if (method.merge == alloy::continual_rule::policy) {
+      const alloy::method_definition& definition = alloy::find_merge_method(method.merge_method);
+      options.policy = definition.make(definition.defaults());
+      options.policy_parameters.density = config_.ties_density;  // (read by TIES only)
     }
     return options;
   }
@@ -364,7 +276,7 @@ class continual_runner {
 
   // Trains the model's LoRA on one task; returns the seconds spent in alignment and regularizers.
   double train(continual_task& task, const std::string& label, alloy::torch_adapter::pam_aligner* aligner,
-               const alloy::torch_adapter::alignment_target* target, const std::string& regularizer, double& reset_fraction) {
+               const alloy::torch_adapter::alignment_target* target, regularizer_kind regularizer, double& reset_fraction) {
     std::size_t reset = 0, considered = 0;
     std::vector<::torch::Tensor> parameters;
     for (auto& item : model().trainable_parameters()) parameters.push_back(item.second);
@@ -375,7 +287,7 @@ class continual_runner {
     const std::int64_t steps = config_.epochs * ((n + config_.batch - 1) / config_.batch);
     std::int64_t step = 0;
     for (std::int64_t epoch = 0; epoch < config_.epochs; ++epoch) {
-      const auto order = seeded_permutation(n, config_.seed * 31337u + stable_hash(task.name) % 100003u +
+      const auto order = seeded_permutation(n, config_.seed * 31337u + alloy::fnv1a64(task.name) % 100003u +
                                                    static_cast<std::uint64_t>(epoch));
       double loss_sum = 0;
       std::int64_t seen = 0;
@@ -396,8 +308,9 @@ class continual_runner {
         ::torch::Tensor total = loss;
         if (target != nullptr) {
           const auto started = clock::now();
-          total = total + (regularizer == "l2" ? alloy::torch_adapter::l2_pull(model(), *target, config_.l2_strength)
-                                               : alloy::torch_adapter::sign_agreement(model(), *target, config_.sign_strength));
+          total = total + (regularizer == regularizer_kind::l2_pull
+                               ? alloy::torch_adapter::l2_pull(model(), *target, config_.l2_strength)
+                               : alloy::torch_adapter::sign_agreement(model(), *target, config_.sign_strength));
           overhead += seconds_since(started);
         }
         optimizer.zero_grad();
@@ -455,7 +368,7 @@ class continual_runner {
     std::filesystem::create_directories(state_file.parent_path());
     // The weights first: a state that names task t always has the weights after task t beside it.
     if (weights != nullptr) alloy::save_safetensors(weights_file, *weights, {}, /*replace=*/true);
-    write_text_file(state_file, cell.to_json().dump() + "\n");
+    alloy::write_file_atomically(state_file, cell.to_json().dump() + "\n");
   }
 
   clip_bundle& base_;

@@ -27,6 +27,7 @@
 #include <nlohmann/json.hpp>
 
 #include "alloy/core/error.hpp"
+#include "alloy/exec/random.hpp"
 #include "alloy/store/safetensors_store.hpp"
 
 namespace alloy_clip {
@@ -95,7 +96,7 @@ inline std::string variant_template(const std::string& text, const std::string& 
   const std::string stem = !text.empty() && text.back() == '.' ? text.substr(0, text.size() - 1) : text;
   if (kind == "inverted") return stem + ", in inverted colours.";
   if (kind == "rotated") return stem + ", turned sideways.";
-  alloy::detail::fail(alloy::error_code::invalid_argument, "unknown dataset variant ", alloy::detail::quoted{kind},
+  alloy::fail(alloy::error_code::invalid_argument, "unknown dataset variant ", alloy::quoted{kind},
                       " (inverted or rotated)");
 }
 
@@ -118,12 +119,12 @@ inline image_dataset load_dataset(const std::string& name, const std::filesystem
   if (it == all.end()) {
     std::string known;
     for (const auto& d : all) known += (known.empty() ? "" : ", ") + d.name;
-    alloy::detail::fail(alloy::error_code::invalid_argument, "unknown dataset ", alloy::detail::quoted{name}, " (known: ",
+    alloy::fail(alloy::error_code::invalid_argument, "unknown dataset ", alloy::quoted{name}, " (known: ",
                         known, ", each also as NAME-inverted and NAME-rotated)");
   }
   const std::filesystem::path file = datasets_dir / it->file;
   if (!std::filesystem::exists(file)) {
-    alloy::detail::fail(alloy::error_code::not_found, "no ", name, " dataset at ", file.string(),
+    alloy::fail(alloy::error_code::not_found, "no ", name, " dataset at ", file.string(),
                         ": run scripts/demo.sh once, or scripts/fetch_data.sh, prepare_datasets DATA_DIR and "
                         "scripts/export_digits.py DATA_DIR/datasets");
   }
@@ -132,7 +133,7 @@ inline image_dataset load_dataset(const std::string& name, const std::filesystem
   const auto labels = store.view("labels");
   if (images.dtype() != alloy::dtype::u8 || images.shape().rank() != 3 || labels.dtype() != alloy::dtype::i64 || labels.shape().rank() != 1 ||
       labels.shape()[0] != images.shape()[0]) {
-    alloy::detail::fail(alloy::error_code::format, file.string(),
+    alloy::fail(alloy::error_code::format, file.string(),
                         ": expected images U8 [N, H, W] and labels I64 [N] (rerun prepare_datasets --force)");
   }
   const auto n = static_cast<std::int64_t>(images.shape()[0]);
@@ -144,7 +145,7 @@ inline image_dataset load_dataset(const std::string& name, const std::filesystem
   out.labels = ::torch::from_blob(const_cast<std::int64_t*>(labels.as<std::int64_t>().data()), {n}, ::torch::kInt64).clone();
   const auto classes = static_cast<std::int64_t>(it->classes.size());
   if (n > 0 && (out.labels.min().item<std::int64_t>() < 0 || out.labels.max().item<std::int64_t>() >= classes)) {
-    alloy::detail::fail(alloy::error_code::format, file.string(), ": a label is outside 0..", classes - 1);
+    alloy::fail(alloy::error_code::format, file.string(), ": a label is outside 0..", classes - 1);
   }
   out.classes = it->classes;
   out.templates = it->templates;
@@ -159,21 +160,11 @@ inline std::vector<std::int64_t> seeded_permutation(std::int64_t n, std::uint64_
   std::vector<std::int64_t> order(static_cast<std::size_t>(n));
   std::iota(order.begin(), order.end(), 0);
   std::uint64_t state = seed;
-  const auto next = [&state] {
-    std::uint64_t z = (state += 0x9E3779B97F4A7C15ull);
-    z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ull;
-    z = (z ^ (z >> 27)) * 0x94D049BB133111EBull;
-    return z ^ (z >> 31);
-  };
-  for (std::size_t i = order.size(); i > 1; --i) std::swap(order[i - 1], order[next() % i]);
+  for (std::size_t i = order.size(); i > 1; --i) {
+    state += 0x9E3779B97F4A7C15ull;  // splitmix64: alloy's mixer over a Weyl sequence
+    std::swap(order[i - 1], order[alloy::mix64(state) % i]);
+  }
   return order;
-}
-
-// FNV-1a of a string: a seed component that is the same with every standard library (std::hash is not).
-inline std::uint64_t stable_hash(std::string_view text) {
-  std::uint64_t h = 0xcbf29ce484222325ull;
-  for (const char c : text) h = (h ^ static_cast<unsigned char>(c)) * 0x100000001b3ull;
-  return h;
 }
 
 struct split_options {
@@ -192,7 +183,7 @@ struct dataset_splits {
 // and the test images depend on the seed and test_fraction only.
 inline dataset_splits split_dataset(const image_dataset& data, const split_options& options = {}) {
   if (options.test_fraction < 0 || options.pretrain_fraction < 0 || options.test_fraction + options.pretrain_fraction >= 1) {
-    alloy::detail::fail(alloy::error_code::invalid_argument, "split fractions must be >= 0 and leave images for training (test ",
+    alloy::fail(alloy::error_code::invalid_argument, "split fractions must be >= 0 and leave images for training (test ",
                         options.test_fraction, ", pretrain ", options.pretrain_fraction, ")");
   }
   const std::vector<std::int64_t> order = seeded_permutation(data.size(), options.seed);
@@ -252,7 +243,7 @@ struct normalization {
     try {
       json = nlohmann::json::parse(in);
     } catch (const nlohmann::json::parse_error& e) {
-      alloy::detail::fail(alloy::error_code::format, file.string(), ": ", e.what());
+      alloy::fail(alloy::error_code::format, file.string(), ": ", e.what());
     }
     if (!json.is_object() || !json.contains("image_mean") || !json.contains("image_std")) return std::nullopt;
     normalization out;
@@ -260,10 +251,10 @@ struct normalization {
       out.mean = json["image_mean"].get<std::vector<double>>();
       out.std = json["image_std"].get<std::vector<double>>();
     } catch (const nlohmann::json::exception&) {
-      alloy::detail::fail(alloy::error_code::format, file.string(), ": image_mean and image_std must be lists of numbers");
+      alloy::fail(alloy::error_code::format, file.string(), ": image_mean and image_std must be lists of numbers");
     }
     if (out.mean.empty() || out.mean.size() != out.std.size()) {
-      alloy::detail::fail(alloy::error_code::format, file.string(), ": image_mean and image_std differ in length");
+      alloy::fail(alloy::error_code::format, file.string(), ": image_mean and image_std differ in length");
     }
     return out;
   }
@@ -289,7 +280,7 @@ struct image_transform {
     }
     if (x.size(1) == 1 && channels != 1) x = x.expand({-1, channels, -1, -1});
     if (x.size(1) != channels) {
-      alloy::detail::fail(alloy::error_code::shape_mismatch, "images have ", x.size(1), " channels; the model takes ", channels);
+      alloy::fail(alloy::error_code::shape_mismatch, "images have ", x.size(1), " channels; the model takes ", channels);
     }
     const auto per_channel = [&](const std::vector<double>& v) {
       std::vector<float> values(static_cast<std::size_t>(channels));
@@ -297,7 +288,7 @@ struct image_transform {
       return ::torch::tensor(values).to(device).view({1, channels, 1, 1});
     };
     if (norm.mean.size() != 1 && static_cast<std::int64_t>(norm.mean.size()) != channels) {
-      alloy::detail::fail(alloy::error_code::shape_mismatch, "normalisation for ", norm.mean.size(), " channels; the model takes ",
+      alloy::fail(alloy::error_code::shape_mismatch, "normalisation for ", norm.mean.size(), " channels; the model takes ",
                           channels);
     }
     return (x - per_channel(norm.mean)) / per_channel(norm.std);

@@ -43,7 +43,7 @@ struct image_set {
 namespace detail {
 
 [[noreturn]] inline void fail_file(const std::filesystem::path& file, const std::string& why) {
-  alloy::detail::fail(alloy::error_code::format, file.string(), ": ", why);
+  alloy::fail(alloy::error_code::format, file.string(), ": ", why);
 }
 
 // Decodes one image file, converts it to `channels`, resizes it to size x size, and appends it.
@@ -67,7 +67,7 @@ inline void append_image(image_set& set, const std::filesystem::path& file) {
 
 inline image_set empty_set(int size, int channels) {
   if (size <= 0 || (channels != 1 && channels != 3)) {
-    alloy::detail::fail(alloy::error_code::invalid_argument, "image size ", size, " and channels ", channels,
+    alloy::fail(alloy::error_code::invalid_argument, "image size ", size, " and channels ", channels,
                         ": the size must be positive and channels 1 or 3");
   }
   image_set set;
@@ -179,7 +179,7 @@ inline image_set load_image_csv(const std::filesystem::path& csv, int size, int 
 inline image_dataset from_image_set(const image_set& set, std::string name,
                                     std::vector<std::string> templates = {"a photo of a {}."}) {
   if (set.labels.empty() || set.labels.size() != set.count()) {
-    alloy::detail::fail(alloy::error_code::invalid_argument, "dataset ", name,
+    alloy::fail(alloy::error_code::invalid_argument, "dataset ", name,
                         " has no class labels (captioned data is for pretraining, not classification)");
   }
   const auto n = static_cast<std::int64_t>(set.count());

@@ -57,12 +57,18 @@ std::string concat(const Parts&... parts) {
   return out.str();
 }
 
+}  // namespace detail
+
+// Throws alloy::error with `code` and the message made of `parts` (anything streamable), the way
+// alloy reports every failure; for programs built on alloy that report theirs alike:
+//
+//   alloy::fail(alloy::error_code::not_found, "no task named ", alloy::quoted{name});
 template <class... Parts>
 [[noreturn]] void fail(error_code code, const Parts&... parts) {
-  throw error(code, concat(parts...));
+  throw error(code, detail::concat(parts...));
 }
 
-// Quotes a user-supplied name so that empty names and trailing spaces stay visible in messages.
+// Quotes a user-supplied name in a message, so that empty names and trailing spaces stay visible.
 struct quoted {
   std::string_view text;
   // Names come from files: control characters are escaped, and a name longer than a message
@@ -84,5 +90,8 @@ struct quoted {
   }
 };
 
+namespace detail {
+using alloy::fail;    // the library's own internals keep writing detail::fail
+using alloy::quoted;
 }  // namespace detail
 }  // namespace alloy

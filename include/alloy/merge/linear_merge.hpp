@@ -14,6 +14,8 @@
 
 namespace alloy {
 
+namespace detail {
+
 struct weighted_sum_kernel {
   const float* weights = nullptr;  // one per input
   float scale = 1.0f;
@@ -53,6 +55,8 @@ struct weighted_sum_kernel {
   }
 };
 
+}  // namespace detail
+
 struct linear_merge {
   bool normalize = true;
 
@@ -69,7 +73,7 @@ struct linear_merge {
       total += p.weight;
     }
     const double divisor = normalize && total != 0.0 ? total : 1.0;
-    const weighted_sum_kernel kernel{stage_arguments(backend, std::span<const float>(weights)),
+    const detail::weighted_sum_kernel kernel{stage_arguments(backend, std::span<const float>(weights)),
                                      static_cast<float>(1.0 / divisor)};
     elementwise(backend, output, in.models, kernel);
   }

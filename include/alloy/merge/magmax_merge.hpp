@@ -13,6 +13,8 @@
 
 namespace alloy {
 
+namespace detail {
+
 struct magmax_kernel {
   float lambda = 1.0f;
 
@@ -71,6 +73,8 @@ struct magmax_kernel {
   }
 };
 
+}  // namespace detail
+
 struct magmax_merge {
   double lambda = 1.0;
 
@@ -83,7 +87,7 @@ struct magmax_merge {
     detail::check_finite(name(), in.name, "lambda", lambda);
     std::vector<const_tensor_view> inputs{*in.base};
     for (const auto& model : in.models) inputs.push_back(model);
-    elementwise(backend, output, inputs, magmax_kernel{static_cast<float>(lambda)});
+    elementwise(backend, output, inputs, detail::magmax_kernel{static_cast<float>(lambda)});
   }
 };
 

@@ -17,6 +17,8 @@
 
 namespace alloy {
 
+namespace detail {
+
 struct interpolate_mean_kernel {
   float t = 0.0f;
   float inverse_models = 1.0f;  // 1 / number of models
@@ -44,6 +46,8 @@ struct offset_gram_sums {
   }
 };
 
+}  // namespace detail
+
 struct model_stock_merge {
   [[nodiscard]] static constexpr std::string_view name() noexcept { return "model_stock"; }
   [[nodiscard]] static constexpr bool needs_base() noexcept { return true; }
@@ -56,7 +60,7 @@ struct model_stock_merge {
     for (const auto& model : in.models) inputs.push_back(model);
     // Gram matrix of the offsets, upper triangle: k (k + 1) / 2 sums in one pass.
     const std::size_t terms = k * (k + 1) / 2;
-    const std::vector<double> gram = reduce_sums(backend, inputs, output.numel(), terms, offset_gram_sums{k});
+    const std::vector<double> gram = reduce_sums(backend, inputs, output.numel(), terms, detail::offset_gram_sums{k});
     const auto entry = [&](std::size_t i, std::size_t j) { return gram[i * k - i * (i - 1) / 2 + (j - i)]; };
     double cosine_sum = 0.0;
     std::size_t pairs = 0;
@@ -70,7 +74,7 @@ struct model_stock_merge {
     const double cosine = cosine_sum / static_cast<double>(pairs);
     const double n = static_cast<double>(k);
     const double t = n * cosine / (1.0 + (n - 1.0) * cosine);
-    elementwise(backend, output, inputs, interpolate_mean_kernel{static_cast<float>(t), static_cast<float>(1.0 / n)});
+    elementwise(backend, output, inputs, detail::interpolate_mean_kernel{static_cast<float>(t), static_cast<float>(1.0 / n)});
   }
 };
 

@@ -17,6 +17,7 @@
 #include <vector>
 
 #include "alloy/core/error.hpp"
+#include "alloy/core/lookup.hpp"
 #include "alloy/merge/linear_merge.hpp"
 #include "alloy/merge/magmax_merge.hpp"
 #include "alloy/merge/model_stock_merge.hpp"
@@ -289,12 +290,7 @@ inline void register_merge_method(method_definition method) {
 
 // The method of that config name; fails naming the known ones.
 inline const method_definition& find_merge_method(std::string_view name) {
-  for (const auto& method : merge_methods()) {
-    if (method.name == name) return method;
-  }
-  std::string known;
-  for (const auto& method : merge_methods()) known += (known.empty() ? "" : ", ") + std::string(method.name);
-  detail::fail(error_code::invalid_argument, "unknown merge method ", detail::quoted{name}, " (known: ", known, ")");
+  return find_named(merge_methods(), name, [](const method_definition& m) { return m.name; }, "merge method");
 }
 
 }  // namespace alloy

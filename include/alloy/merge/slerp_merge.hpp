@@ -18,6 +18,8 @@
 
 namespace alloy {
 
+namespace detail {
+
 struct two_term_kernel {
   float a = 0.0f;
   float b = 0.0f;
@@ -37,6 +39,8 @@ struct slerp_sums {
   }
 };
 
+}  // namespace detail
+
 struct slerp_merge {
   double t = 0.5;
 
@@ -52,7 +56,7 @@ struct slerp_merge {
                    in.models.size(), " models for tensor ", detail::quoted{in.name});
     }
     const const_tensor_view pair[] = {*in.base, in.models[0]};
-    const std::vector<double> sums = reduce_sums(backend, pair, output.numel(), 3, slerp_sums{});
+    const std::vector<double> sums = reduce_sums(backend, pair, output.numel(), 3, detail::slerp_sums{});
     constexpr double eps = 1e-8;
     const double norm_base = std::sqrt(sums[0]);
     const double norm_model = std::sqrt(sums[1]);
@@ -65,7 +69,7 @@ struct slerp_merge {
       a = std::sin(theta - theta * t) / sin_theta;
       b = std::sin(theta * t) / sin_theta;
     }
-    elementwise(backend, output, pair, two_term_kernel{static_cast<float>(a), static_cast<float>(b)});
+    elementwise(backend, output, pair, detail::two_term_kernel{static_cast<float>(a), static_cast<float>(b)});
   }
 };
 

@@ -46,6 +46,8 @@ enum class sparsification : std::uint8_t {
 
 enum class sign_consensus : std::uint8_t { none, sum, count };
 
+namespace detail {
+
 // How one model's task vector enters the fused kernel for one tensor.
 struct task_vector_term {
   enum class keep_rule : std::uint8_t { all, bits, random };
@@ -263,6 +265,8 @@ struct masked_l1_norms {
   }
 };
 
+}  // namespace detail
+
 class task_vector_merge {
  public:
   std::string_view method = "task_arithmetic";  // the config name, used in messages
@@ -294,13 +298,13 @@ class task_vector_merge {
 
     std::vector<const_tensor_view> inputs{*in.base};
     for (const auto& model : in.models) inputs.push_back(model);
-    std::vector<task_vector_term> terms(k);
+    std::vector<detail::task_vector_term> terms(k);
     std::vector<mask_type_t<Backend>> masks(k);
     for (std::size_t i = 0; i < k; ++i) {
       terms[i] = prepare_term(backend, in, i, masks[i]);
     }
-    const bool dense = std::all_of(terms.begin(), terms.end(), [](const task_vector_term& t) {
-      return t.rule == task_vector_term::keep_rule::all;
+    const bool dense = std::all_of(terms.begin(), terms.end(), [](const detail::task_vector_term& t) {
+      return t.rule == detail::task_vector_term::keep_rule::all;
     });
     if (dense && consensus == sign_consensus::none) {
       // Without masks or election the merge is linear in its inputs:
@@ -313,18 +317,18 @@ class task_vector_merge {
       std::vector<float> coefficients{static_cast<float>(1.0 - c * weight_sum)};
       for (const auto& t : terms) coefficients.push_back(static_cast<float>(c * static_cast<double>(t.weight)));
       const float* staged = stage_arguments(backend, std::span<const float>(coefficients));
-      elementwise(backend, output, inputs, weighted_sum_kernel{staged, 1.0f});
+      elementwise(backend, output, inputs, detail::weighted_sum_kernel{staged, 1.0f});
       return;
     }
-    const task_vector_term* staged = stage_arguments(backend, std::span<const task_vector_term>(terms));
-    elementwise(backend, output, inputs, task_vector_kernel{staged, consensus, normalize, static_cast<float>(lambda)});
+    const detail::task_vector_term* staged = stage_arguments(backend, std::span<const detail::task_vector_term>(terms));
+    elementwise(backend, output, inputs, detail::task_vector_kernel{staged, consensus, normalize, static_cast<float>(lambda)});
   }
 
  private:
   template <class Backend, class Mask>
-  task_vector_term prepare_term(const Backend& backend, const merge_inputs& in, std::size_t model, Mask& mask) const {
+  detail::task_vector_term prepare_term(const Backend& backend, const merge_inputs& in, std::size_t model, Mask& mask) const {
     const model_parameters& p = in.parameters[model];
-    task_vector_term term;
+    detail::task_vector_term term;
     term.weight = static_cast<float>(p.weight);
     const std::size_t n = in.base->numel();
     const const_tensor_view pair[] = {*in.base, in.models[model]};
@@ -336,7 +340,7 @@ class task_vector_merge {
     switch (sparsify) {
       case sparsification::none: break;
       case sparsification::random:
-        term.rule = task_vector_term::keep_rule::random;
+        term.rule = detail::task_vector_term::keep_rule::random;
         term.random_key = random_stream_key(seed, in.name, model);
         term.keep_probability = static_cast<float>(p.density);
         // DARE's rescale: each kept entry by 1/density, so the task vector is unchanged in expectation.
@@ -344,7 +348,7 @@ class task_vector_merge {
         return term;
       case sparsification::magnitude: {
         const auto keep = static_cast<std::size_t>(p.density * static_cast<double>(n));
-        mask = rank_band_mask(backend, pair, n, task_vector_delta{}, 0, keep);
+        mask = rank_band_mask(backend, pair, n, detail::task_vector_delta{}, 0, keep);
         break;
       }
       case sparsification::magnitude_outliers: {
@@ -353,7 +357,7 @@ class task_vector_merge {
         auto top = static_cast<std::int64_t>(p.gamma * static_cast<double>(n));
         const std::int64_t bottom = static_cast<std::int64_t>(n) - target - top;
         if (bottom < 0) top += bottom;  // fewer outliers dropped, to reach the density
-        mask = rank_band_mask(backend, pair, n, task_vector_delta{}, static_cast<std::size_t>(top),
+        mask = rank_band_mask(backend, pair, n, detail::task_vector_delta{}, static_cast<std::size_t>(top),
                               static_cast<std::size_t>(top + target));
         break;
       }
@@ -361,11 +365,11 @@ class task_vector_merge {
         mask = della_mask(backend, in, model, p);
         break;
     }
-    term.rule = task_vector_term::keep_rule::bits;
+    term.rule = detail::task_vector_term::keep_rule::bits;
     term.bits = mask.words();
     if (rescale) {
       // Match the L1 norm of the full task vector (mergekit's rescaling for non-random masks).
-      const auto norms = reduce_sums(backend, pair, n, 2, masked_l1_norms{mask.words()});
+      const auto norms = reduce_sums(backend, pair, n, 2, detail::masked_l1_norms{mask.words()});
       if (norms[0] >= 1e-7 && norms[1] >= 1e-7) term.scale = static_cast<float>(norms[0] / norms[1]);
     }
     return term;
@@ -379,7 +383,7 @@ class task_vector_merge {
                                   const model_parameters& p) const {
     detail::check_finite(method, in.name, "epsilon", p.epsilon);
     const std::size_t n = in.base->numel();
-    if (p.density <= 0.0) return rank_band_mask(backend, std::span<const const_tensor_view>{}, n, task_vector_delta{}, 0, 0);
+    if (p.density <= 0.0) return rank_band_mask(backend, std::span<const const_tensor_view>{}, n, detail::task_vector_delta{}, 0, 0);
     if (p.density + p.epsilon >= 1.0 || p.density - p.epsilon <= 0.0) {
       detail::fail(error_code::invalid_argument, method, ": density ", p.density, " and epsilon ", p.epsilon,
                    " for tensor ", detail::quoted{in.name}, " must keep density +/- epsilon inside (0, 1)");
@@ -387,7 +391,7 @@ class task_vector_merge {
     const const_tensor_view pair[] = {*in.base, in.models[model]};
     const std::size_t rows = in.base->shape().rank() >= 2 ? static_cast<std::size_t>(in.base->shape()[0]) : 1;
     const std::size_t row_length = rows == 0 ? 0 : n / rows;
-    return rank_sampling_mask(backend, pair, rows, row_length, task_vector_delta{}, random_stream_key(seed, in.name, model),
+    return rank_sampling_mask(backend, pair, rows, row_length, detail::task_vector_delta{}, random_stream_key(seed, in.name, model),
                               p.density - p.epsilon, 2.0 * p.epsilon);
   }
 };

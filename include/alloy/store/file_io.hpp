@@ -83,6 +83,13 @@ inline void fsync_directory(const std::filesystem::path& directory) {
   fsync_or_fail(fd.get(), directory);
 }
 
+inline std::filesystem::path parent_or_current(const std::filesystem::path& path) {
+  auto parent = path.parent_path();
+  return parent.empty() ? std::filesystem::path(".") : parent;
+}
+
+}  // namespace detail
+
 // A sibling of `final_path` that no other writer (thread or process) picks: the same folder, so
 // that rename() is atomic, and a hidden name that says what it is if a crash leaves it behind.
 inline std::filesystem::path temporary_sibling(const std::filesystem::path& final_path,
@@ -93,12 +100,37 @@ inline std::filesystem::path temporary_sibling(const std::filesystem::path& fina
   return final_path.parent_path() / name;
 }
 
-inline std::filesystem::path parent_or_current(const std::filesystem::path& path) {
-  auto parent = path.parent_path();
-  return parent.empty() ? std::filesystem::path(".") : parent;
+namespace detail {
+using alloy::temporary_sibling;
+}  // namespace detail
+
+// Writes `contents` to `path` so that a crash or a full disk never leaves half a file: into a
+// temporary sibling, synced, renamed over `path`, and the rename synced. Replaces `path` if it
+// exists (a regular file); fails, naming the path and the system's reason, otherwise.
+inline void write_file_atomically(const std::filesystem::path& path, std::string_view contents) {
+  const std::filesystem::path temporary = detail::temporary_sibling(path, "write");
+  {
+    detail::unique_fd fd(::open(temporary.c_str(), O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0644));
+    if (fd.get() < 0) detail::fail_os("create", temporary, errno);
+    try {
+      detail::write_all(fd.get(), std::as_bytes(std::span(contents)), temporary);
+      detail::fsync_or_fail(fd.get(), temporary);
+      fd.close_checked(temporary);
+    } catch (...) {
+      std::error_code ignored;
+      std::filesystem::remove(temporary, ignored);
+      throw;
+    }
+  }
+  if (::rename(temporary.c_str(), path.c_str()) != 0) {
+    const int error = errno;
+    std::error_code ignored;
+    std::filesystem::remove(temporary, ignored);
+    detail::fail_os("rename into", path, error);
+  }
+  detail::fsync_directory(detail::parent_or_current(path));
 }
 
-}  // namespace detail
 
 // A read-only, private memory map of a whole file. Views into it stay valid while it lives. If
 // another process truncates the file while it is mapped, reads past the new end raise SIGBUS:

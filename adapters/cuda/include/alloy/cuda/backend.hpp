@@ -32,7 +32,7 @@ namespace alloy::cuda {
 inline void check(cudaError_t status, std::string_view what) {
   if (status != cudaSuccess) {
     (void)cudaGetLastError();  // clear the sticky-free error so later calls can report their own
-    alloy::detail::fail(error_code::device, what, ": ", cudaGetErrorName(status), " (", cudaGetErrorString(status), ")");
+    alloy::fail(error_code::device, what, ": ", cudaGetErrorName(status), " (", cudaGetErrorString(status), ")");
   }
 }
 

@@ -171,7 +171,7 @@ void elementwise(const backend& b, tensor_view output, std::span<const const_ten
   for (const auto& input : inputs) {
     aligned = aligned && reinterpret_cast<std::uintptr_t>(input.data()) % 16 == 0;
     if (input.data() == output.data() && input.dtype() != output.dtype()) {
-      alloy::detail::fail(error_code::invalid_argument, "an input aliases the output with another dtype");
+      alloy::fail(error_code::invalid_argument, "an input aliases the output with another dtype");
     }
   }
   const detail::device_inputs staged = detail::stage_inputs(b, inputs);
@@ -552,7 +552,7 @@ device_mask rank_sampling_mask(const backend& b, std::span<const const_tensor_vi
   if (mask.word_count() != 0) check(cudaMemsetAsync(mask.mutable_words(), 0, mask.word_count() * 8, b.stream()), "clearing a mask");
   if (n == 0) return mask;
   if (n > static_cast<std::size_t>(std::numeric_limits<int>::max())) {
-    alloy::detail::fail(error_code::limit, "rank sampling on the GPU handles tensors of up to 2^31 - 1 elements, not ", n);
+    alloy::fail(error_code::limit, "rank sampling on the GPU handles tensors of up to 2^31 - 1 elements, not ", n);
   }
   const detail::device_inputs staged = detail::stage_inputs(b, inputs);
   device_buffer<float> keys(n, b.stream()), sorted_keys(n, b.stream());

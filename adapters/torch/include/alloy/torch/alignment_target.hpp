@@ -48,6 +48,13 @@ inline ::torch::Tensor to_bool_tensor(const bit_mask& mask, at::IntArrayRef size
   return out.view(sizes).to(device);
 }
 
+// A device with its index (torch::kCUDA names no device; its tensors say cuda:0), so that it
+// compares equal to the device of the tensors placed on it.
+inline ::torch::Device resolved_device(::torch::Device device) {
+  if (device.is_cpu() || device.has_index()) return device;
+  return ::torch::empty({0}, ::torch::TensorOptions().device(device)).device();
+}
+
 class alignment_target {
  public:
   // G's floating tensors with their top-p masks (p = 0: empty masks, for L2 and cosine only),
@@ -59,22 +66,22 @@ class alignment_target {
   // The same from masks already computed (pam_aligner::top_masks of the core aligner).
   template <parameter_store Global>
   alignment_target(const Global& global, tensor_masks masks, ::torch::Device device)
-      : masks_(std::move(masks)), device_(device) {
+      : masks_(std::move(masks)), device_(resolved_device(device)) {
     for (const auto& entry : masks_) {
       const std::string& name = entry.first;
       const const_tensor_view g = global.view(name);
       if (entry.second.size() != g.numel()) {
-        alloy::detail::fail(error_code::shape_mismatch, "alignment target: the mask of ", alloy::detail::quoted{name},
+        alloy::fail(error_code::shape_mismatch, "alignment target: the mask of ", alloy::quoted{name},
                             " has ", entry.second.size(), " entries but the tensor has ", g.numel());
       }
       index_.add(name, "an alignment target");
-      global_.push_back(from_view(g).to(device, ::torch::kFloat32, /*non_blocking=*/false, /*copy=*/true));
-      if (!device.is_cpu()) {
+      global_.push_back(from_view(g).to(device_, ::torch::kFloat32, /*non_blocking=*/false, /*copy=*/true));
+      if (!device_.is_cpu()) {
         // The mask's 64-bit words as an int64 tensor on the device, for alloy's device kernels.
         const auto words = static_cast<std::int64_t>((entry.second.size() + 63) / 64);
         ::torch::Tensor host = ::torch::empty({words}, ::torch::kInt64);
         if (words > 0) std::memcpy(host.data_ptr<std::int64_t>(), entry.second.words(), static_cast<std::size_t>(words) * 8);
-        device_words_.push_back(host.to(device));
+        device_words_.push_back(host.to(device_));
       }
     }
   }
@@ -86,7 +93,7 @@ class alignment_target {
     for (std::size_t i = 0; i < names().size(); ++i) {
       const const_tensor_view g0 = initial.view(names()[i]);
       if (!(shape_of(global_[i]) == g0.shape())) {
-        alloy::detail::fail(error_code::shape_mismatch, "alignment target: tensor ", alloy::detail::quoted{names()[i]},
+        alloy::fail(error_code::shape_mismatch, "alignment target: tensor ", alloy::quoted{names()[i]},
                             " has shape ", g0.shape(), " in G0 but ", shape_of(global_[i]), " in G");
       }
       tensors.push_back(from_view(g0).to(device_, ::torch::kFloat32, false, true));
@@ -110,7 +117,7 @@ class alignment_target {
     return reinterpret_cast<const std::uint64_t*>(device_words_[at].data_ptr<std::int64_t>());
   }
   [[nodiscard]] const ::torch::Tensor& initial(std::string_view name) const {
-    if (!initial_) alloy::detail::fail(error_code::invalid_argument, "alignment target: G0 was not set (set_initial)");
+    if (!initial_) alloy::fail(error_code::invalid_argument, "alignment target: G0 was not set (set_initial)");
     return (*initial_)[position(name)];
   }
 

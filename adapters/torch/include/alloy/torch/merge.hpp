@@ -30,6 +30,7 @@
 #include <vector>
 
 #include "alloy/cuda.hpp"
+#include "alloy/torch/cuda_backend.hpp"
 #endif
 
 namespace alloy::torch_adapter {
@@ -123,6 +124,7 @@ class cuda_module_sink {
   [[nodiscard]] tensor_view output(const planned_tensor& tensor) const { return views_.output(tensor); }
   void write_copy(const planned_tensor& tensor, const_tensor_view value) const {
     const tensor_view target = output(tensor);
+    if (value.byte_size() == 0) return;
     cuda::check(cudaMemcpyAsync(target.data(), value.data(), value.byte_size(), cudaMemcpyHostToDevice, gpu_->stream()),
                 "copying tensor '" + tensor.name + "' to the GPU");
     gpu_->synchronize();  // `value` is a host copy that the source frees after this tensor
@@ -144,26 +146,33 @@ void merge_on_gpu(::torch::nn::Module& module, ::torch::Device device, const mer
   for (const auto& tensor : plan.tensors) {
     const auto found = module_tensors.find(tensor.name);
     if (found == module_tensors.end()) {
-      alloy::detail::fail(error_code::not_found, recipe.method, ": the module has no tensor ",
-                          alloy::detail::quoted{tensor.name});
+      alloy::fail(error_code::not_found, recipe.method, ": the module has no tensor ",
+                          alloy::quoted{tensor.name});
     }
-    const tensor_view target(static_cast<std::byte*>(found->second.data_ptr()), *dtype_of(found->second),
-                             shape_of(found->second));
+    const auto type = dtype_of(found->second);
+    if (!type) {
+      alloy::fail(error_code::dtype_mismatch, recipe.method, ": tensor ", alloy::quoted{tensor.name},
+                  " of the module has torch dtype ", std::string(c10::toString(found->second.scalar_type())),
+                  ", which alloy does not map");
+    }
+    const tensor_view target(static_cast<std::byte*>(found->second.data_ptr()), *type, shape_of(found->second));
     if (!(target.shape() == tensor.dims)) {
-      alloy::detail::fail(error_code::shape_mismatch, recipe.method, ": tensor ", alloy::detail::quoted{tensor.name},
+      alloy::fail(error_code::shape_mismatch, recipe.method, ": tensor ", alloy::quoted{tensor.name},
                           " has shape ", tensor.dims, " in the models and ", target.shape(), " in the module");
     }
     if (!tensor.merged() && target.dtype() != tensor.output_dtype) {
-      alloy::detail::fail(error_code::dtype_mismatch, recipe.method, ": tensor ", alloy::detail::quoted{tensor.name},
+      alloy::fail(error_code::dtype_mismatch, recipe.method, ": tensor ", alloy::quoted{tensor.name},
                           " is ", tensor.output_dtype, " in the models but ", target.dtype(), " in the module");
     }
+    if (tensor.merged()) alloy::detail::check_computable(target, "the output of tensor '" + tensor.name + "'");
     targets.push_back(target);
   }
   const c10::cuda::CUDAGuard guard(device);
-  const cuda::backend gpu(c10::cuda::getCurrentCUDAStream(device.index()).stream());
+  const cuda::backend& gpu = current_cuda_backend(device);
   cuda_upload_source source(gpu, base, models);
   cuda_module_sink sink(gpu, plan, std::move(targets));
   execute(plan, gpu, source, sink);
+  gpu.synchronize();  // host inputs (pinned ones too) may be reused as soon as this returns
 }
 
 }  // namespace detail

@@ -40,6 +40,7 @@
 #include <c10/cuda/CUDAStream.h>
 
 #include "alloy/cuda.hpp"
+#include "alloy/torch/cuda_backend.hpp"
 #endif
 
 namespace alloy::torch_adapter {
@@ -96,8 +97,8 @@ inline void reset_optimizer_state(::torch::optim::Optimizer& optimizer, const ::
     detail::zero_where(rmsprop->momentum_buffer(), mask);
     detail::zero_where(rmsprop->grad_avg(), mask);
   } else if (dynamic_cast<optim::AdagradParamState*>(state) == nullptr) {
-    alloy::detail::fail(error_code::invalid_argument, "pam: cannot reset the optimizer state of parameter ",
-                        alloy::detail::quoted{name}, " (", typeid(*state).name(),
+    alloy::fail(error_code::invalid_argument, "pam: cannot reset the optimizer state of parameter ",
+                        alloy::quoted{name}, " (", typeid(*state).name(),
                         "); alloy knows Adam, AdamW, SGD, RMSprop and Adagrad. Align without the optimizer to skip it");
   }
 }
@@ -127,10 +128,10 @@ inline std::vector<std::pair<std::string, ::torch::Tensor>> aligned_parameters(:
   for (const auto& name : target.names()) {
     const ::torch::Tensor* found = parameters.find(name);
     if (found == nullptr) {
-      alloy::detail::fail(error_code::not_found, "pam: the module has no parameter named ", alloy::detail::quoted{name});
+      alloy::fail(error_code::not_found, "pam: the module has no parameter named ", alloy::quoted{name});
     }
     if (!(shape_of(*found) == shape_of(target.global(name)))) {
-      alloy::detail::fail(error_code::shape_mismatch, "pam: tensor ", alloy::detail::quoted{name}, " has shape ",
+      alloy::fail(error_code::shape_mismatch, "pam: tensor ", alloy::quoted{name}, " has shape ",
                           shape_of(*found), " in the module but ", shape_of(target.global(name)), " in the global weights");
     }
     aligned.emplace_back(name, *found);
@@ -207,7 +208,7 @@ class pam_aligner {
   }
 
   [[nodiscard]] const alignment_target& target() const {
-    if (!target_) alloy::detail::fail(error_code::invalid_argument, "pam: set_global was not called for this task");
+    if (!target_) alloy::fail(error_code::invalid_argument, "pam: set_global was not called for this task");
     return *target_;
   }
   [[nodiscard]] const pam_options& options() const noexcept { return core_.options(); }
@@ -219,7 +220,7 @@ class pam_aligner {
   pam_report align_on_gpu(const alignment_target& g, const std::vector<std::pair<std::string, ::torch::Tensor>>& parameters,
                           const ResetState& reset_state) const {
     const c10::cuda::CUDAGuard guard(g.device());
-    const cuda::backend gpu(c10::cuda::getCurrentCUDAStream(g.device().index()).stream());
+    const cuda::backend& gpu = detail::current_cuda_backend(g.device());
     std::vector<pam_tensor> tensors;
     std::size_t considered = 0;
     for (const auto& [name, parameter] : parameters) {

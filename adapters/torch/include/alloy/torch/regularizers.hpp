@@ -32,6 +32,7 @@
 #include <c10/cuda/CUDAStream.h>
 
 #include "alloy/cuda.hpp"
+#include "alloy/torch/cuda_backend.hpp"
 #endif
 
 namespace alloy::torch_adapter {
@@ -60,10 +61,10 @@ double with_backend(::torch::Device device, Body&& body) {
 #if defined(ALLOY_TORCH_CUDA)
   if (device.is_cuda()) {
     const c10::cuda::CUDAGuard guard(device);
-    return body(cuda::backend(c10::cuda::getCurrentCUDAStream(device.index()).stream()));
+    return body(current_cuda_backend(device));
   }
 #endif
-  if (!device.is_cpu()) alloy::detail::fail(error_code::invalid_argument, "regularizer: no alloy backend for ", device.str());
+  if (!device.is_cpu()) alloy::fail(error_code::invalid_argument, "regularizer: no alloy backend for ", device.str());
   return body(cpu_backend{});
 }
 
@@ -119,10 +120,10 @@ template <class Penalty>
   for (const auto& name : target.names()) {
     const ::torch::Tensor* found = parameters.find(name);
     if (found == nullptr) {
-      alloy::detail::fail(error_code::not_found, what, ": the module has no parameter named ", alloy::detail::quoted{name});
+      alloy::fail(error_code::not_found, what, ": the module has no parameter named ", alloy::quoted{name});
     }
     if (!(shape_of(*found) == shape_of(target.global(name)))) {
-      alloy::detail::fail(error_code::shape_mismatch, what, ": tensor ", alloy::detail::quoted{name}, " has shape ",
+      alloy::fail(error_code::shape_mismatch, what, ": tensor ", alloy::quoted{name}, " has shape ",
                           shape_of(*found), " in the module but ", shape_of(target.global(name)), " in G");
     }
     total = total + closed_form_penalty::apply(*found, name, target, closed_form(penalty(name))).to(target.device());
@@ -168,7 +169,7 @@ inline ::torch::Tensor sign_agreement(const ::torch::nn::Module& module, const a
 inline ::torch::Tensor cosine_alignment(const ::torch::nn::Module& module, const alignment_target& target,
                                         double strength) {
   if (!target.has_initial()) {
-    alloy::detail::fail(error_code::invalid_argument, "cosine_alignment: the alignment target has no G0 (set_initial)");
+    alloy::fail(error_code::invalid_argument, "cosine_alignment: the alignment target has no G0 (set_initial)");
   }
   return detail::sum_over_target("cosine_alignment", module, target, [&](const std::string& name) {
     return [&, name](const detail::penalty_inputs& in, tensor_view gradient) {

@@ -53,7 +53,7 @@ inline memory_store snapshot(const std::vector<std::pair<std::string, ::torch::T
   for (const auto& [name, tensor] : tensors) {
     const auto type = dtype_of(tensor);
     if (!type) {
-      alloy::detail::fail(error_code::dtype_mismatch, "tensor ", alloy::detail::quoted{name}, " has torch dtype ",
+      alloy::fail(error_code::dtype_mismatch, "tensor ", alloy::quoted{name}, " has torch dtype ",
                           std::string(c10::toString(tensor.scalar_type())), ", which alloy does not map");
     }
     const tensor_view target = copy.insert(name, *type, shape_of(tensor));
@@ -78,12 +78,12 @@ void assign(::torch::nn::Module& module, const Source& source) {
   for (const auto& name : source.names()) {
     const auto it = std::find_if(tensors.begin(), tensors.end(), [&](const auto& t) { return t.first == name; });
     if (it == tensors.end()) {
-      alloy::detail::fail(error_code::not_found, "assign: the module has no parameter or buffer named ",
-                          alloy::detail::quoted{name});
+      alloy::fail(error_code::not_found, "assign: the module has no parameter or buffer named ",
+                          alloy::quoted{name});
     }
     const const_tensor_view view = source.view(name);
     if (!(shape_of(it->second) == view.shape())) {
-      alloy::detail::fail(error_code::shape_mismatch, "assign: tensor ", alloy::detail::quoted{name}, " has shape ",
+      alloy::fail(error_code::shape_mismatch, "assign: tensor ", alloy::quoted{name}, " has shape ",
                           view.shape(), " in the store but ", shape_of(it->second), " in the module");
     }
     pairs.emplace_back(view, it->second);

@@ -11,17 +11,13 @@
 // store the update transposed. Tensors of `modules_to_save` (saved as
 // `base_model.model.<module>.weight`) replace the base's. DoRA and bias updates are refused.
 //
-// `lora_applied_store` shows a base store with an adapter folded in: adapted tensors are computed
-// on first access (in f32, rounded once into the base's dtype) and kept until `release`, so a
-// streaming merge holds one adapted tensor at a time.
+// lora_applied_store.hpp shows a base store with an adapter folded in.
 
 #include <cmath>
 #include <cstddef>
 #include <filesystem>
 #include <fstream>
 #include <map>
-#include <memory>
-#include <mutex>
 #include <optional>
 #include <string>
 #include <string_view>
@@ -33,7 +29,7 @@
 #include "alloy/core/convert.hpp"
 #include "alloy/core/error.hpp"
 #include "alloy/core/tensor_view.hpp"
-#include "alloy/exec/cpu_backend.hpp"
+#include "alloy/exec/matmul.hpp"
 #include "alloy/store/memory_store.hpp"
 #include "alloy/store/named_store.hpp"
 #include "alloy/store/parameter_store.hpp"
@@ -122,8 +118,9 @@ class peft_lora_adapter {
   }
 
   // Writes the adapted tensor `name` into `output` (the base's shape, any floating dtype):
-  // W + s B A computed in f32 and rounded once.
-  void apply(const cpu_backend& backend, std::string_view name, const_tensor_view base, tensor_view output) const {
+  // W + s B A computed in f32 and rounded once, the product by the backend's add_scaled_product.
+  template <class Backend>
+  void apply(const Backend& backend, std::string_view name, const_tensor_view base, tensor_view output) const {
     const update* u = find(name);
     if (u == nullptr) {
       convert(base, output);
@@ -141,23 +138,14 @@ class peft_lora_adapter {
     // output = W + s L R with L rows x r and R r x cols: (B, A), or (A^T, B^T) when transposed.
     const std::size_t rows = static_cast<std::size_t>(u->transposed ? a_shape[1] : b_shape[0]);
     const std::size_t cols = static_cast<std::size_t>(u->transposed ? b_shape[0] : a_shape[1]);
+    std::vector<float> left(rows * rank);
     std::vector<float> right(rank * cols);
     for (std::size_t k = 0; k < rank; ++k) {
+      for (std::size_t i = 0; i < rows; ++i) left[i * rank + k] = u->transposed ? a[k * rows + i] : b[i * rank + k];
       for (std::size_t j = 0; j < cols; ++j) right[k * cols + j] = u->transposed ? b[j * rank + k] : a[k * cols + j];
     }
-    const auto left = [&](std::size_t i, std::size_t k) { return u->transposed ? a[k * rows + i] : b[i * rank + k]; };
     std::vector<float> result = as_f32(base);
-    const auto scale = static_cast<float>(u->scale);
-    for_each_index(backend, rows, [&](std::size_t i) {
-      float* row = result.data() + i * cols;
-      std::vector<float> sum(cols, 0.0f);
-      for (std::size_t k = 0; k < rank; ++k) {
-        const float l = left(i, k);
-        const float* r = right.data() + k * cols;
-        for (std::size_t j = 0; j < cols; ++j) sum[j] += l * r[j];
-      }
-      for (std::size_t j = 0; j < cols; ++j) row[j] += scale * sum[j];
-    });
+    add_scaled_product(backend, rows, cols, rank, static_cast<float>(u->scale), left.data(), right.data(), result.data());
     convert(const_tensor_view(std::span<const float>(result), base.shape()), output);
   }
 
@@ -294,63 +282,6 @@ class peft_lora_adapter {
   std::filesystem::path folder_;
   safetensors_store tensors_;
   std::map<std::string, update, std::less<>> updates_;
-};
-
-// A base store with an adapter folded in. Views of adapted tensors stay valid until `release`
-// of that name (or the store's destruction); reading is safe from several threads.
-template <parameter_store Base>
-class lora_applied_store : public named_store<lora_applied_store<Base>> {
- public:
-  lora_applied_store(Base base, peft_lora_adapter adapter, cpu_backend backend = {})
-      : base_(std::move(base)), adapter_(std::move(adapter)), backend_(backend),
-        cache_(std::make_unique<cache>()) {
-    description_ = describe(base_) + "+" + adapter_.folder().string();
-    adapter_.check_against(base_, description_);
-    for (const auto& name : base_.names()) this->index_.add(std::string(name), description_);
-  }
-
-  [[nodiscard]] std::optional<const_tensor_view> find(std::string_view name) const {
-    const auto original = base_.find(name);
-    if (!original || adapter_.find(name) == nullptr) return original;
-    const std::lock_guard lock(cache_->mutex);
-    if (const auto kept = cache_->tensors.find(name); kept != cache_->tensors.end()) return kept->second.view(name);
-    memory_store adapted;
-    adapter_.apply(backend_, name, *original, adapted.insert(std::string(name), original->dtype(), original->shape()));
-    return cache_->tensors.emplace(std::string(name), std::move(adapted)).first->second.view(name);
-  }
-
-  // Frees the adapted copy of `name` and lets the pages behind it leave memory.
-  void release(std::string_view name) const {
-    {
-      const std::lock_guard lock(cache_->mutex);
-      if (const auto kept = cache_->tensors.find(name); kept != cache_->tensors.end()) cache_->tensors.erase(kept);
-    }
-    if constexpr (requires { base_.release(name); }) base_.release(name);
-    adapter_.release(name);
-  }
-
-  [[nodiscard]] const Base& base() const noexcept { return base_; }
-  [[nodiscard]] const peft_lora_adapter& adapter() const noexcept { return adapter_; }
-  [[nodiscard]] const std::string& description() const noexcept { return description_; }
-
- private:
-  struct cache {
-    std::mutex mutex;
-    std::map<std::string, memory_store, std::less<>> tensors;  // one adapted tensor each
-  };
-  static std::string describe(const Base& base) {
-    if constexpr (requires { base.description(); }) {
-      return std::string(base.description());
-    } else {
-      return "the base model";
-    }
-  }
-
-  Base base_;
-  peft_lora_adapter adapter_;
-  cpu_backend backend_;
-  std::unique_ptr<cache> cache_;
-  std::string description_;
 };
 
 }  // namespace alloy
