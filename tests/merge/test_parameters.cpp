@@ -1,5 +1,8 @@
 #include <algorithm>
+#include <fstream>
+#include <string>
 #include <variant>
+#include <vector>
 
 #include <catch2/catch.hpp>
 
@@ -156,4 +159,22 @@ TEST_CASE("merge_stores merges every tensor and names a missing one", "[merge][r
   const std::vector<memory_store> broken{a, partial};
   CHECK_THROWS_WITH(merge_stores(recipe, cpu_backend{}, &base, std::span<const memory_store>(broken)),
                     Catch::Contains("'model.layers.1.w'") && Catch::Contains("model 1"));
+}
+
+TEST_CASE("docs/policies.md's method table lists every built-in method and no other", "[merge][recipe][docs]") {
+  std::ifstream file(std::string(ALLOY_DOCS_DIR) + "/policies.md");
+  REQUIRE(file.good());
+  std::vector<std::string> documented;
+  bool in_table = false;
+  for (std::string line; std::getline(file, line);) {
+    if (line.rfind("## ", 0) == 0) in_table = line == "## The methods";
+    if (!in_table || line.rfind("| `", 0) != 0) continue;
+    const std::size_t end = line.find('`', 3);
+    documented.push_back(line.substr(3, end - 3));
+  }
+  std::vector<std::string> registered;
+  for (const auto& method : merge_methods()) registered.emplace_back(method.name);
+  std::sort(documented.begin(), documented.end());
+  std::sort(registered.begin(), registered.end());
+  CHECK(documented == registered);
 }

@@ -1,5 +1,8 @@
 // alloy-merge's config reader: the forms mergekit configs use, and the refusals.
 
+#include <optional>
+#include <string>
+
 #include <catch2/catch.hpp>
 
 #include "merge_config.hpp"
@@ -132,4 +135,32 @@ TEST_CASE("hostile YAML is refused without exhausting the stack or memory", "[to
   }
   // Binary garbage and NUL bytes.
   CHECK_FALSE(refusal(std::string("merge_method: linear\0\xff\xfe", 23)).empty());
+}
+
+TEST_CASE("typed parameters: a choice by its word, booleans and whole numbers checked", "[tools][config]") {
+  const auto config = parse_merge_config(R"(
+merge_method: dare_ties
+base_model: base
+models:
+  - model: a
+    parameters: {weight: 1, density: 0.5}
+parameters:
+  consensus: count
+  seed: 42
+  normalize: true
+)",
+                                         "typed.yml");
+  REQUIRE(config.parameters.at("consensus").word() == std::optional<std::string>("count"));
+  CHECK(config.parameters.at("seed").evaluate("w", 0) == 42.0);
+  CHECK(config.parameters.at("normalize").evaluate("w", 0) == 1.0);
+  const std::string head = "merge_method: ties\nbase_model: base\nmodels:\n  - model: a\n    parameters: {weight: 1}\n";
+  CHECK_THAT(refusal(head + "parameters: {consensus: majority}\n"),
+             Catch::Contains("parameters.consensus") && Catch::Contains("one of sum, count"));
+  CHECK_THAT(refusal(head + "parameters: {normalize: 2}\n"),
+             Catch::Contains("parameters.normalize") && Catch::Contains("a boolean"));
+  CHECK_THAT(refusal("merge_method: dare_ties\nbase_model: base\nmodels:\n  - model: a\n    parameters: {weight: 1}\n"
+                     "parameters: {seed: 1.5}\n"),
+             Catch::Contains("parameters.seed") && Catch::Contains("whole number"));
+  CHECK_THAT(refusal("merge_method: linear\nmodels:\n  - model: a\n    parameters: {weight: 1}\nparameters: {consensus: sum}\n"),
+             Catch::Contains("consensus"));
 }

@@ -177,22 +177,31 @@ struct cosine_gradient {
 // is the words of the tensor's top-p mask in the backend's memory (null: every entry, for
 // l2_pull only). The store-level functions below and the torch adapter call these; a backend
 // compiled apart (the CUDA library) provides its own overloads, found by argument-dependent lookup.
+namespace detail {
+// A penalty over {G, T, gradient}: strength times the sum of `value`'s terms, and `add_gradient`
+// applied to the gradient in place.
+template <class Backend, class Value, class AddGradient>
+double penalty_tensor(const Backend& backend, const_tensor_view g, const_tensor_view t, tensor_view gradient,
+                      double strength, const Value& value, const AddGradient& add_gradient) {
+  const const_tensor_view inputs[] = {g, t, gradient};
+  const double total = reduce_sums(backend, inputs, g.numel(), 1, value)[0] * strength;
+  elementwise(backend, gradient, inputs, add_gradient);
+  return total;
+}
+}  // namespace detail
+
 template <class Backend>
 double l2_pull_tensor(const Backend& backend, const_tensor_view g, const_tensor_view t, tensor_view gradient,
                       double strength, const std::uint64_t* mask = nullptr) {
-  const const_tensor_view inputs[] = {g, t, gradient};
-  const double value = reduce_sums(backend, inputs, g.numel(), 1, detail::l2_pull_value{mask})[0] * strength;
-  elementwise(backend, gradient, inputs, detail::l2_pull_gradient{mask, static_cast<float>(strength)});
-  return value;
+  return detail::penalty_tensor(backend, g, t, gradient, strength, detail::l2_pull_value{mask},
+                                detail::l2_pull_gradient{mask, static_cast<float>(strength)});
 }
 
 template <class Backend>
 double sign_agreement_tensor(const Backend& backend, const_tensor_view g, const_tensor_view t, tensor_view gradient,
                              double strength, const std::uint64_t* mask) {
-  const const_tensor_view inputs[] = {g, t, gradient};
-  const double value = reduce_sums(backend, inputs, g.numel(), 1, detail::sign_agreement_value{mask})[0] * strength;
-  elementwise(backend, gradient, inputs, detail::sign_agreement_gradient{mask, static_cast<float>(strength)});
-  return value;
+  return detail::penalty_tensor(backend, g, t, gradient, strength, detail::sign_agreement_value{mask},
+                                detail::sign_agreement_gradient{mask, static_cast<float>(strength)});
 }
 
 template <class Backend>
