@@ -50,9 +50,14 @@ struct penalty_inputs {
 // returns the value. Called with alloy::cpu_backend or alloy::cuda::backend.
 using closed_form = std::function<double(const penalty_inputs&, tensor_view gradient)>;
 
+// A view of a tensor the forward has made contiguous and f32 (or found so, or bf16/f16 in place):
+// no checks beyond the dtype, since this runs for every tensor of every training step.
 inline tensor_view view_in_place(const std::string& name, const ::torch::Tensor& tensor) {
-  tensor_store one({{name, tensor}});
-  return one.with_device_views().mutable_view(name);
+  const auto type = dtype_of(tensor);
+  if (!type || !is_mergeable(*type) || !tensor.is_contiguous()) {
+    alloy::fail(error_code::invalid_argument, "regularizer: tensor ", alloy::quoted{name}, " cannot be viewed in place");
+  }
+  return {static_cast<std::byte*>(tensor.data_ptr()), *type, shape_of(tensor)};
 }
 
 // Runs body(backend) with alloy's backend for `device` (CPU, or CUDA in ALLOY_TORCH_CUDA builds).
