@@ -10,6 +10,8 @@
 
 #include <catch2/catch.hpp>
 
+#include "alloy/align/pam.hpp"
+#include "alloy/align/regularizers.hpp"
 #include "alloy/merge/linear_merge.hpp"
 #include "alloy/merge/magmax_merge.hpp"
 #include "alloy/merge/task_vector_merge.hpp"
@@ -104,5 +106,37 @@ TEST_CASE("task-vector kernel: the block form gives the per-element bits", "[mer
         }
       }
     }
+  }
+}
+
+TEST_CASE("PAM's and the regularizers' block forms give the per-element bits", "[merge][block][align]") {
+  // Columns: G, T, and a gradient; the masks half set, from a seeded pattern; NaN and infinities in.
+  const auto columns = block_columns(3, 41);
+  std::vector<std::uint64_t> mask(block / 64 * 3);
+  std::uint64_t state = 88172645463325252ull;
+  for (auto& word : mask) {
+    state ^= state << 13, state ^= state >> 7, state ^= state << 17;
+    word = state;
+  }
+  for (const std::size_t first : {std::size_t{0}, block, 2 * block}) {
+    INFO("first " << first);
+    const std::vector<std::vector<float>> pair(columns.begin(), columns.begin() + 2);
+    for (const bool to_global : {false, true}) {
+      CHECK(differing_elements(detail::pam_reset_kernel{mask.data(), to_global}, pair, first) == 0);
+    }
+    CHECK(differing_elements(detail::l2_pull_gradient{mask.data(), 0.7f}, columns, first) == 0);
+    CHECK(differing_elements(detail::l2_pull_gradient{nullptr, 0.7f}, columns, first) == 0);
+    CHECK(differing_elements(detail::sign_agreement_gradient{mask.data(), 1.3f}, columns, first) == 0);
+    // The conflict mask: the block form's words against the per-element predicate.
+    std::vector<const float*> pointers{pair[0].data(), pair[1].data()};
+    std::uint64_t words[block / 64];
+    const detail::pam_conflict conflict{mask.data()};
+    conflict.select_block(pointers.data(), block, first, words);
+    std::size_t differing = 0;
+    for (std::size_t j = 0; j < block; ++j) {
+      const bool by_element = conflict(detail::block_values{pointers.data(), j, 2}, first + j);
+      differing += by_element != (((words[j >> 6] >> (j & 63)) & 1u) != 0) ? 1u : 0u;
+    }
+    CHECK(differing == 0);
   }
 }

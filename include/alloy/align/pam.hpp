@@ -63,6 +63,18 @@ struct pam_conflict {
   ALLOY_HD bool operator()(const Values& values, std::size_t index) const {
     return mask_bit(top_bits, index) && sign_conflict(values[0], values[1]);
   }
+  // The CPU's block form: the sign tests of a block vectorise, then 64 of them and a word of the
+  // top-p mask make each word of the result (the same bits as above).
+  void select_block(const float* const* columns, std::size_t count, std::size_t first, std::uint64_t* words) const {
+    alignas(64) std::uint8_t hit[block_elements];
+    const float* g = columns[0];
+    const float* t = columns[1];
+    for (std::size_t j = 0; j < count; ++j) hit[j] = sign_conflict(g[j], t[j]);
+    for (std::size_t j = count; j < (count + 63) / 64 * 64; ++j) hit[j] = 0;
+    for (std::size_t start = 0; start < count; start += 64) {
+      words[start >> 6] = pack_flags(hit + start) & top_bits[(first + start) >> 6];
+    }
+  }
 };
 
 // values[0] = G, values[1] = T: T reset (to zero or to G) where the reset mask is set, else T.
@@ -73,6 +85,15 @@ struct pam_reset_kernel {
   ALLOY_HD float operator()(const Values& values, std::size_t index) const {
     if (mask_bit(reset_bits, index)) return to_global ? values[0] : 0.0f;
     return values[1];
+  }
+  // The CPU's block form: the reset bits expanded first, so that the select vectorises.
+  void evaluate_block(const float* const* columns, std::size_t, std::size_t count, std::size_t first,
+                      float* results) const {
+    alignas(64) std::uint32_t reset[block_elements];
+    unpack_bits(reset_bits, first, count, reset);
+    const float* g = columns[0];
+    const float* t = columns[1];
+    for (std::size_t j = 0; j < count; ++j) results[j] = reset[j] != 0 ? (to_global ? g[j] : 0.0f) : t[j];
   }
 };
 

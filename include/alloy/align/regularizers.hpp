@@ -119,6 +119,17 @@ struct l2_pull_gradient {
     if (mask != nullptr && !mask_bit(mask, i)) return v[2];
     return v[2] + strength * (v[1] - v[0]);
   }
+  // The CPU's block form (the same values): the mask's bits expanded first, so the select vectorises.
+  void evaluate_block(const float* const* columns, std::size_t, std::size_t count, std::size_t first,
+                      float* results) const {
+    alignas(64) std::uint32_t in_mask[block_elements];
+    if (mask != nullptr) unpack_bits(mask, first, count, in_mask);
+    const float *g = columns[0], *t = columns[1], *grad = columns[2];
+    for (std::size_t j = 0; j < count; ++j) {
+      const float pulled = grad[j] + strength * (t[j] - g[j]);
+      results[j] = mask == nullptr || in_mask[j] != 0 ? pulled : grad[j];
+    }
+  }
 };
 
 // > 0 when T is on the other side of zero from G.
@@ -131,9 +142,11 @@ struct sign_agreement_value {
   const std::uint64_t* mask;
   template <class Values, class Sums>
   ALLOY_HD void operator()(const Values& v, std::size_t i, Sums&& sums) const {
-    if (!mask_bit(mask, i)) return;
+    // Selects rather than branches (half of the entries are in the mask, unpredictably); adding
+    // +0 outside it leaves the non-negative sum's bits as they are.
     const double opposition = static_cast<double>(sign_opposition(v[0], v[1]));
-    sums[0] += opposition > 0.0 ? opposition : 0.0;
+    const double term = opposition > 0.0 ? opposition : 0.0;
+    sums[0] += mask_bit(mask, i) ? term : 0.0;
   }
 };
 
@@ -145,6 +158,18 @@ struct sign_agreement_gradient {
     if (!mask_bit(mask, i) || sign_opposition(v[0], v[1]) <= 0.0f) return v[2];
     const float sign = static_cast<float>((v[0] > 0) - (v[0] < 0));
     return v[2] - strength * sign;
+  }
+  // The CPU's block form (the same values), branch-free over the block.
+  void evaluate_block(const float* const* columns, std::size_t, std::size_t count, std::size_t first,
+                      float* results) const {
+    alignas(64) std::uint32_t in_mask[block_elements];
+    unpack_bits(mask, first, count, in_mask);
+    const float *g = columns[0], *t = columns[1], *grad = columns[2];
+    for (std::size_t j = 0; j < count; ++j) {
+      const float sign = static_cast<float>((g[j] > 0) - (g[j] < 0));
+      const bool crosses = in_mask[j] != 0 && !(sign_opposition(g[j], t[j]) <= 0.0f);  // (NaN: as above)
+      results[j] = crosses ? grad[j] - strength * sign : grad[j];
+    }
   }
 };
 
@@ -183,8 +208,9 @@ namespace detail {
 template <class Backend, class Value, class AddGradient>
 double penalty_tensor(const Backend& backend, const_tensor_view g, const_tensor_view t, tensor_view gradient,
                       double strength, const Value& value, const AddGradient& add_gradient) {
+  const const_tensor_view read[] = {g, t};  // the value reads G and T only
+  const double total = reduce_sums(backend, read, g.numel(), 1, value)[0] * strength;
   const const_tensor_view inputs[] = {g, t, gradient};
-  const double total = reduce_sums(backend, inputs, g.numel(), 1, value)[0] * strength;
   elementwise(backend, gradient, inputs, add_gradient);
   return total;
 }
@@ -207,8 +233,9 @@ double sign_agreement_tensor(const Backend& backend, const_tensor_view g, const_
 template <class Backend>
 double cosine_alignment_tensor(const Backend& backend, const_tensor_view g, const_tensor_view t, const_tensor_view g0,
                                tensor_view gradient, double strength) {
+  const const_tensor_view read[] = {g, t, g0};
+  const auto sums = reduce_sums(backend, read, g.numel(), 3, detail::cosine_sums{});
   const const_tensor_view inputs[] = {g, t, g0, gradient};
-  const auto sums = reduce_sums(backend, inputs, g.numel(), 3, detail::cosine_sums{});
   const double norm_u = std::sqrt(sums[0]);
   const double norm_w = std::sqrt(sums[1]);
   if (norm_u == 0.0 || norm_w == 0.0) return 0.0;

@@ -90,12 +90,12 @@ inline void unpack_bits(const std::uint64_t* words, std::size_t first, std::size
     }
     return table;
   }();
-  std::size_t j = 0;
-  for (; j + 4 <= count; j += 4) {
+  const std::size_t whole = count - count % 4;
+  for (std::size_t j = 0; j < whole; j += 4) {
     const auto nibble = (words[(first + j) >> 6] >> ((first + j) & 63)) & 15u;
     std::memcpy(out + j, nibbles[nibble].data(), sizeof(nibbles[nibble]));
   }
-  for (; j < count; ++j) out[j] = (words[(first + j) >> 6] >> ((first + j) & 63)) & 1u;
+  for (std::size_t j = whole; j < count; ++j) out[j] = (words[(first + j) >> 6] >> ((first + j) & 63)) & 1u;
 }
 
 // For up to 64 keys (magnitudes' bit patterns, at most 0x7f800000): the bits of the keys above
@@ -172,7 +172,11 @@ struct first_value {
 }  // namespace detail
 
 // The mask of the elements where predicate(values, index) holds (values[i]: input i at `index`,
-// in f32). A predicate is a small ALLOY_HD function object, as elementwise kernels are.
+// in f32). A predicate is a small ALLOY_HD function object, as elementwise kernels are; like them it
+// may give the CPU a block form that computes the same bits for a block at once:
+//
+//   void select_block(const float* const* columns, std::size_t count, std::size_t first,
+//                     std::uint64_t* words) const      // words of elements [first, first + count)
 template <class Predicate>
 bit_mask select_where(const cpu_backend& backend, std::span<const const_tensor_view> inputs, std::size_t elements,
                       const Predicate& predicate) {
@@ -180,6 +184,12 @@ bit_mask select_where(const cpu_backend& backend, std::span<const const_tensor_v
   // Blocks start on word boundaries: 64 elements decide one word, and the flags loop vectorises.
   for_each_block(backend, inputs, elements, [&](std::size_t) {
     return [&](const float* const* columns, std::size_t count, std::size_t first) {
+      if constexpr (requires(std::uint64_t* words) { predicate.select_block(columns, count, first, words); }) {
+        std::uint64_t words[detail::block_elements / 64];
+        predicate.select_block(columns, count, first, words);
+        for (std::size_t w = 0; w < (count + 63) / 64; ++w) mask.set_word((first >> 6) + w, words[w]);
+        return;
+      }
       alignas(64) std::uint8_t flags[detail::block_elements];
       for (std::size_t j = 0; j < count; ++j) {
         flags[j] = predicate(detail::block_values{columns, j, inputs.size()}, first + j) ? 1 : 0;
