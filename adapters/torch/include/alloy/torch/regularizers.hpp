@@ -136,11 +136,6 @@ template <class Penalty>
   return total;
 }
 
-// A tensor's view for a closed form (the tensors of penalty_inputs are contiguous and computable).
-inline const_tensor_view input_view(const std::string& name, const ::torch::Tensor& tensor) {
-  return view_in_place(name, tensor);
-}
-
 }  // namespace detail
 
 // (strength / 2) sum (T - G)^2, over every entry or only G's top-p entries.
@@ -149,7 +144,7 @@ inline ::torch::Tensor l2_pull(const ::torch::nn::Module& module, const alignmen
   return detail::sum_over_target("l2_pull", module, target, [&](const std::string& name) {
     return [&, name](const detail::penalty_inputs& in, tensor_view gradient) {
       return detail::with_backend(in.t.device(), [&](const auto& backend) {
-        return l2_pull_tensor(backend, detail::input_view(name, in.g), detail::input_view(name, in.t), gradient, strength,
+        return l2_pull_tensor(backend, detail::view_in_place(name, in.g), detail::view_in_place(name, in.t), gradient, strength,
                               top_only ? in.mask : nullptr);
       });
     };
@@ -162,7 +157,7 @@ inline ::torch::Tensor sign_agreement(const ::torch::nn::Module& module, const a
   return detail::sum_over_target("sign_agreement", module, target, [&](const std::string& name) {
     return [&, name](const detail::penalty_inputs& in, tensor_view gradient) {
       return detail::with_backend(in.t.device(), [&](const auto& backend) {
-        return sign_agreement_tensor(backend, detail::input_view(name, in.g), detail::input_view(name, in.t), gradient,
+        return sign_agreement_tensor(backend, detail::view_in_place(name, in.g), detail::view_in_place(name, in.t), gradient,
                                      strength, in.mask);
       });
     };
@@ -179,8 +174,8 @@ inline ::torch::Tensor cosine_alignment(const ::torch::nn::Module& module, const
   return detail::sum_over_target("cosine_alignment", module, target, [&](const std::string& name) {
     return [&, name](const detail::penalty_inputs& in, tensor_view gradient) {
       return detail::with_backend(in.t.device(), [&](const auto& backend) {
-        return cosine_alignment_tensor(backend, detail::input_view(name, in.g), detail::input_view(name, in.t),
-                                       detail::input_view(name, in.g0), gradient, strength);
+        return cosine_alignment_tensor(backend, detail::view_in_place(name, in.g), detail::view_in_place(name, in.t),
+                                       detail::view_in_place(name, in.g0), gradient, strength);
       });
     };
   });
