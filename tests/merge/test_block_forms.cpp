@@ -140,3 +140,78 @@ TEST_CASE("PAM's and the regularizers' block forms give the per-element bits", "
     CHECK(differing == 0);
   }
 }
+
+namespace {
+
+// A reduction's block form (accumulate_block) against its per-element form, over `count` elements
+// from `first`: sums agree to rounding (the block form adds in lanes, in another order), and are
+// NaN, or the same infinity, together.
+template <class Kernel>
+void check_block_sums(const Kernel& kernel, const std::vector<std::vector<float>>& columns, std::size_t terms,
+                      std::size_t first, std::size_t count) {
+  std::vector<const float*> pointers;
+  for (const auto& column : columns) pointers.push_back(column.data());
+  std::vector<double> by_block(terms, 0.0), by_element(terms, 0.0);
+  kernel.accumulate_block(pointers.data(), count, first, by_block.data());
+  for (std::size_t j = 0; j < count; ++j) kernel(detail::block_values{pointers.data(), j, pointers.size()}, first + j, by_element.data());
+  for (std::size_t t = 0; t < terms; ++t) {
+    INFO("term " << t << ": per element " << by_element[t] << ", by block " << by_block[t]);
+    if (std::isnan(by_element[t])) {
+      CHECK(std::isnan(by_block[t]));
+    } else {
+      CHECK(by_block[t] == Approx(by_element[t]).epsilon(1e-12));
+    }
+  }
+}
+
+std::vector<std::vector<float>> finite_only(std::vector<std::vector<float>> columns) {
+  for (auto& column : columns) {
+    for (auto& x : column) x = std::isfinite(x) ? x : 0.01f;
+  }
+  return columns;
+}
+
+}  // namespace
+
+TEST_CASE("the regularizers' block sums agree with the per-element sums", "[merge][block][align]") {
+  std::vector<std::uint64_t> mask(block / 64 * 3);
+  std::uint64_t state = 1181783497276652981ull;
+  for (auto& word : mask) {
+    state ^= state << 13, state ^= state >> 7, state ^= state << 17;
+    word = state;
+  }
+  for (const bool with_specials : {false, true}) {
+    const auto columns = with_specials ? block_columns(3, 43) : finite_only(block_columns(3, 43));
+    for (const std::size_t first : {std::size_t{0}, block, 2 * block}) {
+      for (const std::size_t count : {block, std::size_t{301}, std::size_t{7}}) {
+        INFO("specials " << with_specials << ", first " << first << ", count " << count);
+        check_block_sums(detail::l2_pull_value{mask.data()}, columns, 1, first, count);
+        check_block_sums(detail::l2_pull_value{nullptr}, columns, 1, first, count);
+        check_block_sums(detail::sign_agreement_value{mask.data()}, columns, 1, first, count);
+        check_block_sums(detail::cosine_sums{}, columns, 3, first, count);
+      }
+    }
+  }
+  // Without specials, the sums are finite and not trivially zero: the checks above compare numbers.
+  std::vector<double> sums(1, 0.0);
+  const auto columns = finite_only(block_columns(3, 43));
+  const float* pointers[] = {columns[0].data(), columns[1].data(), columns[2].data()};
+  detail::sign_agreement_value{mask.data()}.accumulate_block(pointers, block, 0, sums.data());
+  CHECK(sums[0] > 0.0);
+}
+
+TEST_CASE("summing in lanes: a fixed order, exact on small integers", "[exec][reduce]") {
+  std::vector<double> terms(1001);
+  for (std::size_t j = 0; j < terms.size(); ++j) terms[j] = static_cast<double>(j);
+  const auto term = [&](std::size_t j) { return terms[j]; };
+  CHECK(detail::sum_in_lanes(terms.size(), term) == 1000.0 * 1001.0 / 2.0);
+  for (std::size_t count : {0u, 1u, 7u, 8u, 9u}) {
+    double expected = 0.0;
+    for (std::size_t j = 0; j < count; ++j) expected += terms[j];
+    CHECK(detail::sum_in_lanes(count, term) == expected);
+  }
+  CHECK(detail::sum_in_lanes(64, [](std::size_t) { return 0.5f; }) == 32.0);
+  // The lanes' order: 1e16 + 1 + 1 - 1e16 is 0 in one chain but 2 when the ones share no lane with 1e16.
+  const double spread[] = {1e16, 1.0, 1.0, 0.0, 0.0, 0.0, 0.0, 0.0, -1e16};
+  CHECK(detail::sum_in_lanes(9, [&](std::size_t j) { return spread[j]; }) == 2.0);
+}

@@ -30,17 +30,37 @@ TEST_CASE("parameter settings: scalars, gradients and filters as mergekit evalua
   CHECK(star.evaluate("anything", 0) == 0.3);
 }
 
-TEST_CASE("layer depth places layers evenly and other tensors at the ends", "[merge][parameters]") {
+TEST_CASE("layer depth: layers evenly per stack, t = 0 outside the stacks, as mergekit", "[merge][parameters]") {
   CHECK(layer_index("model.layers.12.mlp.up_proj.weight") == 12u);
   CHECK(layer_index("vision_model.encoder.layers.0.self_attn.k_proj.bias") == 0u);
   CHECK_FALSE(layer_index("lm_head.weight").has_value());
-  CHECK(layer_depth("model.layers.0.x", 5) == 0.0);
-  CHECK(layer_depth("model.layers.2.x", 5) == 0.5);
-  CHECK(layer_depth("model.layers.4.x", 5) == 1.0);
-  CHECK(layer_depth("model.embed_tokens.weight", 5) == 0.0);
-  CHECK(layer_depth("model.norm.weight", 5) == 1.0);
-  const std::vector<std::string> names{"model.embed_tokens.weight", "model.layers.0.w", "model.layers.7.w", "lm_head.weight"};
-  CHECK(count_layers(names) == 8u);
+  CHECK_FALSE(layer_index("model.norm.7").has_value());  // a name that ends in digits is no layer
+  CHECK(layer_position_of("model.layers.3.mlp.w")->stack == "model.layers.");
+
+  const std::vector<std::string> names{"model.embed_tokens.weight", "model.layers.0.x", "model.layers.2.x",
+                                       "model.layers.4.x", "model.norm.weight", "lm_head.weight"};
+  const layer_stacks stacks(names);
+  REQUIRE(stacks.stacks().size() == 1);
+  CHECK(stacks.layer_count("model.layers.") == 5u);
+  CHECK(stacks.depth("model.layers.0.x") == 0.0);
+  CHECK(stacks.depth("model.layers.2.x") == 0.5);
+  CHECK(stacks.depth("model.layers.4.x") == 1.0);
+  // mergekit plans the weights before and after the stack with t = 0 (plan.py, plan_module).
+  CHECK(stacks.depth("model.embed_tokens.weight") == 0.0);
+  CHECK(stacks.depth("model.norm.weight") == 0.0);
+  CHECK(stacks.depth("lm_head.weight") == 0.0);
+
+  // Each stack of a multimodal model on its own: 12 vision layers and 4 text layers.
+  std::vector<std::string> clip;
+  for (int i = 0; i < 12; ++i) clip.push_back("vision_model.encoder.layers." + std::to_string(i) + ".mlp.fc1.weight");
+  for (int i = 0; i < 4; ++i) clip.push_back("text_model.encoder.layers." + std::to_string(i) + ".mlp.fc1.weight");
+  const layer_stacks two(clip);
+  CHECK(two.stacks().size() == 2);
+  CHECK(two.depth("vision_model.encoder.layers.11.mlp.fc1.weight") == 1.0);
+  CHECK(two.depth("text_model.encoder.layers.3.mlp.fc1.weight") == 1.0);
+  CHECK(two.depth("text_model.encoder.layers.1.mlp.fc1.weight") == Approx(1.0 / 3.0));
+  // A stack of one layer: t = 1, as mergekit's slice of one layer.
+  CHECK(layer_stacks(std::vector<std::string>{"h.0.w"}).depth("h.0.w") == 1.0);
 }
 
 TEST_CASE("recipes resolve model, then top-level, then default values", "[merge][recipe]") {

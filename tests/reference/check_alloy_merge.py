@@ -117,10 +117,12 @@ def read_output(folder):
 # ---- mergekit's parameter evaluation, re-implemented --------------------------------------------
 
 def layer_depth(name):
-    for part in name.split("."):
+    # mergekit's plan.py: layer i of n at i / (n - 1); the weights before and after the stack
+    # (embeddings, final norm, output head) at t = 0 (plan_module).
+    for part in name.split(".")[:-1]:
         if part.isdigit():
             return int(part) / (LAYERS - 1)
-    return 0.0 if any(k in name for k in ("embed", "wte", "wpe")) else 1.0
+    return 0.0
 
 
 def evaluate(setting, name, t):
@@ -166,13 +168,24 @@ def write_config(path, method, base, models, parameters=None, extra=""):
     return path
 
 
-def run(binary, config, output, *options, fsize_limit=None):
+def run(binary, config, output, *options, fsize_limit=None, timeout=None):
     def limit():
         if fsize_limit is not None:
             signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
             resource.setrlimit(resource.RLIMIT_FSIZE, (fsize_limit, fsize_limit))
     return subprocess.run([binary, config, output, *options], capture_output=True, text=True,
-                          preexec_fn=limit if fsize_limit is not None else None)
+                          preexec_fn=limit if fsize_limit is not None else None, timeout=timeout)
+
+
+def tree_digest(path):
+    """Every file under `path` (or `path` itself) with its size and contents' hash."""
+    import hashlib
+    files = [path] if os.path.isfile(path) else [os.path.join(r, f) for r, _, fs in os.walk(path) for f in fs]
+    digest = {}
+    for name in sorted(files):
+        with open(name, "rb") as f:
+            digest[name] = hashlib.sha256(f.read()).hexdigest()
+    return digest
 
 
 def expected_tensor(method, name, base32, models32, top, per_model):
@@ -507,6 +520,57 @@ def group_errors(binary, work):
         check(result.stderr.count("\n") == 1, "%s: expected one line of error, got %r" % (label, result.stderr))
         check(not os.path.exists(out), "%s: an output folder was left" % label)
 
+    # Never destroy an input: an output that is, lies inside or contains an input (through
+    # symlinks too) is refused with exit 5 whatever the flags, before anything is read.
+    guarded = write_config(os.path.join(folder, "guarded.yml"), "ties", base_path, good)
+    inputs = (base_path, m0, m1, guarded)
+    before = {p: tree_digest(p) for p in inputs}
+    base_link = os.path.join(folder, "base_link")
+    os.symlink(base_path, base_link)
+    hostile_outputs = [
+        ("the base model's folder", base_path, "is the base model"),
+        ("the base with a trailing slash", base_path + "/", "is the base model"),
+        ("a symlink to the base", base_link, "is the base model"),
+        ("inside a model folder", os.path.join(m0, "merged"), "lies inside the input model"),
+        ("inside the base, through a symlink", os.path.join(base_link, "sub"), "lies inside the base model"),
+        ("a folder holding every input", folder, "contains the"),
+        ("the config file", guarded, "is the config"),
+    ]
+    for label, out, needle in hostile_outputs:
+        for flags in ([], ["--allow-overwrite"], ["--allow-overwrite", "--dry-run"]):
+            result = run(binary, guarded, out, "--quiet", *flags)
+            check(result.returncode == EXIT_OUTPUT and needle in result.stderr,
+                  "output %s %s: exit %d, %r" % (label, flags, result.returncode, result.stderr.strip()))
+    check({p: tree_digest(p) for p in inputs} == before, "an input changed although the output was refused")
+    check(not [p for p in os.listdir(folder) if "staging" in p], "a staging folder was left")
+
+    # An output that is an existing regular file is refused whatever the flags, and kept.
+    victim = os.path.join(folder, "notes.txt")
+    with open(victim, "w") as f:
+        f.write("keep me")
+    result = run(binary, guarded, victim, "--quiet", "--allow-overwrite")
+    check(result.returncode == EXIT_OUTPUT and "regular file" in result.stderr,
+          "output is a regular file: exit %d, %r" % (result.returncode, result.stderr.strip()))
+    with open(victim) as f:
+        check(f.read() == "keep me", "the regular file given as output was changed")
+
+    # A FIFO as a model file is an input error, found without blocking (as a file and in a folder).
+    fifo = os.path.join(folder, "pipe.safetensors")
+    os.mkfifo(fifo)
+    fifo_folder = os.path.join(folder, "fifo_model")
+    os.makedirs(fifo_folder)
+    os.mkfifo(os.path.join(fifo_folder, "model.safetensors"))
+    for label, model in (("a FIFO file", fifo), ("a folder whose model.safetensors is a FIFO", fifo_folder)):
+        config = write_config(os.path.join(folder, "fifo.yml"), "linear", None, [(model, {"weight": 1.0}), (m1, {"weight": 1.0})])
+        out = os.path.join(folder, "out_fifo")
+        try:
+            result = run(binary, config, out, "--quiet", timeout=60)
+            check(result.returncode == EXIT_INPUT and "FIFO" in result.stderr,
+                  "%s: exit %d, %r" % (label, result.returncode, result.stderr.strip()))
+        except subprocess.TimeoutExpired:
+            check(False, "%s: alloy-merge blocked on the FIFO" % label)
+        check(not os.path.exists(out), "%s: an output folder was left" % label)
+
     # A full disk: writes beyond 20 KB fail (RLIMIT_FSIZE), the merge stops, nothing is left.
     config = os.path.join(folder, "u1.yml")
     out = os.path.join(folder, "out_full")
@@ -514,7 +578,8 @@ def group_errors(binary, work):
     check(result.returncode == EXIT_OUTPUT, "disk full: exit %d: %s" % (result.returncode, result.stderr))
     check(not os.path.exists(out) and not [p for p in os.listdir(folder) if "staging" in p],
           "disk full: output or staging folder left")
-    print("errors: %d error cases, each with its exit code, message and no output" % (len(cases) + 1))
+    print("errors: %d error cases, each with its exit code, message and no output; %d outputs that would destroy an "
+          "input refused; a regular file kept; FIFOs refused without blocking" % (len(cases) + 1, len(hostile_outputs)))
 
 
 def group_gpu(binary, work):

@@ -1,3 +1,5 @@
+#include <sys/stat.h>
+
 #include <filesystem>
 #include <string>
 
@@ -147,6 +149,33 @@ TEST_CASE("a non-empty output folder is refused unless overwriting is allowed", 
   std::filesystem::create_directories(empty);
   save_model(empty, reference);
   CHECK(std::filesystem::exists(empty / "model.safetensors"));
+}
+
+TEST_CASE("only a folder is ever replaced: a file or link in the output's place is refused whatever the options",
+          "[safetensors][writer]") {
+  const memory_store reference = testing::reference_content();
+  test_folder folder;
+  model_write_options overwrite;
+  overwrite.allow_overwrite = true;
+  const auto file = folder / "notes.txt";
+  testing::write_text_file(file, "keep me");
+  CHECK_THROWS_WITH(save_model(file, reference, overwrite), Catch::Contains("is a regular file"));
+  CHECK(testing::read_text_file(file) == "keep me");
+  const auto link = folder / "link";
+  std::filesystem::create_symlink(file, link);
+  CHECK_THROWS_WITH(save_model(link, reference, overwrite), Catch::Contains("is a symbolic link"));
+  CHECK(std::filesystem::is_symlink(link));
+  CHECK(testing::read_text_file(file) == "keep me");
+  CHECK(folder.entry_count() == 2);
+}
+
+TEST_CASE("a FIFO given as a safetensors file is refused without waiting for a writer", "[safetensors][store]") {
+  test_folder folder;
+  const auto fifo = folder / "model.safetensors";
+  REQUIRE(::mkfifo(fifo.c_str(), 0600) == 0);
+  // Before the fix this open blocked forever; a hang here is the failure.
+  CHECK_THROWS_WITH(safetensors_store::open(fifo), Catch::Contains("FIFO"));
+  CHECK_THROWS_WITH(safetensors_store::open(folder.path()), Catch::Contains("FIFO"));
 }
 
 TEST_CASE("an empty store writes a valid empty model", "[safetensors][writer]") {

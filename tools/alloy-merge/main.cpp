@@ -22,6 +22,7 @@
 #include "terminal_status.hpp"
 #include "merge_config.hpp"
 #include "merge_job.hpp"
+#include "output_guard.hpp"
 #if defined(ALLOY_HAVE_CUDA_BACKEND)
 #include "gpu_merge.hpp"
 #endif
@@ -220,6 +221,9 @@ int main(int argc, char** argv) {
       return alloy::tools::read_merge_config(config_path);
     });
     if (out_dtype) config.out_dtype = out_dtype;
+    alloy::tools::in_stage(failure_kind::output, [&] {
+      alloy::tools::check_output_spares_inputs(config, config_path, output);
+    });
     const alloy::tools::merge_job job = alloy::tools::plan_merge(std::move(config), backend);
     if (dry_run) {
       alloy::tools::in_stage(failure_kind::output, [&] {

@@ -16,6 +16,7 @@
 // path, as are parameters the method does not define and values outside their range. Errors are
 // alloy::error with code invalid_argument and a message that starts with the key's path.
 
+#include <algorithm>
 #include <cmath>
 #include <filesystem>
 #include <fstream>
@@ -54,6 +55,17 @@ struct merge_config {
   std::optional<dtype> compute_dtype;  // mergekit's `dtype`
   std::optional<dtype> out_dtype;
   std::string source_text;             // the YAML as written, kept with the merged model
+
+  // Every model the config names (the base first), each once.
+  [[nodiscard]] std::vector<model_reference> referenced_models() const {
+    std::vector<model_reference> references;
+    const auto add = [&](const model_reference& reference) {
+      if (std::find(references.begin(), references.end(), reference) == references.end()) references.push_back(reference);
+    };
+    if (base_model) add(*base_model);
+    for (const auto& entry : models) add(entry.reference);
+    return references;
+  }
 };
 
 namespace detail {

@@ -12,6 +12,7 @@
 //
 // Masks come from top_magnitude_masks(G, p), computed once per task, as PAM does.
 
+#include <bit>
 #include <cmath>
 #include <cstddef>
 #include <map>
@@ -109,6 +110,23 @@ struct l2_pull_value {
     const double d = static_cast<double>(v[1]) - static_cast<double>(v[0]);
     sums[0] += 0.5 * d * d;
   }
+  // The CPU's block form: the same terms, summed in lanes (reduce.hpp).
+  void accumulate_block(const float* const* columns, std::size_t count, std::size_t first, double* sums) const {
+    const float *g = columns[0], *t = columns[1];
+    const auto term = [&](std::size_t j) {
+      const double d = static_cast<double>(t[j]) - static_cast<double>(g[j]);
+      return 0.5 * d * d;
+    };
+    if (mask == nullptr) {
+      sums[0] += sum_in_lanes(count, term);
+      return;
+    }
+    alignas(64) std::uint32_t in_mask[block_elements];
+    unpack_bits(mask, first, count, in_mask);
+    sums[0] += sum_in_lanes(count, [&](std::size_t j) {  // cleared outside the mask by bits, not a branch
+      return std::bit_cast<double>(std::bit_cast<std::uint64_t>(term(j)) & (0ull - in_mask[j]));
+    });
+  }
 };
 
 struct l2_pull_gradient {
@@ -125,18 +143,21 @@ struct l2_pull_gradient {
     alignas(64) std::uint32_t in_mask[block_elements];
     if (mask != nullptr) unpack_bits(mask, first, count, in_mask);
     const float *g = columns[0], *t = columns[1], *grad = columns[2];
+    const float step = strength;  // a local: `results` could alias the member, which would block vectorising
     for (std::size_t j = 0; j < count; ++j) {
-      const float pulled = grad[j] + strength * (t[j] - g[j]);
+      const float pulled = grad[j] + step * (t[j] - g[j]);
       results[j] = mask == nullptr || in_mask[j] != 0 ? pulled : grad[j];
     }
   }
 };
 
-// > 0 when T is on the other side of zero from G.
-ALLOY_HD ALLOY_ALWAYS_INLINE float sign_opposition(float g, float t) noexcept {
-  const float sign = static_cast<float>((g > 0) - (g < 0));
-  return -sign * t;
+// sign(g) as a float, by selects (so that loops over blocks vectorise).
+ALLOY_HD ALLOY_ALWAYS_INLINE float sign_of(float g) noexcept {
+  return (g > 0.0f ? 1.0f : 0.0f) - (g < 0.0f ? 1.0f : 0.0f);
 }
+
+// > 0 when T is on the other side of zero from G.
+ALLOY_HD ALLOY_ALWAYS_INLINE float sign_opposition(float g, float t) noexcept { return -sign_of(g) * t; }
 
 struct sign_agreement_value {
   const std::uint64_t* mask;
@@ -148,6 +169,19 @@ struct sign_agreement_value {
     const double term = opposition > 0.0 ? opposition : 0.0;
     sums[0] += mask_bit(mask, i) ? term : 0.0;
   }
+  // The CPU's block form: the same terms, without branches, summed in lanes (reduce.hpp).
+  void accumulate_block(const float* const* columns, std::size_t count, std::size_t first, double* sums) const {
+    alignas(64) std::uint32_t in_mask[block_elements];
+    unpack_bits(mask, first, count, in_mask);
+    const float *g = columns[0], *t = columns[1];
+    // f32 terms (which widen exactly to the per-element form's f64 ones), kept or cleared by a bit
+    // mask, as the gradient's block form does.
+    sums[0] += sum_in_lanes(count, [&](std::size_t j) {
+      const float opposition = sign_opposition(g[j], t[j]);
+      const std::uint32_t keep = (opposition > 0.0f ? ~0u : 0u) & (0u - in_mask[j]);
+      return std::bit_cast<float>(std::bit_cast<std::uint32_t>(opposition) & keep);
+    });
+  }
 };
 
 struct sign_agreement_gradient {
@@ -156,8 +190,7 @@ struct sign_agreement_gradient {
   template <class Values>
   ALLOY_HD float operator()(const Values& v, std::size_t i) const {
     if (!mask_bit(mask, i) || sign_opposition(v[0], v[1]) <= 0.0f) return v[2];
-    const float sign = static_cast<float>((v[0] > 0) - (v[0] < 0));
-    return v[2] - strength * sign;
+    return v[2] - strength * sign_of(v[0]);
   }
   // The CPU's block form (the same values), branch-free over the block.
   void evaluate_block(const float* const* columns, std::size_t, std::size_t count, std::size_t first,
@@ -165,10 +198,16 @@ struct sign_agreement_gradient {
     alignas(64) std::uint32_t in_mask[block_elements];
     unpack_bits(mask, first, count, in_mask);
     const float *g = columns[0], *t = columns[1], *grad = columns[2];
+    const float step = strength;  // a local: `results` could alias the member, which would block vectorising
     for (std::size_t j = 0; j < count; ++j) {
-      const float sign = static_cast<float>((g[j] > 0) - (g[j] < 0));
-      const bool crosses = in_mask[j] != 0 && !(sign_opposition(g[j], t[j]) <= 0.0f);  // (NaN: as above)
-      results[j] = crosses ? grad[j] - strength * sign : grad[j];
+      // The push is kept or cleared by a bit mask: a select between computed floats would be
+      // turned back into a branch (the compiler does not speculate floating-point arithmetic),
+      // and the loop would stay scalar. Subtracting +0 leaves grad's bits as they are, -0 and NaN
+      // included. (NaN opposition crosses: as above.)
+      const float sign = sign_of(g[j]);
+      const float opposition = -sign * t[j];
+      const std::uint32_t keep = (opposition <= 0.0f ? 0u : ~0u) & (0u - in_mask[j]);
+      results[j] = grad[j] - std::bit_cast<float>(std::bit_cast<std::uint32_t>(step * sign) & keep);
     }
   }
 };
@@ -183,6 +222,15 @@ struct cosine_sums {
     sums[0] += u * u;
     sums[1] += w * w;
     sums[2] += u * w;
+  }
+  // The CPU's block form: the same terms, summed in lanes (reduce.hpp).
+  void accumulate_block(const float* const* columns, std::size_t count, std::size_t, double* sums) const {
+    const float *g = columns[0], *t = columns[1], *g0 = columns[2];
+    const auto u = [&](std::size_t j) { return static_cast<double>(t[j]) - static_cast<double>(g0[j]); };
+    const auto w = [&](std::size_t j) { return static_cast<double>(g[j]) - static_cast<double>(g0[j]); };
+    sums[0] += sum_in_lanes(count, [&](std::size_t j) { return u(j) * u(j); });
+    sums[1] += sum_in_lanes(count, [&](std::size_t j) { return w(j) * w(j); });
+    sums[2] += sum_in_lanes(count, [&](std::size_t j) { return u(j) * w(j); });
   }
 };
 

@@ -18,8 +18,40 @@
 
 namespace alloy {
 
+namespace detail {
+
+// The sum of term(0) .. term(count - 1) in eight interleaved f64 lanes, combined pairwise: a fixed
+// order (so the same bits on any thread count) whose additions do not wait on one another, so
+// that a block's sum runs at the speed of its loads rather than of one addition's latency per
+// term. term(j) returns a float (widened exactly) or a double.
+template <class Term>
+double sum_in_lanes(std::size_t count, const Term& term) noexcept {
+  constexpr std::size_t lanes = 8;
+  double lane[lanes] = {};
+  const std::size_t whole = count - count % lanes;
+  for (std::size_t j = 0; j < whole; j += lanes) {
+    for (std::size_t l = 0; l < lanes; ++l) lane[l] += static_cast<double>(term(j + l));
+  }
+  for (std::size_t j = whole; j < count; ++j) lane[j - whole] += static_cast<double>(term(j));
+  return ((lane[0] + lane[1]) + (lane[2] + lane[3])) + ((lane[4] + lane[5]) + (lane[6] + lane[7]));
+}
+
+}  // namespace detail
+
 // Sums `terms` per-element quantities at once: accumulate(values, index, sums) adds element
 // `index`'s contributions into sums[0 .. terms).
+//
+// Per element, the f64 sums form one chain of dependent additions, and a test that decides per
+// element whether a term enters becomes a branch. A kernel may therefore also give the CPU backend
+// a block form, as elementwise's kernels do:
+//
+//   void accumulate_block(const float* const* columns, std::size_t count, std::size_t first,
+//                         double* sums) const
+//
+// adding the terms of elements [first, first + count) (first a multiple of 64) into sums. It
+// computes each term exactly as operator() does but may add them in an order of its own
+// (detail::sum_in_lanes), so its sums may differ from the per-element form's in the last bits;
+// they still do not depend on the thread count.
 template <class Accumulate>
 std::vector<double> reduce_sums(const cpu_backend& backend, std::span<const const_tensor_view> inputs,
                                 std::size_t elements, std::size_t terms, const Accumulate& accumulate) {
@@ -28,7 +60,11 @@ std::vector<double> reduce_sums(const cpu_backend& backend, std::span<const cons
     partial[chunk].assign(terms, 0.0);
     return [sums = partial[chunk].data(), &accumulate, &inputs](const float* const* columns, std::size_t count,
                                                        std::size_t first) {
-      for (std::size_t j = 0; j < count; ++j) accumulate(detail::block_values{columns, j, inputs.size()}, first + j, sums);
+      if constexpr (requires(double* out) { accumulate.accumulate_block(columns, count, first, out); }) {
+        accumulate.accumulate_block(columns, count, first, sums);
+      } else {
+        for (std::size_t j = 0; j < count; ++j) accumulate(detail::block_values{columns, j, inputs.size()}, first + j, sums);
+      }
     };
   });
   std::vector<double> total(terms, 0.0);

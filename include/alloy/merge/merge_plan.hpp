@@ -64,7 +64,7 @@ struct planned_tensor {
   std::string name;  // in the output
   dtype output_dtype = dtype::f32;
   shape dims;
-  double depth = 0;  // relative depth in the layer stack, for gradients (see layer_depth)
+  double depth = 0;  // relative depth t in the layer stack, for gradients (see layer_stacks)
   action what = action::merge;
   std::optional<tensor_source> base;  // merge: the base, for methods that read one; copy: the base, if any
   std::vector<tensor_source> models;
@@ -178,14 +178,14 @@ inline merge_plan plan_merge(const merge_recipe& recipe, const plan_input* base,
       }
     }
   }
-  const std::size_t layers = count_layers(reference.names);
+  const layer_stacks stacks(reference.names);
   for (const auto& name : reference.names) {
     const auto expected = reference.header(name);
     if (!expected) detail::fail(error_code::not_found, "tensor ", detail::quoted{name}, " is listed by ", reference.label, " but not found in it");
     planned_tensor tensor;
     tensor.name = name;
     tensor.dims = expected->shape();
-    tensor.depth = layer_depth(name, layers);
+    tensor.depth = stacks.depth(name);
     tensor.what = is_mergeable(expected->dtype()) ? planned_tensor::action::merge : planned_tensor::action::copy;
     tensor.output_dtype = tensor.merged() ? options.output_dtype.value_or(expected->dtype()) : expected->dtype();
     if (base != nullptr && (def.needs_base || !tensor.merged())) tensor.base = tensor_source{0, name};

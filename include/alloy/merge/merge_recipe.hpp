@@ -87,7 +87,7 @@ struct resolved_merge {
   std::vector<model_parameters> per_model;
 };
 
-// Resolves `recipe` for tensor `name` at relative depth `depth` (see layer_depth) with
+// Resolves `recipe` for tensor `name` at relative depth `depth` (see layer_stacks) with
 // `model_count` models.
 inline resolved_merge resolve_merge(const merge_recipe& recipe, std::string_view name, double depth,
                                     std::size_t model_count) {
@@ -146,7 +146,7 @@ inline resolved_merge resolve_merge(const merge_recipe& recipe, std::string_view
   return resolved;
 }
 
-// Merges one tensor. `depth` is the tensor's relative depth for gradients (see layer_depth). A
+// Merges one tensor. `depth` is the tensor's relative depth for gradients (see layer_stacks). A
 // whole model is merged through a plan (merge_plan.hpp, execute_plan.hpp).
 template <class Backend>
 void merge_tensor(const merge_recipe& recipe, const Backend& backend, std::string_view name, double depth,

@@ -7,7 +7,7 @@
 //            {filter: mlp, value: [0.2, 0.6]},    substring of the tensor name (or is absent or
 //            {value: 0.5}]                        "*") gives the value, itself scalar or gradient
 //
-// A gradient is evaluated at t in [0, 1], the tensor's relative depth (see layer_depth): with
+// A gradient is evaluated at t in [0, 1], the tensor's relative depth (see layer_stacks): with
 // values v_0..v_{m-1}, s = t (m - 1), result = (1 - frac(s)) v_floor(s) + frac(s) v_floor(s)+1.
 
 #include <algorithm>
@@ -89,45 +89,86 @@ class parameter_setting {
   std::optional<std::string> word_;
 };
 
-// The layer index in a tensor name: the first dot-separated component made of digits only
-// ("model.layers.12.mlp.up_proj.weight" -> 12), or nothing for tensors outside the layer stack.
-inline std::optional<std::size_t> layer_index(std::string_view tensor_name) {
+// Where a tensor sits in a layer stack: the first dot-separated component of its name made of
+// digits only is its layer index, and the name up to it (with the dot) names its stack:
+// "model.layers.12.mlp.up_proj.weight" is layer 12 of "model.layers.". Found from the names
+// alone, without tables of architectures, so that every stack of a multimodal model
+// ("vision_model.encoder.layers.", "text_model.encoder.layers.") is a stack of its own. Tensors
+// with no such component (embeddings, final norms, output heads) lie outside every stack.
+struct layer_position {
+  std::string_view stack;  // a prefix of the name, ending in '.'
+  std::size_t index = 0;
+};
+
+inline std::optional<layer_position> layer_position_of(std::string_view tensor_name) {
   std::size_t start = 0;
-  while (start <= tensor_name.size()) {
+  while (start < tensor_name.size()) {
     const std::size_t end = std::min(tensor_name.find('.', start), tensor_name.size());
     const std::string_view part = tensor_name.substr(start, end - start);
-    if (!part.empty() && std::all_of(part.begin(), part.end(), [](char c) { return c >= '0' && c <= '9'; })) {
+    // An index is followed by more of the name: a name that ends in digits is no layer.
+    if (end < tensor_name.size() && !part.empty() &&
+        std::all_of(part.begin(), part.end(), [](char c) { return c >= '0' && c <= '9'; })) {
       std::size_t index = 0;
       const auto result = std::from_chars(part.data(), part.data() + part.size(), index);
-      if (result.ec == std::errc()) return index;
+      if (result.ec == std::errc()) return layer_position{tensor_name.substr(0, start), index};
     }
     start = end + 1;
   }
   return std::nullopt;
 }
 
-// Relative depth t in [0, 1] of a tensor, for gradients: layer i of n is at i / (n - 1).
-// Tensors outside the layer stack sit at the ends, as mergekit places them: embeddings (names
-// containing "embed", "wte", "wpe") at 0, everything else (final norm, output head) at 1.
-inline double layer_depth(std::string_view tensor_name, std::size_t layer_count) {
-  if (const auto index = layer_index(tensor_name)) {
-    if (layer_count <= 1) return 0.0;
-    return std::min(1.0, static_cast<double>(*index) / static_cast<double>(layer_count - 1));
-  }
-  for (std::string_view pre : {"embed", "wte", "wpe"}) {
-    if (tensor_name.find(pre) != std::string_view::npos) return 0.0;
-  }
-  return 1.0;
+inline std::optional<std::size_t> layer_index(std::string_view tensor_name) {
+  const auto position = layer_position_of(tensor_name);
+  return position ? std::optional<std::size_t>(position->index) : std::nullopt;
 }
 
-// The number of layers among a model's tensor names: one more than the largest layer index.
-template <class Names>
-std::size_t count_layers(const Names& names) {
-  std::size_t count = 0;
-  for (const auto& name : names) {
-    if (const auto index = layer_index(name)) count = std::max(count, *index + 1);
+// The layer stacks among a model's tensor names, each with its layer count (one more than its
+// largest index), and every tensor's relative depth t in [0, 1] for gradients, as mergekit
+// evaluates them over a whole-model merge (one slice spanning each stack, plan.py):
+//   layer i of a stack of n: t = i / (n - 1), and t = 1 when the stack has one layer;
+//   outside every stack (embeddings, final norm, output head): t = 0.
+class layer_stacks {
+ public:
+  layer_stacks() = default;
+  template <class Names>
+  explicit layer_stacks(const Names& names) {
+    for (const auto& name : names) {
+      const auto position = layer_position_of(name);
+      if (!position) continue;
+      const auto it = find(position->stack);
+      if (it == stacks_.end()) {
+        stacks_.emplace_back(std::string(position->stack), position->index + 1);
+      } else {
+        it->second = std::max(it->second, position->index + 1);
+      }
+    }
   }
-  return count;
-}
+
+  // Each stack's name prefix and layer count, in the order the names first show them.
+  [[nodiscard]] const std::vector<std::pair<std::string, std::size_t>>& stacks() const noexcept { return stacks_; }
+  [[nodiscard]] std::size_t layer_count(std::string_view stack) const {
+    const auto it = find(stack);
+    return it == stacks_.end() ? 0 : it->second;
+  }
+
+  [[nodiscard]] double depth(std::string_view tensor_name) const {
+    const auto position = layer_position_of(tensor_name);
+    if (!position) return 0.0;
+    const std::size_t count = layer_count(position->stack);
+    if (count <= 1) return 1.0;
+    return std::min(1.0, static_cast<double>(position->index) / static_cast<double>(count - 1));
+  }
+
+ private:
+  using entries = std::vector<std::pair<std::string, std::size_t>>;  // a few at most
+  [[nodiscard]] entries::const_iterator find(std::string_view stack) const {
+    return std::find_if(stacks_.begin(), stacks_.end(), [&](const auto& entry) { return entry.first == stack; });
+  }
+  [[nodiscard]] entries::iterator find(std::string_view stack) {
+    return std::find_if(stacks_.begin(), stacks_.end(), [&](const auto& entry) { return entry.first == stack; });
+  }
+
+  entries stacks_;
+};
 
 }  // namespace alloy

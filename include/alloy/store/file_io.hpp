@@ -132,6 +132,20 @@ inline void write_file_atomically(const std::filesystem::path& path, std::string
 }
 
 
+namespace detail {
+// What a stat mode says a path is, for messages.
+inline const char* file_kind(mode_t mode) noexcept {
+  if (S_ISREG(mode)) return "a regular file";
+  if (S_ISDIR(mode)) return "a folder";
+  if (S_ISFIFO(mode)) return "a FIFO (named pipe)";
+  if (S_ISSOCK(mode)) return "a socket";
+  if (S_ISCHR(mode)) return "a character device";
+  if (S_ISBLK(mode)) return "a block device";
+  if (S_ISLNK(mode)) return "a symbolic link";
+  return "a special file";
+}
+}  // namespace detail
+
 // A read-only, private memory map of a whole file. Views into it stay valid while it lives. If
 // another process truncates the file while it is mapped, reads past the new end raise SIGBUS:
 // alloy never writes over its inputs, and neither should anything else during a merge.
@@ -140,11 +154,17 @@ class mapped_file {
   mapped_file() = default;
 
   explicit mapped_file(const std::filesystem::path& path) : path_(path) {
-    const detail::unique_fd fd(::open(path.c_str(), O_RDONLY | O_CLOEXEC));
+    // O_NONBLOCK: opening a FIFO for reading would otherwise wait for a writer, forever; it is
+    // then refused below, as is anything else that is not a regular file. (The flag changes
+    // nothing for a regular file, which is only mapped.)
+    const detail::unique_fd fd(::open(path.c_str(), O_RDONLY | O_CLOEXEC | O_NONBLOCK | O_NOCTTY));
     if (fd.get() < 0) detail::fail_os("open", path, errno);
     struct stat info {};
     if (::fstat(fd.get(), &info) != 0) detail::fail_os("stat", path, errno);
-    if (!S_ISREG(info.st_mode)) detail::fail(error_code::io, "cannot map ", path.string(), ": not a regular file");
+    if (!S_ISREG(info.st_mode)) {
+      detail::fail(error_code::io, "cannot read ", path.string(), ": it is ", detail::file_kind(info.st_mode),
+                   ", not a regular file");
+    }
     size_ = static_cast<std::size_t>(info.st_size);
     if (size_ == 0) return;  // mmap refuses empty maps; an empty file is an empty span
     void* address = ::mmap(nullptr, size_, PROT_READ, MAP_PRIVATE, fd.get(), 0);

@@ -5,6 +5,7 @@
 // an error leaves either nothing or a finished file under the final name, never a partial one.
 
 #include <fcntl.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 #include <algorithm>
@@ -297,8 +298,17 @@ class model_writer {
     std::error_code ec;
     const auto status = fs::symlink_status(folder_, ec);
     if (!fs::exists(status)) return;
+    // Only a folder is ever replaced, whatever the options: a file (or a link) in its place is
+    // most likely something else the user meant to keep.
+    if (!fs::is_directory(status)) {
+      struct stat info {};
+      const bool known = ::lstat(folder_.c_str(), &info) == 0;
+      detail::fail(error_code::already_exists, "output ", folder_.string(), " exists and is ",
+                   known ? detail::file_kind(info.st_mode) : "not a folder",
+                   "; alloy replaces only a folder (remove it, or choose another output path)");
+    }
     if (options_.allow_overwrite) return;
-    if (fs::is_directory(status) && fs::is_empty(folder_, ec)) return;
+    if (fs::is_empty(folder_, ec)) return;
     detail::fail(error_code::already_exists, "output ", folder_.string(),
                  " exists and is not an empty folder (allow overwriting to replace it)");
   }
