@@ -52,7 +52,9 @@ TEST_CASE("every merge method through a second backend gives the CPU's bits", "[
       INFO(method.name << " in " << name(type));
       const std::size_t count = method.max_models == 1 ? 1 : models.size();
       merge_recipe recipe{.method = std::string(method.name)};
-      if (method.name == "slerp") recipe.parameters = {{"t", 0.3}};
+      for (const auto& p : method.parameters) {  // required method parameters (slerp's and nearswap's t)
+        if (p.where == parameter_definition::scope::method && p.required()) recipe.parameters.emplace(p.name, 0.3);
+      }
       if (method.find("seed") != nullptr) recipe.parameters = {{"seed", 7.0}};
       for (std::size_t i = 0; i < count; ++i) {
         parameter_map p;

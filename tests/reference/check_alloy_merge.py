@@ -2,7 +2,7 @@
 
   check_alloy_merge.py ALLOY_MERGE WORK_DIR [GROUP]
 
-GROUP is one of: methods, files, lora, errors (default: all). Builds small Llama-shaped models
+GROUP is one of: methods, files, lora, errors, slices (default: all). Builds small Llama-shaped models
 (f32, f16, bf16; single files, sharded folders with an index, bare .safetensors files, PEFT LoRA
 adapters), writes mergekit YAML configs, runs alloy-merge, and compares every output tensor with
 merge_reference.py's NumPy implementation of the method, with parameters evaluated per tensor as
@@ -194,13 +194,13 @@ def expected_tensor(method, name, base32, models32, top, per_model):
     params = []
     for p in per_model:
         resolved = {}
-        for key in ("weight", "density", "gamma", "epsilon"):
+        for key in ("weight", "density", "gamma", "epsilon", "scale"):
             if p and key in p and evaluate(p[key], name, t) is not None:
                 resolved[key] = evaluate(p[key], name, t)
             elif key in top_values and top_values[key] is not None:
                 resolved[key] = top_values[key]
         params.append(resolved)
-    method_top = {k: v for k, v in top_values.items() if k not in ("weight", "density", "gamma", "epsilon")}
+    method_top = {k: v for k, v in top_values.items() if k not in ("weight", "density", "gamma", "epsilon", "scale")}
     case = {"method": method, "parameters": method_top, "model_parameters": params, "tensor": name}
     return ref.expected(case, base32, models32)
 
@@ -263,6 +263,8 @@ def method_cases():
         ("slerp", True, {"t": [{"filter": "self_attn", "value": [0, 0.5, 0.3, 0.7, 1]},
                                 {"filter": "mlp", "value": [1, 0.5, 0.7, 0.3, 0]}, {"value": 0.5}]}, [{}]),
         ("model_stock", True, {}, [{}, {}, {}]),
+        ("nearswap", True, {"t": [0.0005, 0.002, 0.01]}, [{}]),
+        ("passthrough", False, {}, [{"scale": [{"filter": "mlp", "value": 0.5}, {"value": 1}]}]),
     ]
 
 
@@ -582,6 +584,129 @@ def group_errors(binary, work):
           "input refused; a regular file kept; FIFOs refused without blocking" % (len(cases) + 1, len(hostile_outputs)))
 
 
+def group_slices(binary, work):
+    """mergekit's slices, as its plan.py reads them: output layer k of a slice from layer
+    layer_range[0] + idx of each source, t = idx / (len - 1) per slice (1 for one layer), the
+    weights outside the stack at t = 0, from the first slice (before the stack) or the last."""
+    rng = np.random.default_rng(12)
+    a, others = make_weights(rng, 1)
+    b = others[0]
+    folder = os.path.join(work, "slices")
+    os.makedirs(folder, exist_ok=True)
+    cases = 0
+    for dtype_name in ("F32", "BF16"):
+        pa = write_model(os.path.join(folder, "a_" + dtype_name), a, dtype_name, "single")
+        pb = write_model(os.path.join(folder, "b_" + dtype_name), b, dtype_name, "sharded")
+        for path in (pa, pb):  # a config that states the layer count, as real ones do
+            with open(os.path.join(path, "config.json"), "w") as f:
+                json.dump({"architectures": ["LlamaForCausalLM"], "hidden_size": HIDDEN, "num_hidden_layers": LAYERS,
+                           "torch_dtype": "float32"}, f)
+        qa = {n: stored(v, dtype_name)[1] for n, v in a.items()}
+        qb = {n: stored(v, dtype_name)[1] for n, v in b.items()}
+
+        # A frankenmerge (mergekit's orcamini-platy-44layer.yml shape): A's layers 0-2, then B's 1-3.
+        config = os.path.join(folder, "passthrough_%s.yml" % dtype_name)
+        with open(config, "w") as f:
+            f.write("slices:\n  - sources:\n      - model: %s\n        layer_range: [0, 3]\n"
+                    "  - sources:\n      - model: %s\n        layer_range: [1, 4]\n"
+                    "        parameters:\n          scale:\n            - filter: mlp.down_proj\n              value: 0.5\n"
+                    "            - value: 1\nmerge_method: passthrough\ndtype: float32\n" % (pa, pb))
+        out = os.path.join(folder, "out_passthrough_" + dtype_name)
+        result = run(binary, config, out, "--quiet")
+        check(result.returncode == 0, "passthrough %s: exit %d: %s" % (dtype_name, result.returncode, result.stderr.strip()))
+        if result.returncode == 0:
+            got = read_output(out)
+            expected = {}
+            for name, _ in architecture():
+                parts = name.split(".")
+                if "layers" in parts:
+                    k = int(parts[2])
+                    source, layer, scale = (qa, k, 1.0) if k < 3 else (qb, k - 3 + 1, 0.5 if "mlp.down_proj" in name else 1.0)
+                    parts[2] = str(layer)
+                    expected[name] = scale * source[".".join(parts)]
+                else:
+                    # before the stack from the first slice (A), after it from the last (B)
+                    expected[name] = (qa if "embed" in name else qb)[name]
+            names_out = {n for n in got if n != "model.rotary_emb.position_ids"}
+            want_names = set()
+            for name in expected:
+                want_names.add(name)
+            for k in range(LAYERS, 6):
+                for name, _ in architecture():
+                    if name.startswith("model.layers.0."):
+                        src = name.replace("model.layers.0.", "model.layers.%d." % (k - 3 + 1))
+                        scale = 0.5 if "mlp.down_proj" in name else 1.0
+                        out_name = name.replace("model.layers.0.", "model.layers.%d." % k)
+                        expected[out_name] = scale * qb[src]
+                        want_names.add(out_name)
+            check(names_out == want_names, "passthrough %s: output tensors %s" % (dtype_name, sorted(names_out ^ want_names)))
+            for name, want in expected.items():
+                if name not in got:
+                    continue
+                value = st.as_float64(*got[name])
+                check(np.array_equal(value, want.astype(np.float32).astype(np.float64)),
+                      "passthrough %s: %s is not its source tensor (times its scale)" % (dtype_name, name))
+            with open(os.path.join(out, "config.json")) as f:
+                check(json.load(f).get("num_hidden_layers") == 6, "passthrough: config.json does not say 6 layers")
+            cases += 1
+
+        # gradient-slerp.yml's shape over two slices: t restarts in each, per filter.
+        t_setting = [{"filter": "self_attn", "value": [0, 0.5, 0.3, 0.7, 1]}, {"filter": "mlp", "value": [1, 0.5, 0.7, 0.3, 0]},
+                     {"value": 0.5}]
+        config = os.path.join(folder, "slerp_%s.yml" % dtype_name)
+        with open(config, "w") as f:
+            f.write("slices:\n  - sources:\n      - {model: %s, layer_range: [0, 3]}\n      - {model: %s, layer_range: [0, 3]}\n"
+                    "  - sources:\n      - {model: %s, layer_range: [3, 4]}\n      - {model: %s, layer_range: [3, 4]}\n"
+                    "merge_method: slerp\nbase_model: %s\nparameters:\n  t: %s\ndtype: float32\n"
+                    % (pa, pb, pa, pb, pa, yaml_value(t_setting)))
+        out = os.path.join(folder, "out_slerp_" + dtype_name)
+        result = run(binary, config, out, "--quiet")
+        check(result.returncode == 0, "slerp slices %s: exit %d: %s" % (dtype_name, result.returncode, result.stderr.strip()))
+        if result.returncode == 0:
+            got = read_output(out)
+            worst = 0.0
+            for name, _ in architecture():
+                parts = name.split(".")
+                t = 0.0
+                if "layers" in parts:
+                    k = int(parts[2])
+                    t = k / 2 if k < 3 else 1.0  # slice one: 3 layers; slice two: one layer, t = 1
+                want = ref.slerp(qa[name], [qb[name]], {"t": evaluate(t_setting, name, t)})
+                value = st.as_float64(*got[name])
+                error = float(np.abs(value - want).max())
+                worst = max(worst, error)
+                check(np.allclose(value, want, atol=2e-6, rtol=1e-5), "slerp slices %s: %s differs by %.3g" % (dtype_name, name, error))
+            with open(os.path.join(out, "config.json")) as f:
+                check(json.load(f).get("num_hidden_layers") == LAYERS, "slerp slices: config.json's layer count changed")
+            cases += 1
+
+    # Errors: each names the slice and source, exit 3 (config) before anything is written.
+    pa = os.path.join(folder, "a_F32")
+    bad = [
+        ("beyond the stack", "slices:\n  - sources:\n      - {model: %s, layer_range: [2, 9]}\nmerge_method: passthrough\n" % pa,
+         "slices[0].sources[0].layer_range"),
+        ("unequal ranges", "slices:\n  - sources:\n      - {model: %s, layer_range: [0, 2]}\n      - {model: %s, layer_range: [0, 3]}\n"
+         "merge_method: linear\nparameters: {weight: 1}\n" % (pa, pa + "/model.safetensors"), "spans 3 layers"),
+        ("two sources for passthrough", "slices:\n  - sources:\n      - {model: %s, layer_range: [0, 2]}\n"
+         "      - {model: %s, layer_range: [0, 2]}\nmerge_method: passthrough\n" % (pa, pa + "/model.safetensors"),
+         "exactly 1 model"),
+        ("no layer_range", "slices:\n  - sources:\n      - {model: %s}\nmerge_method: passthrough\n" % pa, "layer_range"),
+        ("models and slices", "slices:\n  - sources:\n      - {model: %s, layer_range: [0, 2]}\nmodels:\n  - model: %s\n"
+         "merge_method: passthrough\n" % (pa, pa), "not both"),
+    ]
+    for label, text, needle in bad:
+        config = os.path.join(folder, "bad.yml")
+        with open(config, "w") as f:
+            f.write(text)
+        out = os.path.join(folder, "out_bad")
+        result = run(binary, config, out)
+        check(result.returncode == EXIT_CONFIG and needle in result.stderr,
+              "slices %s: exit %d, %r" % (label, result.returncode, result.stderr.strip()))
+        check(not os.path.exists(out), "slices %s: an output was left" % label)
+    print("slices: %d merges (passthrough frankenmerge with a filtered scale, slerp over two slices) in f32 and bf16, "
+          "%d errors" % (cases, len(bad)))
+
+
 def group_gpu(binary, work):
     """--device cuda writes the same bytes as --device cpu, for every method (GPU machines only)."""
     os.makedirs(work, exist_ok=True)
@@ -624,7 +749,7 @@ def group_gpu(binary, work):
 def main():
     binary, work = sys.argv[1], sys.argv[2]
     groups = {"methods": group_methods, "files": group_files, "lora": group_lora, "errors": group_errors,
-              "gpu": group_gpu}
+              "slices": group_slices, "gpu": group_gpu}
     chosen = sys.argv[3:] or [g for g in groups if g != "gpu"]
     shutil.rmtree(work, ignore_errors=True)
     os.makedirs(work)

@@ -73,8 +73,10 @@ def l1_rescale(delta, mask):
     return before / after
 
 
-def sparsify(method, delta, p, rescale, seed, name, model):
-    """Returns (mask, scale) for one task vector (float32 delta)."""
+def sparsify(method, delta, p, rescale, seed, name, model, rescale_by="l1"):
+    """Returns (mask, scale) for one task vector (float32 delta). Rescaling matches the L1 norm
+    of the whole task vector (mergekit's rescaled_masked_tensor), for every sparsification; DARE
+    may instead divide by the density (rescale_by: density, the DARE paper's and older mergekit's)."""
     n = delta.size
     if method == "none" or p["density"] >= 1:
         return np.ones(delta.shape, dtype=bool), 1.0
@@ -82,7 +84,11 @@ def sparsify(method, delta, p, rescale, seed, name, model):
     if method == "random":
         u = uniform01(stream_key(seed, name, model), np.arange(n)).reshape(delta.shape)
         mask = u < np.float32(density)
-        return mask, (1.0 / density if density > 0 else 0.0) if rescale else 1.0
+        if not rescale:
+            return mask, 1.0
+        if rescale_by == "density":
+            return mask, (1.0 / density if density > 0 else 0.0)
+        return mask, l1_rescale(delta, mask)
     if method == "magnitude":
         mask = band_mask(delta, 0, int(density * n))
     elif method == "magnitude_outliers":
@@ -137,7 +143,7 @@ def task_vector_merge(method, base, models, params, top, name):
     weights = []
     for i, (m, p) in enumerate(zip(models, params)):
         delta = (m.astype(np.float32) - b32).astype(np.float32)
-        mask, scale = sparsify(sparse, delta, p, rescale, seed, name, i)
+        mask, scale = sparsify(sparse, delta, p, rescale, seed, name, i, top.get("rescale_by", "l1"))
         d = np.where(mask, delta.astype(np.float64) * scale, 0.0)
         weighted.append(p["weight"] * d)
         weights.append(p["weight"])
@@ -199,6 +205,15 @@ def slerp(base, models, top):
     return np.sin(theta * (1 - t)) / np.sin(theta) * v0 + np.sin(theta * t) / np.sin(theta) * v1
 
 
+def nearswap(base, models, top):
+    # mergekit's nearswap.py, in float32 as alloy computes it.
+    a = base.astype(np.float32)
+    b = models[0].astype(np.float32)
+    t = np.float32(top["t"])
+    weight = np.clip(t / np.maximum(np.abs(a - b), np.float32(1e-6)), 0, 1).astype(np.float32)
+    return (weight * b + (np.float32(1) - weight) * a).astype(np.float64)
+
+
 def model_stock(base, models):
     w0 = base.astype(np.float64).reshape(-1)
     ws = [m.astype(np.float64).reshape(-1) for m in models]
@@ -227,6 +242,10 @@ def expected(case, base, models):
         return slerp(base, models, top)
     if method == "model_stock":
         return model_stock(base, models)
+    if method == "nearswap":
+        return nearswap(base, models, top)
+    if method == "passthrough":
+        return models[0].astype(np.float64) * params[0].get("scale", 1.0)
     raise ValueError(method)
 
 
@@ -241,6 +260,7 @@ def cases():
         ("ties", {"normalize": 0, "rescale": 1}, [dict(p, density=0.25) for p in w3]),
         ("dare_linear", {"seed": 7}, [dict(p, density=0.5) for p in w3]),
         ("dare_linear", {"seed": 3, "rescale": 0}, [dict(p, density=0.7) for p in w3]),
+        ("dare_linear", {"seed": 5, "rescale_by": "density"}, [dict(p, density=0.6) for p in w3]),
         ("dare_ties", {"seed": 11, "normalize": 1}, [dict(p, density=0.3) for p in w3]),
         ("breadcrumbs", {}, [dict(p, density=0.8, gamma=0.05) for p in w3]),
         ("breadcrumbs_ties", {"rescale": 1}, [dict(p, density=0.6, gamma=0.3) for p in w3]),
@@ -249,6 +269,8 @@ def cases():
         ("magmax", {"lambda": 0.9}, [{}, {}, {}]),
         ("slerp", {"t": 0.3}, [{}]),
         ("model_stock", {}, [{}, {}, {}]),
+        ("nearswap", {"t": 0.002}, [{}]),
+        ("passthrough", {}, [{"scale": 0.7}]),
     ]
     return out
 

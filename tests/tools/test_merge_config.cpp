@@ -164,3 +164,48 @@ parameters:
   CHECK_THAT(refusal("merge_method: linear\nmodels:\n  - model: a\n    parameters: {weight: 1}\nparameters: {consensus: sum}\n"),
              Catch::Contains("consensus"));
 }
+
+TEST_CASE("slices are read as mergekit writes them", "[tools][config][slices]") {
+  const auto config = parse_merge_config(R"(
+slices:
+  - sources:
+      - model: a
+        layer_range: [0, 24]
+      - model: b
+        layer_range: [0, 24]
+    parameters:
+      t:
+        - filter: self_attn
+          value: [0, 0.5, 1]
+        - value: 0.5
+  - sources:
+      - {model: b, layer_range: [8, 24]}
+    base_model: b
+    residual_weight: 0.2
+merge_method: slerp
+base_model: a
+)");
+  REQUIRE(config.slices.size() == 2);
+  CHECK(config.models.empty());
+  CHECK(config.slices[0].sources[1].reference.model == "b");
+  CHECK(config.slices[0].sources[1].end_layer == 24u);
+  CHECK(config.slices[0].parameters.at("t").evaluate("x.self_attn.q", 0.5) == 0.5);
+  CHECK(config.slices[1].sources[0].first_layer == 8u);
+  CHECK(config.slices[1].base_model->model == "b");
+  CHECK(config.referenced_models().size() == 2);
+
+  const std::string source = "slices:\n  - sources:\n      - {model: a, layer_range: [0, 2]";
+  CHECK_THAT(refusal("merge_method: passthrough\n" + source + "}\nmodules: {}\n"), Catch::Contains("modules"));
+  CHECK_THAT(refusal("merge_method: passthrough\nslices:\n  - sources:\n      - {model: a, layer_range: [0]}\n"),
+             Catch::Contains("slices[0].sources[0].layer_range") && Catch::Contains("[first, end]"));
+  CHECK_THAT(refusal("merge_method: passthrough\nslices:\n  - sources:\n      - {model: a, layer_range: [0, -1]}\n"),
+             Catch::Contains("slices[0].sources[0].layer_range[1]"));
+  CHECK_THAT(refusal("merge_method: passthrough\n" + source + ", layers: 3}\n"),
+             Catch::Contains("slices[0].sources[0].layers: unknown key"));
+  CHECK_THAT(refusal("merge_method: ties\nbase_model: a\n" + source + ", parameters: {normalize: true}}\n"),
+             Catch::Contains("slices[0].sources[0].parameters.normalize") && Catch::Contains("top-level"));
+  CHECK_THAT(refusal("merge_method: passthrough\nslices:\n  - base_model: a\n"), Catch::Contains("slices[0]: has no sources"));
+  CHECK_THAT(refusal("merge_method: passthrough\nslices: []\n"), Catch::Contains("slices: the list is empty"));
+  // A base on every slice stands for the config's.
+  CHECK(parse_merge_config("merge_method: ties\n" + source + "}\n    base_model: a\n").slices.size() == 1);
+}

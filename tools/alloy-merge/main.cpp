@@ -118,6 +118,10 @@ void print_plan(const alloy::tools::merge_job& job, const std::string& output, s
   }
   std::cout << "tensors: " << job.plan.tensors.size() << " (" << merged << " merged, " << job.plan.tensors.size() - merged
             << " copied)\n";
+  if (job.plan.layer_count) {
+    std::cout << "layers: " << *job.plan.layer_count << " of '" << job.plan.layer_stack << "' from "
+              << job.config.slices.size() << " slice" << (job.config.slices.size() == 1 ? "" : "s") << "\n";
+  }
   std::cout << "read: " << human_bytes(static_cast<double>(job.plan.input_bytes)) << "\n";
   const std::vector<std::size_t> shard_of = alloy::assign_shards(job.output_specs(), shard_bytes);
   const std::size_t shards = shard_of.empty() ? 1 : shard_of.back() + 1;

@@ -11,7 +11,15 @@
 //   out_dtype: float16
 //   tokenizer_source: base
 //
-// Every key is checked: a mergekit key alloy does not implement (slices, modules, tokenizer,
+// or, instead of models, mergekit's slices (layer ranges stacked into the output's layers):
+//
+//   slices:
+//     - sources:
+//         - {model: path/to/a, layer_range: [0, 24], parameters: {...}}
+//       base_model: path/to/a                # optional, per slice
+//       parameters: {t: [0, 1]}              # between the sources' and the top level's
+//
+// Every key is checked: a mergekit key alloy does not implement (modules, tokenizer,
 // chat_template, tokenizer_source other than base) and any unknown key are refused with the key's
 // path, as are parameters the method does not define and values outside their range. Errors are
 // alloy::error with code invalid_argument and a message that starts with the key's path.
@@ -47,10 +55,25 @@ struct model_entry {
   parameter_map parameters;
 };
 
+// mergekit's `slices`: layer ranges of the inputs stacked into the output's layers.
+struct slice_source_entry {
+  model_reference reference;
+  std::size_t first_layer = 0;
+  std::size_t end_layer = 0;  // one past the last (layer_range is half-open)
+  parameter_map parameters;
+};
+
+struct slice_entry {
+  std::vector<slice_source_entry> sources;
+  std::optional<model_reference> base_model;  // this slice's; none: the config's
+  parameter_map parameters;
+};
+
 struct merge_config {
   std::string method;
   std::optional<model_reference> base_model;
-  std::vector<model_entry> models;
+  std::vector<model_entry> models;   // a whole-model merge, or
+  std::vector<slice_entry> slices;   // mergekit's slices (exactly one of the two is given)
   parameter_map parameters;
   std::optional<dtype> compute_dtype;  // mergekit's `dtype`
   std::optional<dtype> out_dtype;
@@ -64,6 +87,10 @@ struct merge_config {
     };
     if (base_model) add(*base_model);
     for (const auto& entry : models) add(entry.reference);
+    for (const auto& slice : slices) {
+      if (slice.base_model) add(*slice.base_model);
+      for (const auto& source : slice.sources) add(source.reference);
+    }
     return references;
   }
 };
@@ -254,6 +281,71 @@ inline dtype dtype_of(const YAML::Node& node, std::string_view path) {
   return *type;
 }
 
+// A whole number >= 0 (a layer index).
+inline std::size_t layer_number(const YAML::Node& node, std::string_view path) {
+  const double value = number(node, path);
+  if (value < 0 || value != std::floor(value) || value > 1e9) config_fail(path, "expected a layer number (0, 1, ...)");
+  return static_cast<std::size_t>(value);
+}
+
+// slices: [{sources: [{model, layer_range: [first, end], parameters}], base_model, parameters,
+// residual_weight}], as mergekit's OutputSliceDefinition (residual_weight is declared there and
+// read by nothing; accepted and ignored alike).
+inline std::vector<slice_entry> slices_of(const YAML::Node& node, const method_definition& def) {
+  if (!node.IsSequence()) config_fail("slices", "expected a list, got " + describe_node(node));
+  if (node.size() == 0) config_fail("slices", "the list is empty");
+  std::vector<slice_entry> slices;
+  for (std::size_t i = 0; i < node.size(); ++i) {
+    const std::string path = "slices[" + std::to_string(i) + "]";
+    slice_entry slice;
+    bool has_sources = false;
+    for (const auto& [key, value] : mapping_entries(node[i], path)) {
+      const std::string where = child_path(path, key);
+      if (key == "sources") {
+        if (!value.IsSequence() || value.size() == 0) config_fail(where, "expected a list of sources, got " + describe_node(value));
+        for (std::size_t s = 0; s < value.size(); ++s) {
+          const std::string at = where + "[" + std::to_string(s) + "]";
+          slice_source_entry source;
+          bool has_model = false, has_range = false;
+          for (const auto& [source_key, source_value] : mapping_entries(value[s], at)) {
+            const std::string field = child_path(at, source_key);
+            if (source_key == "model") {
+              source.reference = reference_of(source_value, field);
+              has_model = true;
+            } else if (source_key == "layer_range") {
+              if (!source_value.IsSequence() || source_value.size() != 2) {
+                config_fail(field, "expected [first, end] (half-open, as mergekit), got " + describe_node(source_value));
+              }
+              source.first_layer = layer_number(source_value[0], field + "[0]");
+              source.end_layer = layer_number(source_value[1], field + "[1]");
+              has_range = true;
+            } else if (source_key == "parameters") {
+              source.parameters = parameters_of(source_value, field, def, true);
+            } else {
+              config_fail(field, "unknown key in a slice source (it takes model, layer_range and parameters)");
+            }
+          }
+          if (!has_model) config_fail(at, "has no model");
+          if (!has_range) config_fail(at, "has no layer_range");
+          slice.sources.push_back(std::move(source));
+        }
+        has_sources = true;
+      } else if (key == "base_model") {
+        if (!value.IsNull()) slice.base_model = reference_of(value, where);
+      } else if (key == "parameters") {
+        slice.parameters = parameters_of(value, where, def, false);
+      } else if (key == "residual_weight") {
+        if (!value.IsNull()) (void)number(value, where);
+      } else {
+        config_fail(where, "unknown key in a slice (it takes sources, base_model, parameters)");
+      }
+    }
+    if (!has_sources) config_fail(path, "has no sources");
+    slices.push_back(std::move(slice));
+  }
+  return slices;
+}
+
 }  // namespace detail
 
 // A merge config is a few hundred bytes; anything near this size is not one. (YAML aliases let a
@@ -287,19 +379,20 @@ inline merge_config parse_merge_config(const std::string& text, std::string_view
     return nullptr;
   };
   for (const auto& [key, value] : entries) {
-    if (key == "slices" || key == "modules") {
-      detail::config_fail(key, "mergekit's " + key + " (layer ranges, frankenmerges) are not supported by alloy-merge; "
-                               "merge whole models with `models:`");
+    if (key == "modules") {
+      detail::config_fail(key, "mergekit's modules (per-module slices of multimodal models) are not supported by "
+                               "alloy-merge; merge whole models with `models:` (every layer stack is handled) or one "
+                               "stack with `slices:`");
     }
     if (key == "tokenizer" || key == "chat_template") {
       detail::config_fail(key, "is not supported by alloy-merge; the output takes the base model's tokenizer "
                                "files (tokenizer_source: base)");
     }
-    static const std::set<std::string, std::less<>> known{"merge_method", "base_model", "models", "parameters",
-                                                          "dtype", "out_dtype", "tokenizer_source"};
+    static const std::set<std::string, std::less<>> known{"merge_method", "base_model", "models", "slices",
+                                                          "parameters", "dtype", "out_dtype", "tokenizer_source"};
     if (!known.contains(key)) {
-      detail::config_fail(key, "unknown key (alloy-merge reads merge_method, base_model, models, parameters, dtype, "
-                               "out_dtype, tokenizer_source)");
+      detail::config_fail(key, "unknown key (alloy-merge reads merge_method, base_model, models, slices, parameters, "
+                               "dtype, out_dtype, tokenizer_source)");
     }
   }
 
@@ -320,10 +413,18 @@ inline merge_config parse_merge_config(const std::string& text, std::string_view
     config.base_model = detail::reference_of(*base, "base_model");
   }
   const YAML::Node* models = find("models");
-  if (models == nullptr || models->IsNull()) detail::config_fail("models", "is missing: list the models to merge");
-  if (!models->IsSequence()) detail::config_fail("models", "expected a list, got " + detail::describe_node(*models));
-  if (models->size() == 0) detail::config_fail("models", "the list is empty");
-  for (std::size_t i = 0; i < models->size(); ++i) {
+  const YAML::Node* slices = find("slices");
+  if (models != nullptr && slices != nullptr) {
+    detail::config_fail("slices", "a config gives either models (whole models) or slices (layer ranges), not both");
+  }
+  if (slices != nullptr) {
+    config.slices = detail::slices_of(*slices, *def);
+  } else if (models == nullptr || models->IsNull()) {
+    detail::config_fail("models", "is missing: list the models to merge (or give slices)");
+  }
+  if (models != nullptr && !models->IsSequence()) detail::config_fail("models", "expected a list, got " + detail::describe_node(*models));
+  if (models != nullptr && models->size() == 0) detail::config_fail("models", "the list is empty");
+  for (std::size_t i = 0; models != nullptr && i < models->size(); ++i) {
     const std::string path = "models[" + std::to_string(i) + "]";
     model_entry entry;
     bool has_model = false;
@@ -359,7 +460,10 @@ inline merge_config parse_merge_config(const std::string& text, std::string_view
                                               "model's tokenizer (tokenizer_source: base)");
     }
   }
-  if (def->needs_base && !config.base_model) {
+  const bool every_slice_has_base =
+      !config.slices.empty() &&
+      std::all_of(config.slices.begin(), config.slices.end(), [](const slice_entry& slice) { return slice.base_model.has_value(); });
+  if (def->needs_base && !config.base_model && !every_slice_has_base) {
     detail::config_fail("base_model", "is missing; " + config.method + " merges task vectors relative to a base model");
   }
   return config;

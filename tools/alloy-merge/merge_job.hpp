@@ -142,18 +142,31 @@ inline std::optional<dtype> output_dtype_of(const merge_config& config) {
   return config.out_dtype ? config.out_dtype : config.compute_dtype;
 }
 
+// The job's input for `reference`, opened on first use (input errors tagged as such).
+inline const model_input* open_input(merge_job& job, const model_reference& reference, const cpu_backend& backend) {
+  for (const auto& input : job.inputs) {
+    if (input->reference() == reference) return input.get();
+  }
+  return in_stage(failure_kind::input, [&] {
+    job.inputs.push_back(std::make_unique<model_input>(reference, backend));
+    return job.inputs.back().get();
+  });
+}
+
+// What planning reads of an input: its tensor names and headers, labelled by its path.
+inline plan_input describe(const model_input& input) {
+  // Headers only: an adapted tensor keeps its base's dtype and shape, and is not folded here.
+  plan_input described{input.reference().text(), {}, [&input](std::string_view name) { return input.header(name); }};
+  for (const auto& name : input.files().names()) described.names.push_back(name);
+  return described;
+}
+
 // Which models take part, as mergekit decides: methods with a base leave the base out of the
 // models even when the config lists it; linear merges every referenced model, the base included.
 inline void choose_models(merge_job& job, const cpu_backend& backend) {
   const method_definition& def = find_merge_method(job.config.method);
-  const auto open = [&](const model_reference& reference) -> const model_input* {
-    for (const auto& input : job.inputs) {
-      if (input->reference() == reference) return input.get();
-    }
-    job.inputs.push_back(std::make_unique<model_input>(reference, backend));
-    return job.inputs.back().get();
-  };
-  if (job.config.base_model) job.base = in_stage(failure_kind::input, [&] { return open(*job.config.base_model); });
+  const auto open = [&](const model_reference& reference) { return open_input(job, reference, backend); };
+  if (job.config.base_model) job.base = open(*job.config.base_model);
   job.recipe.method = job.config.method;
   job.recipe.parameters = job.config.parameters;
   bool base_listed = false;
@@ -162,7 +175,7 @@ inline void choose_models(merge_job& job, const cpu_backend& backend) {
       base_listed = true;
       if (def.needs_base) continue;
     }
-    job.models.push_back(in_stage(failure_kind::input, [&] { return open(entry.reference); }));
+    job.models.push_back(open(entry.reference));
     job.recipe.model_parameters.push_back(entry.parameters);
   }
   if (!def.needs_base && job.base != nullptr && !base_listed) {
@@ -171,20 +184,9 @@ inline void choose_models(merge_job& job, const cpu_backend& backend) {
   }
 }
 
-}  // namespace detail
-
-// Opens every model and checks the whole merge without reading tensor data (alloy's plan_merge,
-// with the inputs named by their paths). Throws stage_error.
-inline merge_job plan_merge(merge_config config, const cpu_backend& backend) {
-  merge_job job;
-  job.config = std::move(config);
-  detail::choose_models(job, backend);
-  const auto describe = [](const model_input& input) {
-    // Headers only: an adapted tensor keeps its base's dtype and shape, and is not folded here.
-    plan_input described{input.reference().text(), {}, [&input](std::string_view name) { return input.header(name); }};
-    for (const auto& name : input.files().names()) described.names.push_back(name);
-    return described;
-  };
+// A whole-model merge: the base (if any) is input 0, then the models.
+inline void plan_models(merge_job& job, const cpu_backend& backend) {
+  choose_models(job, backend);
   std::optional<plan_input> base;
   if (job.base != nullptr) {
     base = describe(*job.base);
@@ -197,8 +199,147 @@ inline merge_job plan_merge(merge_config config, const cpu_backend& backend) {
   }
   job.plan = in_stage(failure_kind::input, [&] {
     return alloy::plan_merge(job.recipe, base ? &*base : nullptr, std::span<const plan_input>(models),
-                             {.output_dtype = detail::output_dtype_of(job.config)});
+                             {.output_dtype = output_dtype_of(job.config)});
   });
+}
+
+// mergekit's slices (alloy's plan_slices): every model the slices name is an input, once.
+inline void plan_slice_job(merge_job& job, const cpu_backend& backend) {
+  const auto index_of = [&](const model_reference& reference) {
+    const model_input* input = open_input(job, reference, backend);
+    const auto found = std::find(job.sources.begin(), job.sources.end(), input);
+    if (found != job.sources.end()) return static_cast<std::size_t>(found - job.sources.begin());
+    job.sources.push_back(input);
+    return job.sources.size() - 1;
+  };
+  slice_recipe recipe;
+  recipe.method = job.config.method;
+  recipe.parameters = job.config.parameters;
+  if (job.config.base_model) {
+    recipe.base_input = index_of(*job.config.base_model);
+    job.base = job.sources[*recipe.base_input];
+  }
+  for (const auto& slice : job.config.slices) {
+    output_slice planned;
+    for (const auto& source : slice.sources) {
+      planned.sources.push_back({index_of(source.reference), source.first_layer, source.end_layer, source.parameters});
+    }
+    if (slice.base_model) planned.base_input = index_of(*slice.base_model);
+    planned.parameters = slice.parameters;
+    recipe.slices.push_back(std::move(planned));
+  }
+  for (const model_input* input : job.sources) {
+    if (input != job.base) job.models.push_back(input);
+  }
+  std::vector<plan_input> inputs;
+  for (const model_input* input : job.sources) inputs.push_back(describe(*input));
+  job.plan = in_stage(failure_kind::input, [&] {
+    return alloy::plan_slices(recipe, inputs, {.output_dtype = output_dtype_of(job.config)});
+  });
+}
+
+}  // namespace detail
+
+// A slice merge's new layer count: what the donor's config says (`from`) and what is written.
+struct layer_count_change {
+  std::size_t from = 0;
+  std::size_t to = 0;
+};
+
+namespace detail {
+// Sets the layer count wherever the config states the donor's: the keys Hugging Face configs use
+// for it (num_hidden_layers, n_layer, num_layers, n_layers), at the top level or in a
+// sub-config (text_config, vision_config, ...), when they hold `from`. Fails when the config
+// states layer counts and none is `from` (it describes another stack, or another model); a
+// config that states none is left as it is.
+inline void set_layer_count(nlohmann::ordered_json& config, const layer_count_change& change,
+                            const std::filesystem::path& path) {
+  static constexpr const char* keys[] = {"num_hidden_layers", "n_layer", "num_layers", "n_layers"};
+  std::size_t stated = 0, changed = 0;
+  const auto update = [&](nlohmann::ordered_json& object) {
+    for (const char* key : keys) {
+      const auto it = object.find(key);
+      if (it == object.end() || !it->is_number_integer()) continue;
+      ++stated;
+      if (it->get<long long>() == static_cast<long long>(change.from)) {
+        *it = change.to;
+        ++changed;
+      }
+    }
+  };
+  update(config);
+  for (auto& [key, value] : config.items()) {
+    if (value.is_object()) update(value);
+  }
+  if (stated > 0 && changed == 0) {
+    alloy::fail(error_code::format, path.string(), ": no layer count (num_hidden_layers, n_layer, num_layers or ",
+                "n_layers, at the top level or in a sub-config) is ", change.from, ", the layers of the model's stack, so ",
+                "the merged model's ", change.to, " layers cannot be written into it");
+  }
+}
+}  // namespace detail
+
+// config.json with torch_dtype set to what was written, as mergekit does, and for a slice merge
+// the new layer count. The file is rewritten through nlohmann, whose dump() recurses once per
+// level: nesting and sizes no real config has are refused.
+inline std::string updated_model_config(const std::filesystem::path& path, std::optional<dtype> written,
+                                        std::optional<layer_count_change> layers = std::nullopt) {
+  constexpr std::size_t max_bytes = 16'000'000;
+  constexpr int max_depth = 256;
+  const mapped_file file(path);
+  if (file.bytes().size() > max_bytes) {
+    alloy::fail(error_code::limit, path.string(), ": ", file.bytes().size(), " bytes is too large for a model "
+                        "config (limit ", max_bytes, " bytes)");
+  }
+  const auto* text = reinterpret_cast<const char*>(file.bytes().data());
+  nlohmann::ordered_json config;
+  try {
+    config = nlohmann::ordered_json::parse(text, text + file.bytes().size(),
+                                           [&](int depth, nlohmann::ordered_json::parse_event_t, nlohmann::ordered_json&) {
+                                             if (depth > max_depth) {
+                                               alloy::fail(error_code::limit, path.string(), ": nested more than ",
+                                                                   max_depth, " levels deep");
+                                             }
+                                             return true;
+                                           });
+  } catch (const nlohmann::json::exception& e) {
+    alloy::fail(error_code::format, path.string(), ": not valid JSON: ", e.what());
+  }
+  if (written && config.is_object()) {
+    config["torch_dtype"] = *written == dtype::bf16 ? "bfloat16" : *written == dtype::f16 ? "float16" : "float32";
+  }
+  if (layers && config.is_object()) detail::set_layer_count(config, *layers, path);
+  return config.dump(2) + "\n";
+}
+
+// The output's config.json, from the donor's (the base's, else the first model's) at `path`.
+inline std::string output_model_config(const merge_job& job, const std::filesystem::path& path) {
+  std::optional<layer_count_change> layers;
+  if (job.plan.layer_count) {
+    layers = layer_count_change{layer_stacks(job.reference().files().names()).layer_count(job.plan.layer_stack),
+                                *job.plan.layer_count};
+  }
+  return updated_model_config(path, detail::output_dtype_of(job.config), layers);
+}
+
+// Opens every model and checks the whole merge without reading tensor data (alloy's plan_merge,
+// or plan_slices for mergekit's slices, with the inputs named by their paths). Throws stage_error.
+inline merge_job plan_merge(merge_config config, const cpu_backend& backend) {
+  merge_job job;
+  job.config = std::move(config);
+  if (job.config.slices.empty()) {
+    detail::plan_models(job, backend);
+  } else {
+    detail::plan_slice_job(job, backend);
+  }
+  // The config.json the output will carry, made now so that a config it cannot be written into
+  // fails before any tensor is merged.
+  if (const auto& folder = job.reference().folder(); !folder.empty()) {
+    std::error_code ec;
+    if (std::filesystem::is_regular_file(folder / "config.json", ec)) {
+      in_stage(failure_kind::input, [&] { (void)output_model_config(job, folder / "config.json"); });
+    }
+  }
   // Working memory per tensor: inputs' mapped pages, the output buffer, and the policies' scratch
   // (f32 magnitudes for selection, a bit mask per model, DELLA's byte mask); adapters: f32 copies
   // of W and B A.
@@ -233,37 +374,6 @@ inline const std::vector<std::string_view>& carried_file_names() {
       "vocab.txt",            "added_tokens.json",      "spiece.model",       "chat_template.jinja",
       "chat_template.json",   "preprocessor_config.json"};
   return names;
-}
-
-// config.json with torch_dtype set to what was written, as mergekit does. The file is rewritten
-// through nlohmann, whose dump() recurses once per level: nesting and sizes no real config has
-// are refused.
-inline std::string updated_model_config(const std::filesystem::path& path, std::optional<dtype> written) {
-  constexpr std::size_t max_bytes = 16'000'000;
-  constexpr int max_depth = 256;
-  const mapped_file file(path);
-  if (file.bytes().size() > max_bytes) {
-    alloy::fail(error_code::limit, path.string(), ": ", file.bytes().size(), " bytes is too large for a model "
-                        "config (limit ", max_bytes, " bytes)");
-  }
-  const auto* text = reinterpret_cast<const char*>(file.bytes().data());
-  nlohmann::ordered_json config;
-  try {
-    config = nlohmann::ordered_json::parse(text, text + file.bytes().size(),
-                                           [&](int depth, nlohmann::ordered_json::parse_event_t, nlohmann::ordered_json&) {
-                                             if (depth > max_depth) {
-                                               alloy::fail(error_code::limit, path.string(), ": nested more than ",
-                                                                   max_depth, " levels deep");
-                                             }
-                                             return true;
-                                           });
-  } catch (const nlohmann::json::exception& e) {
-    alloy::fail(error_code::format, path.string(), ": not valid JSON: ", e.what());
-  }
-  if (written && config.is_object()) {
-    config["torch_dtype"] = *written == dtype::bf16 ? "bfloat16" : *written == dtype::f16 ? "float16" : "float32";
-  }
-  return config.dump(2) + "\n";
 }
 
 inline std::string model_card(const merge_job& job) {
@@ -310,9 +420,7 @@ inline void finish_output(const merge_job& job, model_writer& writer) {
         std::error_code ec;
         if (!std::filesystem::is_regular_file(path, ec)) continue;
         if (name == "config.json") {
-          const std::string contents = in_stage(failure_kind::input, [&] {
-            return updated_model_config(path, detail::output_dtype_of(job.config));
-          });
+          const std::string contents = in_stage(failure_kind::input, [&] { return output_model_config(job, path); });
           writer.add_file(name, contents);
         } else {
           writer.copy_file(path, name);

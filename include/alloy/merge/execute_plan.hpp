@@ -34,6 +34,7 @@
 #include "alloy/exec/elementwise.hpp"
 #include "alloy/merge/merge_inputs.hpp"
 #include "alloy/merge/merge_plan.hpp"
+#include "alloy/merge/slice_plan.hpp"
 #include "alloy/merge/registry.hpp"
 #include "alloy/store/memory_store.hpp"
 #include "alloy/store/parameter_store.hpp"
@@ -144,17 +145,37 @@ class views_sink {
 // output dtype is the base's (or the first model's) unless `output_dtype` says otherwise. Tensors
 // of integer or boolean dtype are copied unchanged when all models hold the same values, refused
 // otherwise.
+namespace detail {
+// Runs `plan` from `source` into a new memory store, its tensors in the plan's order.
+template <class Backend, class Source>
+memory_store execute_into_memory(const merge_plan& plan, const Backend& backend, Source& source) {
+  memory_store merged;
+  std::vector<tensor_view> targets;
+  for (const auto& tensor : plan.tensors) targets.push_back(merged.insert(tensor.name, tensor.output_dtype, tensor.dims));
+  views_sink sink(plan, std::move(targets));
+  execute(plan, backend, source, sink);
+  return merged;
+}
+}  // namespace detail
+
 template <class Backend, parameter_store Base, parameter_store Model, std::size_t Extent>
 memory_store merge_stores(const merge_recipe& recipe, const Backend& backend, const Base* base,
                           std::span<const Model, Extent> models, std::optional<dtype> output_dtype = std::nullopt) {
   const merge_plan plan = plan_merge(recipe, base, models, {.output_dtype = output_dtype});
-  memory_store merged;
-  std::vector<tensor_view> targets;
-  for (const auto& tensor : plan.tensors) targets.push_back(merged.insert(tensor.name, tensor.output_dtype, tensor.dims));
   stores_source source(base, models);
-  views_sink sink(plan, std::move(targets));
-  execute(plan, backend, source, sink);
-  return merged;
+  return detail::execute_into_memory(plan, backend, source);
+}
+
+// mergekit's slices over stores (slice_plan.hpp): `inputs` are every model the slices name, by
+// the indices the recipe uses; input i is "model i" in messages.
+template <class Backend, parameter_store Model, std::size_t Extent>
+memory_store merge_slices(const slice_recipe& recipe, const Backend& backend, std::span<const Model, Extent> inputs,
+                          std::optional<dtype> output_dtype = std::nullopt) {
+  std::vector<plan_input> described;
+  for (std::size_t i = 0; i < inputs.size(); ++i) described.push_back(describe_input(inputs[i], "model " + std::to_string(i)));
+  const merge_plan plan = plan_slices(recipe, described, {.output_dtype = output_dtype});
+  stores_source source(static_cast<const Model*>(nullptr), inputs);
+  return detail::execute_into_memory(plan, backend, source);
 }
 
 // Merges whole stores into an existing one, in place: a torch module's parameters, Eigen

@@ -84,6 +84,10 @@ struct merge_plan {
   std::vector<planned_tensor> tensors;      // in output order
   std::size_t input_bytes = 0;
   std::size_t output_bytes = 0;
+  // Slice plans (slice_plan.hpp): the output's layer stack and how many layers it has, which a
+  // model's config (num_hidden_layers) must then say.
+  std::string layer_stack;
+  std::optional<std::size_t> layer_count;
 
   [[nodiscard]] std::size_t merged_count() const noexcept {
     std::size_t count = 0;
@@ -113,13 +117,49 @@ inline void check_required_parameters(const merge_recipe& recipe, const method_d
                                       std::span<const plan_input> models) {
   for (std::size_t i = 0; i < models.size(); ++i) {
     for (const auto& p : def.parameters) {
-      const bool set = recipe.model_parameters[i].contains(p.name) || recipe.parameters.contains(p.name);
+      const bool set = recipe.model_parameters[i].contains(p.name) || recipe.slice_parameters.contains(p.name) ||
+                       recipe.parameters.contains(p.name);
       if (p.where == parameter_definition::scope::model && p.required() && !set) {
         fail(error_code::invalid_argument, "models: ", models[i].label, " has no ", p.name, "; ", recipe.method,
              " needs one for every model (set it in the model's parameters or in the top-level parameters)");
       }
     }
   }
+}
+
+// Model counts the method accepts (models besides the base), said with the count given.
+inline void check_model_count(const merge_recipe& recipe, const method_definition& def, std::size_t count,
+                              std::string_view where = "models") {
+  if (count >= def.min_models && count <= def.max_models) return;
+  const bool too_few = count < def.min_models;
+  const std::size_t bound = too_few ? def.min_models : def.max_models;
+  fail(error_code::invalid_argument, where, ": ", recipe.method, " needs ",
+       def.min_models == def.max_models ? "exactly " : too_few ? "at least " : "at most ", bound, " model",
+       bound == 1 ? "" : "s", def.needs_base ? " besides the base" : "", ", got ", count);
+}
+
+// The header of `name` in `input`, checked against the reference tensor `expected` (named
+// `expected_name` in the input labelled `reference_label`): the same shape, and dtypes that
+// convert into each other (floating ones) or are equal (buffers that are copied). Returns its
+// bytes. `missing_note` ends the message when the input lacks the tensor.
+inline std::size_t checked_source_bytes(const plan_input& input, std::string_view name, const_tensor_view expected,
+                                        std::string_view expected_name, std::string_view reference_label,
+                                        bool merged, std::string_view missing_note) {
+  const auto found = input.header(name);
+  if (!found) fail(error_code::not_found, "tensor ", quoted{name}, " is missing from ", input.label, missing_note);
+  const std::string reference =
+      name == expected_name ? std::string(reference_label) : concat(quoted{expected_name}, " in ", reference_label);
+  if (!(found->shape() == expected.shape())) {
+    fail(error_code::shape_mismatch, "tensor ", quoted{name}, " has shape ", found->shape(), " in ", input.label,
+         " but ", expected.shape(), " in ", reference,
+         " (mergekit before 2026 left that model out of this tensor, or cropped an embedding, with a warning; alloy "
+         "does not guess)");
+  }
+  if (is_mergeable(found->dtype()) != merged || (!merged && found->dtype() != expected.dtype())) {
+    fail(error_code::dtype_mismatch, "tensor ", quoted{name}, " is ", found->dtype(), " in ", input.label, " but ",
+         expected.dtype(), " in ", reference, "; only floating dtypes convert into each other");
+  }
+  return found->byte_size();
 }
 
 }  // namespace detail
@@ -137,14 +177,7 @@ inline merge_plan plan_merge(const merge_recipe& recipe, const plan_input* base,
   const method_definition& def = find_merge_method(recipe.method);
   if (def.needs_base && base == nullptr) detail::fail(error_code::invalid_argument, recipe.method, " needs a base model");
   if (models.empty()) detail::fail(error_code::invalid_argument, recipe.method, ": no models to merge");
-  if (models.size() < def.min_models || models.size() > def.max_models) {
-    const bool one = def.min_models == def.max_models;
-    detail::fail(error_code::invalid_argument, "models: ", recipe.method, " needs ",
-                 one ? "exactly " : models.size() < def.min_models ? "at least " : "at most ",
-                 models.size() < def.min_models ? def.min_models : def.max_models, " model",
-                 (models.size() < def.min_models ? def.min_models : def.max_models) == 1 ? "" : "s",
-                 def.needs_base ? " besides the base" : "", ", got ", models.size());
-  }
+  detail::check_model_count(recipe, def, models.size());
   if (recipe.model_parameters.size() != models.size()) {
     detail::fail(error_code::invalid_argument, recipe.method, ": ", models.size(), " models but ",
                  recipe.model_parameters.size(), " model parameter sets");
@@ -190,22 +223,10 @@ inline merge_plan plan_merge(const merge_recipe& recipe, const plan_input* base,
     tensor.output_dtype = tensor.merged() ? options.output_dtype.value_or(expected->dtype()) : expected->dtype();
     if (base != nullptr && (def.needs_base || !tensor.merged())) tensor.base = tensor_source{0, name};
     for (std::size_t i = 0; i < models.size(); ++i) tensor.models.push_back({first_model + i, name});
+    const std::string missing_note = " (" + role + (role == reference.label ? "" : ", " + reference.label + ",") + " has it)";
     for (const auto& [input, index] : readers) {
-      const auto found = input->header(name);
-      if (!found) {
-        detail::fail(error_code::not_found, "tensor ", detail::quoted{name}, " is missing from ", input->label, " (",
-                     role, role == reference.label ? "" : ", " + reference.label + ",", " has it)");
-      }
-      if (!(found->shape() == expected->shape())) {
-        detail::fail(error_code::shape_mismatch, "tensor ", detail::quoted{name}, " has shape ", found->shape(), " in ",
-                     input->label, " but ", expected->shape(), " in ", reference.label);
-      }
-      if (is_mergeable(found->dtype()) != tensor.merged() || (!tensor.merged() && found->dtype() != expected->dtype())) {
-        detail::fail(error_code::dtype_mismatch, "tensor ", detail::quoted{name}, " is ", found->dtype(), " in ",
-                     input->label, " but ", expected->dtype(), " in ", reference.label,
-                     "; only floating dtypes convert into each other");
-      }
-      tensor.input_bytes += found->byte_size();
+      tensor.input_bytes += detail::checked_source_bytes(*input, name, *expected, name, reference.label, tensor.merged(),
+                                                         missing_note);
     }
     if (tensor.merged()) tensor.merge = resolve_merge(recipe, name, tensor.depth, models.size());
     plan.input_bytes += tensor.input_bytes;

@@ -3,9 +3,11 @@
 // per-model parameters, each possibly varying per tensor. `resolve_merge` resolves everything for
 // one tensor; plan_merge (merge_plan.hpp) does it for every tensor of a model.
 //
-// Lookup order, as mergekit: a model-scope parameter comes from that model's parameters, then
-// the top-level parameters, then the method's default; a method-scope parameter from the
-// top-level parameters, then the default. A required parameter with no value is an error naming
+// Lookup order, as mergekit (config.py, ConfigReader): a model-scope parameter comes from that
+// model's parameters, then the slice's (mergekit's `slices`), then the top-level parameters, then
+// the method's default; a method-scope parameter from the slice's, then the top-level
+// parameters, then the default. At each level a setting whose filters match nothing falls
+// through to the next. A required parameter with no value is an error naming
 // the parameter, the model and the tensor; an unknown parameter name is an error too.
 
 #include <cstddef>
@@ -30,6 +32,7 @@ struct merge_recipe {
   std::string method{};
   parameter_map parameters{};                   // top level
   std::vector<parameter_map> model_parameters{};  // one map per model (the base excluded)
+  parameter_map slice_parameters{};             // an output slice's own (slice plans only)
 
   // Checks what does not depend on the tensor: the method exists, every parameter is one it
   // defines at that scope, every value is of its kind (a choice one of its words, a number
@@ -62,6 +65,7 @@ struct merge_recipe {
       }
     };
     check_map(parameters, "the top-level parameters", false);
+    check_map(slice_parameters, "the slice's parameters", false);
     for (std::size_t i = 0; i < model_parameters.size(); ++i) {
       check_map(model_parameters[i], "the parameters of model " + std::to_string(i), true);
     }
@@ -69,6 +73,16 @@ struct merge_recipe {
 };
 
 namespace detail {
+
+// Where a model-scope parameter's value goes.
+inline double model_parameters::*model_field(const parameter_definition& p) {
+  if (p.field != nullptr) return p.field;
+  if (p.name == "weight") return &model_parameters::weight;
+  if (p.name == "density") return &model_parameters::density;
+  if (p.name == "gamma") return &model_parameters::gamma;
+  if (p.name == "epsilon") return &model_parameters::epsilon;
+  fail(error_code::invalid_argument, "model parameter ", quoted{p.name}, " fills no field of model_parameters");
+}
 
 inline std::optional<double> lookup(const parameter_map& map, std::string_view name, std::string_view tensor, double t) {
   const auto it = map.find(name);
@@ -110,6 +124,7 @@ inline resolved_merge resolve_merge(const merge_recipe& recipe, std::string_view
   };
   const auto method_value = [&](std::string_view parameter) -> double {
     const parameter_definition& p = definition(parameter);
+    if (auto v = detail::lookup(recipe.slice_parameters, parameter, name, depth)) return checked(p, *v, "");
     if (auto v = detail::lookup(recipe.parameters, parameter, name, depth)) return checked(p, *v, "");
     if (p.default_value) return *p.default_value;
     detail::fail(error_code::invalid_argument, recipe.method, ": required parameter ", detail::quoted{parameter},
@@ -117,31 +132,31 @@ inline resolved_merge resolve_merge(const merge_recipe& recipe, std::string_view
   };
   const auto method_choice = [&](std::string_view parameter) -> std::string {
     const parameter_definition& p = definition(parameter);
-    const auto it = recipe.parameters.find(parameter);
-    if (it != recipe.parameters.end() && it->second.word()) return *it->second.word();
+    for (const parameter_map* map : {&recipe.slice_parameters, &recipe.parameters}) {
+      const auto it = map->find(parameter);
+      if (it != map->end() && it->second.word()) return *it->second.word();
+    }
     return std::string(p.choices.front());
   };
   resolved_merge resolved{def.make(parameter_lookup(method_value, method_choice)), std::vector<model_parameters>(model_count)};
   for (std::size_t i = 0; i < model_count; ++i) {
     const std::string whose = " of model " + std::to_string(i);
-    const auto model_value = [&](std::string_view parameter, double& out) {
-      const parameter_definition* p = def.find(parameter);
-      if (p == nullptr || p->where != parameter_definition::scope::model) return;
-      if (auto v = detail::lookup(recipe.model_parameters[i], parameter, name, depth)) {
-        out = checked(*p, *v, whose);
-      } else if (auto g = detail::lookup(recipe.parameters, parameter, name, depth)) {
-        out = checked(*p, *g, whose);
-      } else if (p->default_value) {
-        out = *p->default_value;
+    for (const parameter_definition& p : def.parameters) {
+      if (p.where != parameter_definition::scope::model) continue;
+      double& out = resolved.per_model[i].*detail::model_field(p);
+      if (auto v = detail::lookup(recipe.model_parameters[i], p.name, name, depth)) {
+        out = checked(p, *v, whose);
+      } else if (auto s = detail::lookup(recipe.slice_parameters, p.name, name, depth)) {
+        out = checked(p, *s, whose);
+      } else if (auto g = detail::lookup(recipe.parameters, p.name, name, depth)) {
+        out = checked(p, *g, whose);
+      } else if (p.default_value) {
+        out = *p.default_value;
       } else {
-        detail::fail(error_code::invalid_argument, recipe.method, ": required parameter ", detail::quoted{parameter},
+        detail::fail(error_code::invalid_argument, recipe.method, ": required parameter ", detail::quoted{p.name},
                      " is missing for model ", i, " (tensor ", detail::quoted{name}, ")");
       }
-    };
-    model_value("weight", resolved.per_model[i].weight);
-    model_value("density", resolved.per_model[i].density);
-    model_value("gamma", resolved.per_model[i].gamma);
-    model_value("epsilon", resolved.per_model[i].epsilon);
+    }
   }
   return resolved;
 }

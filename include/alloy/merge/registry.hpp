@@ -21,12 +21,14 @@
 #include "alloy/merge/linear_merge.hpp"
 #include "alloy/merge/magmax_merge.hpp"
 #include "alloy/merge/model_stock_merge.hpp"
+#include "alloy/merge/nearswap_merge.hpp"
 #include "alloy/merge/slerp_merge.hpp"
 #include "alloy/merge/task_vector_merge.hpp"
 
 namespace alloy {
 
-using merge_policy = std::variant<linear_merge, task_vector_merge, magmax_merge, slerp_merge, model_stock_merge>;
+using merge_policy =
+    std::variant<linear_merge, task_vector_merge, magmax_merge, slerp_merge, model_stock_merge, nearswap_merge>;
 
 // Runs `policy` on `backend`. With the CUDA backend, a translation unit that nvcc does not compile
 // calls alloy::cuda::merge_with (adapters/cuda), which this same template instantiates on the GPU.
@@ -48,6 +50,9 @@ struct parameter_definition {
   double minimum = -std::numeric_limits<double>::infinity();  // the numbers a merge accepts
   double maximum = std::numeric_limits<double>::infinity();
   std::vector<std::string_view> choices{};  // kind::choice: the words it accepts, the first the default
+  // scope::model: the field of model_parameters the value fills (none: the field of the same
+  // name, one of weight, density, gamma, epsilon).
+  double model_parameters::*field = nullptr;
 
   [[nodiscard]] bool required() const noexcept { return !default_value && choices.empty(); }
 
@@ -157,6 +162,11 @@ inline std::vector<parameter_definition> task_vector_parameters(bool normalize, 
     p.push_back({.name = "seed", .type = kind::integer, .default_value = 0.0, .meaning = "seed of the random masks",
                  .minimum = 0.0, .maximum = max_seed});
   }
+  if (random && !epsilon) {  // DARE's
+    p.push_back({.name = "rescale_by", .type = kind::choice,
+                 .meaning = "what rescale matches: the task vector's L1 norm (mergekit) or 1/density (DARE's paper)",
+                 .choices = {"l1", "density"}});
+  }
   if (gamma) {
     p.push_back({.name = "gamma", .where = scope::model, .default_value = 0.01,
                  .meaning = "fraction of largest entries dropped", .minimum = 0.0, .maximum = 1.0});
@@ -180,12 +190,15 @@ inline method_definition task_vector_method(task_vector_merge prototype, bool de
   const bool consensus = prototype.consensus != sign_consensus::none;
   def.parameters =
       task_vector_parameters(prototype.normalize, prototype.rescale, density, random, gamma, epsilon, consensus);
-  def.make = [prototype, density, random, consensus](const parameter_lookup& get) {
+  def.make = [prototype, density, random, epsilon, consensus](const parameter_lookup& get) {
     task_vector_merge policy = prototype;
     policy.normalize = get.flag("normalize");
     policy.lambda = get.number("lambda");
     if (density) policy.rescale = get.flag("rescale");
     if (random) policy.seed = get.integer("seed");
+    if (random && !epsilon) {
+      policy.rescale_by = get.choice("rescale_by") == "density" ? rescale_rule::inverse_density : rescale_rule::l1_norm;
+    }
     if (consensus) policy.consensus = get.choice("consensus") == "count" ? sign_consensus::count : sign_consensus::sum;
     return merge_policy(policy);
   };
@@ -213,6 +226,18 @@ inline std::vector<method_definition> builtin_methods() {
   all.push_back(task_vector_method(task_vector_merge::della(), true, true, false, true));
   all.push_back(task_vector_method(task_vector_merge::della_linear(), true, true, false, true));
   {
+    // mergekit's passthrough: one model's tensor as it is, times `scale`. The weighted sum of one
+    // model with the sum's normalisation off, so that no second kernel copies tensors.
+    method_definition passthrough;
+    passthrough.name = "passthrough";
+    passthrough.needs_base = false;
+    passthrough.max_models = 1;
+    passthrough.parameters = {{.name = "scale", .where = scope::model, .default_value = 1.0,
+                               .meaning = "factor applied to the model's tensor", .field = &model_parameters::weight}};
+    passthrough.make = [](const parameter_lookup&) { return merge_policy(linear_merge{/*normalize=*/false}); };
+    all.push_back(std::move(passthrough));
+  }
+  {
     method_definition magmax;
     magmax.name = "magmax";
     magmax.parameters = {{.name = "lambda", .default_value = 1.0, .meaning = "scale of the selected task vector"}};
@@ -226,6 +251,14 @@ inline std::vector<method_definition> builtin_methods() {
     slerp.parameters = {{.name = "t", .meaning = "interpolation factor: 0 is the base, 1 the model"}};
     slerp.make = [](const parameter_lookup& get) { return merge_policy(slerp_merge{get.number("t")}); };
     all.push_back(std::move(slerp));
+  }
+  {
+    method_definition nearswap;
+    nearswap.name = "nearswap";
+    nearswap.max_models = 1;  // the base and one model
+    nearswap.parameters = {{.name = "t", .meaning = "distance within which the model's value is taken whole"}};
+    nearswap.make = [](const parameter_lookup& get) { return merge_policy(nearswap_merge{get.number("t")}); };
+    all.push_back(std::move(nearswap));
   }
   {
     method_definition stock;

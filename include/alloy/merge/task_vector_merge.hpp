@@ -46,6 +46,12 @@ enum class sparsification : std::uint8_t {
 
 enum class sign_consensus : std::uint8_t { none, sum, count };
 
+// How `rescale` scales what a sparsification keeps.
+enum class rescale_rule : std::uint8_t {
+  l1_norm,          // match the L1 norm of the whole task vector (mergekit's rescaled_masked_tensor)
+  inverse_density,  // divide by the density (DARE's paper and mergekit before 2025; random masks only)
+};
+
 namespace detail {
 
 // How one model's task vector enters the fused kernel for one tensor.
@@ -253,15 +259,16 @@ struct task_vector_delta {
   }
 };
 
-// The L1 norms of a task vector, whole and kept by a mask: sums[0] += |d|, sums[1] += |d| if kept.
-struct masked_l1_norms {
-  const std::uint64_t* bits = nullptr;
+// The L1 norms of a task vector, whole and as one term keeps it (a mask's bits, or DARE's random
+// draws): sums[0] += |d|, sums[1] += |d| where kept.
+struct kept_l1_norms {
+  task_vector_term term;
   template <class Values, class Sums>
   ALLOY_HD void operator()(const Values& values, std::size_t index, Sums&& sums) const {
     const float delta = values[1] - values[0];
     const double magnitude = delta < 0 ? -static_cast<double>(delta) : static_cast<double>(delta);
     sums[0] += magnitude;
-    if ((bits[index >> 6] >> (index & 63)) & 1u) sums[1] += magnitude;
+    if (term.keeps(index)) sums[1] += magnitude;
   }
 };
 
@@ -274,6 +281,7 @@ class task_vector_merge {
   sign_consensus consensus = sign_consensus::none;
   bool normalize = false;
   bool rescale = false;
+  rescale_rule rescale_by = rescale_rule::l1_norm;
   double lambda = 1.0;
   std::uint64_t seed = 0;
 
@@ -343,8 +351,12 @@ class task_vector_merge {
         term.rule = detail::task_vector_term::keep_rule::random;
         term.random_key = random_stream_key(seed, in.name, model);
         term.keep_probability = static_cast<float>(p.density);
-        // DARE's rescale: each kept entry by 1/density, so the task vector is unchanged in expectation.
-        if (rescale) term.scale = p.density > 0 ? static_cast<float>(1.0 / p.density) : 0.0f;
+        if (rescale && rescale_by == rescale_rule::inverse_density) {
+          // Each kept entry by 1/density: the task vector is unchanged in expectation.
+          term.scale = p.density > 0 ? static_cast<float>(1.0 / p.density) : 0.0f;
+        } else if (rescale) {
+          term.scale = l1_rescale(backend, pair, n, term);
+        }
         return term;
       case sparsification::magnitude: {
         const auto keep = static_cast<std::size_t>(p.density * static_cast<double>(n));
@@ -367,12 +379,17 @@ class task_vector_merge {
     }
     term.rule = detail::task_vector_term::keep_rule::bits;
     term.bits = mask.words();
-    if (rescale) {
-      // Match the L1 norm of the full task vector (mergekit's rescaling for non-random masks).
-      const auto norms = reduce_sums(backend, pair, n, 2, detail::masked_l1_norms{mask.words()});
-      if (norms[0] >= 1e-7 && norms[1] >= 1e-7) term.scale = static_cast<float>(norms[0] / norms[1]);
-    }
+    if (rescale) term.scale = l1_rescale(backend, pair, n, term);
     return term;
+  }
+
+  // mergekit's rescaled_masked_tensor with the L1 norm: |d|_1 / |kept d|_1, or 1 when either is
+  // below 1e-7.
+  template <class Backend>
+  static float l1_rescale(const Backend& backend, std::span<const const_tensor_view> pair, std::size_t n,
+                          const detail::task_vector_term& term) {
+    const auto norms = reduce_sums(backend, pair, n, 2, detail::kept_l1_norms{term});
+    return norms[0] >= 1e-7 && norms[1] >= 1e-7 ? static_cast<float>(norms[0] / norms[1]) : 1.0f;
   }
 
   // DELLA's MAGPRUNE: within each row (the first dimension; a 1-D tensor is one row), rank the
