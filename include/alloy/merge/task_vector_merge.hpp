@@ -14,6 +14,7 @@
 // Everything is computed in f32 and rounded once into the output's dtype.
 
 #include <algorithm>
+#include <bit>
 #include <cmath>
 #include <cstddef>
 #include <cstdint>
@@ -73,6 +74,31 @@ struct task_vector_term {
     return true;
   }
 };
+
+// DARE's draw for one element, as a predicate (select_where): kept with probability p.
+struct random_keep {
+  std::uint64_t key = 0;
+  float probability = 1.0f;
+  template <class Values>
+  ALLOY_HD bool operator()(const Values&, std::size_t index) const {
+    return uniform01(key, index) < probability;
+  }
+};
+
+// The CPU's block form of term.keeps: keep[j] = 1 or 0 for elements [first, first + count).
+inline void expand_keeps(const task_vector_term& term, std::size_t first, std::size_t count, std::uint32_t* keep) {
+  switch (term.rule) {
+    case task_vector_term::keep_rule::all:
+      for (std::size_t j = 0; j < count; ++j) keep[j] = 1;
+      break;
+    case task_vector_term::keep_rule::bits:
+      unpack_bits(term.bits, first, count, keep);
+      break;
+    case task_vector_term::keep_rule::random:
+      for (std::size_t j = 0; j < count; ++j) keep[j] = uniform01(term.random_key, first + j) < term.keep_probability;
+      break;
+  }
+}
 
 // The per-element math of steps 2-5; values[0] is the base, values[1 + i] model i. Steps 3-5 are
 // written once (`combine`), without branches on the data, for both of its forms: per element
@@ -200,17 +226,7 @@ struct task_vector_kernel {
     for (std::size_t i = 0; i < models; ++i) {
       alignas(64) std::uint32_t keep[block];
       const task_vector_term& term = terms[i];
-      switch (term.rule) {
-        case task_vector_term::keep_rule::all:
-          for (std::size_t j = 0; j < count; ++j) keep[j] = 1;
-          break;
-        case task_vector_term::keep_rule::bits:
-          detail::unpack_bits(term.bits, first, count, keep);
-          break;
-        case task_vector_term::keep_rule::random:
-          for (std::size_t j = 0; j < count; ++j) keep[j] = uniform01(term.random_key, first + j) < term.keep_probability;
-          break;
-      }
+      expand_keeps(term, first, count, keep);
       const float* base = columns[0];
       const float* model = columns[1 + i];
       const float weight = term.weight;
@@ -269,6 +285,20 @@ struct kept_l1_norms {
     const double magnitude = delta < 0 ? -static_cast<double>(delta) : static_cast<double>(delta);
     sums[0] += magnitude;
     if (term.keeps(index)) sums[1] += magnitude;
+  }
+  // The CPU's block form: the keep decisions expanded first, the sums in lanes without branches.
+  void accumulate_block(const float* const* columns, std::size_t count, std::size_t first, double* sums) const {
+    alignas(64) std::uint32_t keep[block_elements];
+    expand_keeps(term, first, count, keep);
+    const float *base = columns[0], *model = columns[1];
+    const auto magnitude = [&](std::size_t j) {
+      const float delta = model[j] - base[j];
+      return delta < 0 ? -delta : delta;  // |d| in f32 is exact, and widens exactly
+    };
+    sums[0] += sum_in_lanes(count, magnitude);
+    sums[1] += sum_in_lanes(count, [&](std::size_t j) {
+      return std::bit_cast<float>(std::bit_cast<std::uint32_t>(magnitude(j)) & (0u - keep[j]));
+    });
   }
 };
 
@@ -355,6 +385,10 @@ class task_vector_merge {
           // Each kept entry by 1/density: the task vector is unchanged in expectation.
           term.scale = p.density > 0 ? static_cast<float>(1.0 / p.density) : 0.0f;
         } else if (rescale) {
+          // The norms and the merge both need the draws: drawn once, into a mask.
+          mask = select_where(backend, pair, n, detail::random_keep{term.random_key, term.keep_probability});
+          term.rule = detail::task_vector_term::keep_rule::bits;
+          term.bits = mask.words();
           term.scale = l1_rescale(backend, pair, n, term);
         }
         return term;
