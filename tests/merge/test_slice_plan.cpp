@@ -161,3 +161,15 @@ TEST_CASE("slices: bad layer ranges, counts and stacks are refused with the slic
   CHECK_THROWS_WITH(merge_slices(recipe, cpu_backend{}, std::span<const memory_store>(pair)),
                     Catch::Contains("model.layers.1.norm.weight") && Catch::Contains("model 1"));
 }
+
+TEST_CASE("slices: a model's filters see the tensor it is read from, as mergekit's", "[merge][slices]") {
+  const std::vector<memory_store> inputs{tagged_model(0)};
+  slice_recipe recipe;
+  recipe.method = "passthrough";
+  // Output layer 0 is read from input layer 3: the filter names the input's layer.
+  const parameter_map scaled{{"scale", parameter_setting::conditional({{"layers.3.", {2.0}}, {std::nullopt, {1.0}}})}};
+  recipe.slices = {{{source(0, 3, 4, scaled)}, std::nullopt, {}}};
+  const memory_store merged = merge_slices(recipe, cpu_backend{}, std::span<const memory_store>(inputs));
+  CHECK(testing::values_of(merged.view("model.layers.0.mlp.w")) == std::vector<float>{60, 62});
+  CHECK(testing::values_of(merged.view("lm_head.weight")) == std::vector<float>{700, 701});
+}

@@ -225,7 +225,7 @@ def model_stock(base, models):
             cosines.append(np.clip(np.dot(offsets[i], offsets[j]) / max(norms, 1e-6), -1, 1))
     c = np.mean(cosines)
     n = len(ws)
-    t = n * c / (1 + (n - 1) * c)
+    t = 0.0 if abs(1 + (n - 1) * c) < 1e-6 else n * c / (1 + (n - 1) * c)
     return (t * (sum(ws) / n) + (1 - t) * w0).reshape(base.shape)
 
 

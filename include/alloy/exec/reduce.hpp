@@ -58,8 +58,8 @@ std::vector<double> reduce_sums(const cpu_backend& backend, std::span<const cons
   std::vector<std::vector<double>> partial(cpu_backend::chunk_count(elements));
   for_each_block(backend, inputs, elements, [&](std::size_t chunk) {
     partial[chunk].assign(terms, 0.0);
-    return [sums = partial[chunk].data(), &accumulate, &inputs](const float* const* columns, std::size_t count,
-                                                       std::size_t first) {
+    // A default capture: the block form leaves `inputs` unused, which clang would warn about.
+    return [&, sums = partial[chunk].data()](const float* const* columns, std::size_t count, std::size_t first) {
       if constexpr (requires(double* out) { accumulate.accumulate_block(columns, count, first, out); }) {
         accumulate.accumulate_block(columns, count, first, sums);
       } else {

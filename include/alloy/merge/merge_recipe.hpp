@@ -103,8 +103,11 @@ struct resolved_merge {
 
 // Resolves `recipe` for tensor `name` at relative depth `depth` (see layer_stacks) with
 // `model_count` models.
+// `model_tensors`, when given, names each model's source tensor: mergekit matches a per-model
+// parameter's filters against the tensor the model is read from, which differs from the output's
+// name inside slices (output layer 7 read from input layer 3).
 inline resolved_merge resolve_merge(const merge_recipe& recipe, std::string_view name, double depth,
-                                    std::size_t model_count) {
+                                    std::size_t model_count, std::span<const std::string> model_tensors = {}) {
   const method_definition& def = find_merge_method(recipe.method);
   if (recipe.model_parameters.size() != model_count) {
     detail::fail(error_code::invalid_argument, recipe.method, ": ", model_count, " models but ",
@@ -144,11 +147,12 @@ inline resolved_merge resolve_merge(const merge_recipe& recipe, std::string_view
     for (const parameter_definition& p : def.parameters) {
       if (p.where != parameter_definition::scope::model) continue;
       double& out = resolved.per_model[i].*detail::model_field(p);
-      if (auto v = detail::lookup(recipe.model_parameters[i], p.name, name, depth)) {
+      const std::string_view source = model_tensors.empty() ? name : std::string_view(model_tensors[i]);
+      if (auto v = detail::lookup(recipe.model_parameters[i], p.name, source, depth)) {
         out = checked(p, *v, whose);
-      } else if (auto s = detail::lookup(recipe.slice_parameters, p.name, name, depth)) {
+      } else if (auto s = detail::lookup(recipe.slice_parameters, p.name, source, depth)) {
         out = checked(p, *s, whose);
-      } else if (auto g = detail::lookup(recipe.parameters, p.name, name, depth)) {
+      } else if (auto g = detail::lookup(recipe.parameters, p.name, source, depth)) {
         out = checked(p, *g, whose);
       } else if (p.default_value) {
         out = *p.default_value;

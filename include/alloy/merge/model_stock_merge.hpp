@@ -1,7 +1,8 @@
 #pragma once
 // Model Stock (Jang et al., 2024), as mergekit computes it per tensor: with offsets o_i = m_i - b
 // of N >= 2 models, c = the mean over pairs i < j of <o_i, o_j> / max(|o_i| |o_j|, 1e-6) clamped
-// to [-1, 1], and t = N c / (1 + (N - 1) c):   result = t * mean_i(m_i) + (1 - t) * b.
+// to [-1, 1], and t = N c / (1 + (N - 1) c) (0 where |1 + (N - 1) c| < 1e-6):
+//   result = t * mean_i(m_i) + (1 - t) * b.
 
 #include <algorithm>
 #include <cmath>
@@ -73,7 +74,9 @@ struct model_stock_merge {
     }
     const double cosine = cosine_sum / static_cast<double>(pairs);
     const double n = static_cast<double>(k);
-    const double t = n * cosine / (1.0 + (n - 1.0) * cosine);
+    // As mergekit since 2026: a vanishing denominator (two models at cos -1) keeps the base.
+    const double denominator = 1.0 + (n - 1.0) * cosine;
+    const double t = std::fabs(denominator) < 1e-6 ? 0.0 : n * cosine / denominator;
     elementwise(backend, output, inputs, detail::interpolate_mean_kernel{static_cast<float>(t), static_cast<float>(1.0 / n)});
   }
 };

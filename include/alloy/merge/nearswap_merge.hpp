@@ -41,12 +41,7 @@ struct nearswap_merge {
 
   template <class Backend>
   void merge(const Backend& backend, const merge_inputs& in, tensor_view output) const {
-    detail::check_merge_inputs(name(), in, output, true, 1);
-    detail::check_finite(name(), in.name, "t", t);
-    if (in.models.size() != 1) {
-      detail::fail(error_code::invalid_argument, "nearswap merges the base with exactly one model, got ",
-                   in.models.size(), " models for tensor ", detail::quoted{in.name});
-    }
+    detail::check_base_and_one_model(name(), in, output, "t", t);
     const const_tensor_view pair[] = {*in.base, in.models[0]};
     elementwise(backend, output, pair, detail::nearswap_kernel{static_cast<float>(t)});
   }

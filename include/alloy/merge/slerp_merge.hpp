@@ -49,12 +49,7 @@ struct slerp_merge {
 
   template <class Backend>
   void merge(const Backend& backend, const merge_inputs& in, tensor_view output) const {
-    detail::check_merge_inputs(name(), in, output, true, 1);
-    detail::check_finite(name(), in.name, "t", t);
-    if (in.models.size() != 1) {
-      detail::fail(error_code::invalid_argument, "slerp merges the base with exactly one model, got ",
-                   in.models.size(), " models for tensor ", detail::quoted{in.name});
-    }
+    detail::check_base_and_one_model(name(), in, output, "t", t);
     const const_tensor_view pair[] = {*in.base, in.models[0]};
     const std::vector<double> sums = reduce_sums(backend, pair, output.numel(), 3, detail::slerp_sums{});
     constexpr double eps = 1e-8;

@@ -18,7 +18,9 @@
 //   first slice's sources, those after it (final norm, output head) from the last slice's;
 // - a slice's base model is its own `base_model`, else the config's; for methods with a base it
 //   must be one of the slice's sources, and the other sources are the models;
-// - parameters are looked up source -> slice -> top level -> default (merge_recipe.hpp).
+// - parameters are looked up source -> slice -> top level -> default (merge_recipe.hpp); a
+//   per-model parameter's filters see the tensor the model is read from, a method parameter's
+//   the output tensor.
 //
 // The layer stack is found from the tensor names alone (layer_stacks, parameters.hpp): a slice
 // plan needs a reference model (the first slice's first source) with exactly one stack. Which
@@ -232,7 +234,11 @@ inline merge_plan plan_slices(const slice_recipe& recipe, std::span<const plan_i
                                                          inputs[reference_input].label, tensor.merged(), missing_note);
       tensor.models.push_back({input, name});
     }
-    if (tensor.merged()) tensor.merge = resolve_merge(ps.recipe, tensor.name, tensor.depth, ps.models.size());
+    if (tensor.merged()) {
+      std::vector<std::string> model_tensors;
+      for (const auto& source : tensor.models) model_tensors.push_back(source.tensor);
+      tensor.merge = resolve_merge(ps.recipe, tensor.name, tensor.depth, ps.models.size(), model_tensors);
+    }
     plan.input_bytes += tensor.input_bytes;
     plan.output_bytes += tensor.output_bytes();
     plan.tensors.push_back(std::move(tensor));
