@@ -6,8 +6,6 @@
 // an output that exists and is not a folder (model_writer refuses those too, later; here the
 // message comes before anything is read).
 
-#include <sys/stat.h>
-
 #include <filesystem>
 #include <optional>
 #include <string>
@@ -69,14 +67,8 @@ inline void check_output_spares_inputs(const merge_config& config, const std::fi
   }
   if (fs::is_regular_file(config_file, ec)) check(config_file.string(), "config");
   // Not an input, but not a folder either (a file, a link to one, a device): never replaced.
-  const auto status = fs::symlink_status(output, ec);
-  if (fs::exists(status) && !fs::is_directory(status)) {
-    struct stat info {};
-    const bool known = ::lstat(output.c_str(), &info) == 0;
-    alloy::fail(error_code::already_exists, "output ", alloy::quoted{output.string()}, " exists and is ",
-                known ? alloy::detail::file_kind(info.st_mode) : "not a folder",
-                "; alloy-merge writes a folder and replaces only a folder (choose another output path)");
-  }
+  alloy::detail::refuse_non_folder_output(output, "alloy-merge writes a folder and replaces only a folder (choose another "
+                                                  "output path)");
 }
 
 }  // namespace alloy::tools

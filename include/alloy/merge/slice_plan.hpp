@@ -247,7 +247,8 @@ inline merge_plan plan_slices(const slice_recipe& recipe, std::span<const plan_i
   // Before the stack, from the first slice; the layers; after the stack, from the last slice.
   std::vector<std::string> outside;
   for (const auto& name : reference.names) {
-    if (!layer_position_of(name) || layer_position_of(name)->stack != stack) outside.push_back(name);
+    const auto position = layer_position_of(name);
+    if (!position || position->stack != stack) outside.push_back(name);
   }
   for (const auto& name : outside) {
     if (is_before_layer_stack(name)) add_tensor(name, 0, 0.0, [&](std::size_t) { return name; });

@@ -178,6 +178,20 @@ inline std::vector<std::size_t> assign_shards(std::span<const tensor_spec> plan,
   return shard_of;
 }
 
+namespace detail {
+// Only a folder is ever replaced, whatever the options: a file (or a link) in an output folder's
+// place is most likely something else the user meant to keep. `what` ends the message.
+inline void refuse_non_folder_output(const std::filesystem::path& folder, std::string_view what) {
+  std::error_code ec;
+  const auto status = std::filesystem::symlink_status(folder, ec);
+  if (!std::filesystem::exists(status) || std::filesystem::is_directory(status)) return;
+  struct stat info {};
+  const bool known = ::lstat(folder.c_str(), &info) == 0;
+  fail(error_code::already_exists, "output ", folder.string(), " exists and is ", known ? file_kind(info.st_mode) : "not a folder",
+       "; ", what);
+}
+}  // namespace detail
+
 struct model_write_options {
   // Largest shard in bytes (Hugging Face's default is 5 GB). A tensor larger than this gets a
   // shard of its own.
@@ -296,17 +310,8 @@ class model_writer {
   void check_destination() const {
     namespace fs = std::filesystem;
     std::error_code ec;
-    const auto status = fs::symlink_status(folder_, ec);
-    if (!fs::exists(status)) return;
-    // Only a folder is ever replaced, whatever the options: a file (or a link) in its place is
-    // most likely something else the user meant to keep.
-    if (!fs::is_directory(status)) {
-      struct stat info {};
-      const bool known = ::lstat(folder_.c_str(), &info) == 0;
-      detail::fail(error_code::already_exists, "output ", folder_.string(), " exists and is ",
-                   known ? detail::file_kind(info.st_mode) : "not a folder",
-                   "; alloy replaces only a folder (remove it, or choose another output path)");
-    }
+    detail::refuse_non_folder_output(folder_, "alloy replaces only a folder (remove it, or choose another output path)");
+    if (!fs::exists(fs::symlink_status(folder_, ec))) return;
     if (options_.allow_overwrite) return;
     if (fs::is_empty(folder_, ec)) return;
     detail::fail(error_code::already_exists, "output ", folder_.string(),
