@@ -154,3 +154,55 @@ TEST_CASE("first_non_finite finds the first NaN or infinity in every floating dt
   CHECK_FALSE(first_non_finite(cpu_backend{}, integers).has_value());
   CHECK_FALSE(first_non_finite(cpu_backend{}, store.insert("empty", dtype::f32, shape{0})).has_value());
 }
+
+TEST_CASE("row reductions sum each row or column in a fixed order", "[exec][reduce]") {
+  memory_store store;
+  const std::size_t rows = 1500;
+  const std::size_t cols = 70;  // groups of whole rows: several per chunk, rows across groups
+  insert_values(store, "x", random_values(rows * cols, 5), shape{static_cast<std::int64_t>(rows), static_cast<std::int64_t>(cols)},
+                dtype::bf16);
+  const auto x = store.view("x");
+  const auto xs = values_of(x);
+  const const_tensor_view inputs[] = {x};
+  const auto sum_and_squares = [](const auto& v, std::size_t, double* sums) {
+    sums[0] += static_cast<double>(v[0]);
+    sums[1] += static_cast<double>(v[0]) * static_cast<double>(v[0]);
+  };
+  const tensor_rows by_row = tensor_rows::last_axis(x.shape());
+  REQUIRE(by_row.count == rows);
+  const std::vector<double> row_sums = reduce_rows(cpu_backend{1}, inputs, by_row, 2, sum_and_squares);
+  REQUIRE(row_sums.size() == 2 * rows);
+  for (std::size_t r = 0; r < rows; ++r) {
+    double s = 0, q = 0;  // element order, as documented: equal, not just close
+    for (std::size_t j = 0; j < cols; ++j) {
+      s += static_cast<double>(xs[r * cols + j]);
+      q += static_cast<double>(xs[r * cols + j]) * static_cast<double>(xs[r * cols + j]);
+    }
+    REQUIRE(row_sums[2 * r] == s);
+    REQUIRE(row_sums[2 * r + 1] == q);
+  }
+  CHECK(reduce_rows(cpu_backend{2}, inputs, by_row, 2, sum_and_squares) == row_sums);
+
+  const tensor_rows by_column = tensor_rows::first_axis(x.shape());
+  REQUIRE(by_column.count == cols);
+  REQUIRE(by_column.strided);
+  const std::vector<double> column_sums = reduce_rows(cpu_backend{}, inputs, by_column, 2, sum_and_squares);
+  for (std::size_t c = 0; c < cols; ++c) {
+    double s = 0;
+    for (std::size_t r = 0; r < rows; ++r) s += static_cast<double>(xs[r * cols + c]);
+    REQUIRE(column_sums[2 * c] == s);
+  }
+  for (std::size_t i = 0; i < rows * cols; i += 997) {
+    CHECK(by_row.row_of(i) == i / cols);
+    CHECK(by_column.row_of(i) == i % cols);
+    CHECK(by_row.element(by_row.row_of(i), i % cols) == i);
+    CHECK(by_column.element(by_column.row_of(i), i / cols) == i);
+  }
+  // One vector (a 1-D tensor) is the whole tensor, summed as reduce_sums sums it.
+  const tensor_rows whole = tensor_rows::last_axis(shape{static_cast<std::int64_t>(rows * cols)});
+  CHECK(whole.count == 1);
+  const std::vector<double> total = reduce_rows(cpu_backend{}, inputs, tensor_rows::whole(rows * cols), 2, sum_and_squares);
+  CHECK(total == reduce_sums(cpu_backend{}, inputs, rows * cols, 2, sum_and_squares));
+  CHECK_THROWS_WITH(reduce_rows(cpu_backend{}, inputs, tensor_rows{7, 10, false}, 1, sum_and_squares),
+                    Catch::Contains("elements"));
+}

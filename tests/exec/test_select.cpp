@@ -1,5 +1,6 @@
 #include <algorithm>
 #include <cmath>
+#include <functional>
 #include <limits>
 #include <numeric>
 #include <vector>
@@ -30,6 +31,25 @@ TEST_CASE("the k-th largest magnitude is exact", "[exec][select]") {
   CHECK(kth_largest_magnitude(cpu_backend{}, view, 3) == 5.0f);
   CHECK(kth_largest_magnitude(cpu_backend{}, view, 7) == 0.0f);
   CHECK_THROWS_AS(kth_largest_magnitude(cpu_backend{}, view, 8), error);
+}
+
+TEST_CASE("nth_largest is the order statistic of a derived value", "[exec][select]") {
+  const std::size_t n = 200003;  // several chunks
+  std::vector<float> a = alloy::testing::random_values(n, 8);
+  std::vector<float> b = alloy::testing::random_values(n, 9);
+  for (std::size_t i = 0; i < n; i += 3) b[i] = a[i] + 0.25f;  // many equal values
+  const const_tensor_view inputs[] = {const_tensor_view(std::span<const float>(a), shape{static_cast<std::int64_t>(n)}),
+                                      const_tensor_view(std::span<const float>(b), shape{static_cast<std::int64_t>(n)})};
+  const auto distance = [](const auto& v, std::size_t) { return v[1] - v[0]; };
+  std::vector<float> sorted(n);
+  for (std::size_t i = 0; i < n; ++i) sorted[i] = detail::rank_magnitude(b[i] - a[i]);
+  std::sort(sorted.begin(), sorted.end(), std::greater<>());
+  for (const std::size_t position : {std::size_t{0}, std::size_t{1}, n / 4, n / 2, n - 2, n - 1}) {
+    INFO(position);
+    CHECK(nth_largest(cpu_backend{}, inputs, n, distance, position) == sorted[position]);
+    CHECK(nth_largest(cpu_backend{1}, inputs, n, distance, position) == sorted[position]);
+  }
+  CHECK_THROWS_AS(nth_largest(cpu_backend{}, inputs, n, distance, n), error);
 }
 
 TEST_CASE("a band mask keeps exactly its ranks, ties by position", "[exec][select]") {

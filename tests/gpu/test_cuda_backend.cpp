@@ -99,8 +99,15 @@ double method_parameter(std::string_view name) {
   if (name == "t") return 0.3;
   if (name == "lambda") return 0.9;
   if (name == "seed") return 7;
-  if (name == "normalize" || name == "rescale") return 1.0;
-  return 0.0;  // int8_mask, filter_wise
+  if (name == "normalize" || name == "rescale" || name == "normalize_weights") return 1.0;
+  if (name == "filter_wise") return 1.0;  // model_stock per row: the row reductions
+  if (name == "select_topk") return 0.5;
+  if (name == "max_iter") return 10;
+  if (name == "tol" || name == "epsilon") return 1e-5;
+  if (name == "eps") return 1e-8;
+  if (name == "r") return 0.1;
+  if (name == "alpha") return 0.2;
+  return 0.0;  // int8_mask, nuslerp_flatten (per row), nuslerp_row_wise
 }
 
 model_parameters model_parameter_set(std::size_t model) {
@@ -131,7 +138,7 @@ TEST_CASE("every merge method on the GPU equals the CPU backend within 1 ulp", "
   std::size_t cases = 0;
   std::size_t cases_with_differences = 0;
   for (const method_definition& def : merge_methods()) {
-    for (const std::size_t models : {std::size_t{1}, std::size_t{3}, std::size_t{12}}) {
+    for (const std::size_t models : {std::size_t{1}, std::size_t{2}, std::size_t{3}, std::size_t{12}}) {
       if (models < def.min_models || models > def.max_models) continue;
       const parameter_definition* choice = def.find("consensus");
       const std::vector<std::string_view> consensus_choices =

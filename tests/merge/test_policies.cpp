@@ -1,6 +1,7 @@
 // Hand-computed cases and properties of the merge policies. Equality with an independent
 // implementation of every method is in tests/reference/test_merge_reference.cpp.
 
+#include <algorithm>
 #include <array>
 #include <cmath>
 #include <cstring>
@@ -133,7 +134,7 @@ TEST_CASE("every policy gives the same bits on one and two threads", "[merge][pr
   for (const auto& method : merge_methods()) {
     // Required parameters (slerp's and nearswap's t) at 0.3; methods of one model get one.
     const merge_policy policy = method.make(method.defaults([](std::string_view) { return 0.3; }));
-    const std::size_t count = method.max_models == 1 ? 1 : models.size();
+    const std::size_t count = std::min(method.max_models, models.size());
     const std::vector<std::vector<float>> used(models.begin(), models.begin() + static_cast<std::ptrdiff_t>(count));
     const std::vector<model_parameters> used_parameters(p.begin(), p.begin() + static_cast<std::ptrdiff_t>(count));
     INFO(method.name);
@@ -228,4 +229,40 @@ TEST_CASE("a merge into a store with the offending tensor in the middle writes n
   const std::array with_integers{mismatched};
   CHECK_THROWS_WITH(merge_stores_into(ties, cpu_backend{}, &a, std::span(with_integers), out), Catch::Contains("'middle'"));
   CHECK(values_of(out.view("first")) == std::vector<float>{1, 2});
+}
+
+TEST_CASE("embeddings of different vocabularies are merged over their common rows (mergekit's rule)", "[merge][plan]") {
+  memory_store base, grown;
+  insert_values(base, "model.embed_tokens.weight", {1, 2, 3, 4, 5, 6, 7, 8}, shape{4, 2});
+  insert_values(base, "model.layers.0.w", {1, 1, 1, 1}, shape{2, 2});
+  insert_values(grown, "model.embed_tokens.weight", {2, 3, 4, 5, 6, 7, 8, 9, 50, 60, 70, 80}, shape{6, 2});
+  insert_values(grown, "model.layers.0.w", {2, 2, 2, 2}, shape{2, 2});
+  const std::vector<memory_store> stores{grown};
+  const std::span<const memory_store> models(stores);
+  merge_recipe recipe{.method = "task_arithmetic"};
+  recipe.model_parameters = {{{"weight", parameter_setting(0.5)}}};
+  const memory_store merged = merge_stores(recipe, cpu_backend{}, &base, models);
+  const auto embed = merged.view("model.embed_tokens.weight");
+  CHECK(embed.shape() == shape{4, 2});  // the base's rows; the model's two added rows are left out
+  CHECK(values_of(embed) == std::vector<float>{1.5f, 2.5f, 3.5f, 4.5f, 5.5f, 6.5f, 7.5f, 8.5f});
+  // The common rows for methods without a base too: the smaller vocabulary wins.
+  const std::vector<memory_store> both{grown, base};
+  merge_recipe linear{.method = "linear"};
+  linear.model_parameters = {{}, {}};
+  linear.parameters.emplace("weight", parameter_setting(1.0));
+  const memory_store averaged = merge_stores(linear, cpu_backend{}, static_cast<const memory_store*>(nullptr),
+                                             std::span<const memory_store>(both));
+  CHECK(averaged.view("model.embed_tokens.weight").shape() == shape{4, 2});
+  CHECK(values_of(averaged.view("model.embed_tokens.weight"))[0] == 1.5f);
+  // Any other difference is still an error naming the tensor: inside a layer, or in the columns.
+  memory_store odd_columns;
+  insert_values(odd_columns, "model.embed_tokens.weight", std::vector<float>(12, 1.0f), shape{4, 3});
+  insert_values(odd_columns, "model.layers.0.w", {2, 2, 2, 2}, shape{2, 2});
+  memory_store layer_base;
+  insert_values(layer_base, "model.embed_tokens.weight", {1, 2, 3, 4, 5, 6, 7, 8}, shape{4, 2});
+  insert_values(layer_base, "model.layers.0.w", {1, 1, 1, 1, 1, 1}, shape{3, 2});
+  CHECK_THROWS_WITH(merge_stores(recipe, cpu_backend{}, &layer_base, models), Catch::Contains("model.layers.0.w"));
+  const std::vector<memory_store> columns{odd_columns};
+  CHECK_THROWS_WITH(merge_stores(recipe, cpu_backend{}, &base, std::span<const memory_store>(columns)),
+                    Catch::Contains("model.embed_tokens.weight"));
 }

@@ -191,16 +191,18 @@ def tree_digest(path):
 def expected_tensor(method, name, base32, models32, top, per_model):
     t = layer_depth(name)
     top_values = {k: evaluate(v, name, t) for k, v in (top or {}).items()}
+    # Per-model keys (mergekit's tensor parameters); RAM's epsilon is the method's.
+    model_keys = ("weight", "density", "gamma", "scale") + (() if method in ("ram", "ramplus_tl") else ("epsilon",))
     params = []
     for p in per_model:
         resolved = {}
-        for key in ("weight", "density", "gamma", "epsilon", "scale"):
+        for key in model_keys:
             if p and key in p and evaluate(p[key], name, t) is not None:
                 resolved[key] = evaluate(p[key], name, t)
             elif key in top_values and top_values[key] is not None:
                 resolved[key] = top_values[key]
         params.append(resolved)
-    method_top = {k: v for k, v in top_values.items() if k not in ("weight", "density", "gamma", "epsilon", "scale")}
+    method_top = {k: v for k, v in top_values.items() if k not in model_keys}
     case = {"method": method, "parameters": method_top, "model_parameters": params, "tensor": name}
     return ref.expected(case, base32, models32)
 
@@ -265,6 +267,18 @@ def method_cases():
         ("model_stock", True, {}, [{}, {}, {}]),
         ("nearswap", True, {"t": [0.0005, 0.002, 0.01]}, [{}]),
         ("passthrough", False, {}, [{"scale": [{"filter": "mlp", "value": 0.5}, {"value": 1}]}]),
+        ("model_stock", True, {"filter_wise": True}, [{}, {}, {}]),
+        ("nuslerp", True, {}, [{"weight": 0.4}, {"weight": [0.2, 0.9]}]),
+        ("nuslerp", False, {"nuslerp_flatten": False}, [{"weight": 1.0}, {"weight": 0.5}]),
+        ("multislerp", True, {}, [{"weight": w[0]}, {"weight": w[1]}, {"weight": gradient}]),
+        ("multislerp", False, {"normalize_weights": False}, [{"weight": 0.5}, {"weight": 0.5}]),
+        ("karcher", False, {}, [{}, {}, {}]),
+        ("karcher", True, {"max_iter": 5}, [{}, {}]),  # the base is one more input
+        ("sce", True, {"select_topk": 0.5}, [{}, {}, {}]),
+        ("sce", True, {}, [{}, {}]),
+        ("ram", True, {"epsilon": 0.01}, [{}, {}, {}]),
+        ("ramplus_tl", True, {"r": 0.3, "alpha": 0.5, "epsilon": 0.01}, [{}, {}, {}]),
+        ("arcee_fusion", True, {}, [{}]),
     ]
 
 
@@ -707,6 +721,65 @@ def group_slices(binary, work):
           "%d errors" % (cases, len(bad)))
 
 
+def group_vocab(binary, work):
+    """mergekit's rule for vocabularies of different sizes (rectify_embed_sizes): token embeddings
+    and output heads whose row counts differ are merged over the rows every model has; the
+    config's vocab_size follows; any other shape difference is still refused."""
+    rng = np.random.default_rng(13)
+    base, models = make_weights(rng, 2)
+    grown = []
+    for m in models:  # two added tokens: 66 rows where the base has 64
+        g = dict(m)
+        for name in ("model.embed_tokens.weight", "lm_head.weight"):
+            g[name] = np.concatenate([m[name], rng.normal(0, 0.5, size=(2, HIDDEN))])
+        grown.append(g)
+    folder = os.path.join(work, "vocab")
+    os.makedirs(folder, exist_ok=True)
+    base_path = write_model(os.path.join(folder, "base"), base, "F32", "single")
+    paths = [write_model(os.path.join(folder, "m%d" % i), g, "F32", "single") for i, g in enumerate(grown)]
+    for path, rows in ((base_path, 64), (paths[0], 66), (paths[1], 66)):
+        with open(os.path.join(path, "config.json"), "w") as f:
+            json.dump({"architectures": ["LlamaForCausalLM"], "hidden_size": HIDDEN, "vocab_size": rows}, f)
+
+    def cropped(weights):
+        return {n: (v[:64] if v.ndim == 2 and v.shape[0] == 66 else v) for n, v in weights.items()}
+
+    # TIES with the base: the base's 64 rows, the models' first 64 (mergekit's get_task_vectors).
+    per_model = [{"weight": 0.7, "density": 0.5}, {"weight": 0.4, "density": 0.8}]
+    config = write_config(os.path.join(folder, "ties.yml"), "ties", base_path, list(zip(paths, per_model)))
+    out = os.path.join(folder, "out_ties")
+    result = run(binary, config, out, "--quiet")
+    check(result.returncode == 0, "vocab ties: exit %d: %s" % (result.returncode, result.stderr.strip()))
+    if result.returncode == 0:
+        compare("vocab ties", out, "ties", base, [cropped(g) for g in grown], {}, per_model, ["F32"] * 3, "F32")
+        with open(os.path.join(out, "config.json")) as f:
+            check(json.load(f).get("vocab_size") == 64, "vocab ties: vocab_size is not the base's 64")
+
+    # Linear of a grown model (the donor: its config says 66) and the base: the common 64 rows.
+    config = write_config(os.path.join(folder, "linear.yml"), "linear", None,
+                          [(paths[0], {"weight": 0.5}), (base_path, {"weight": 0.5})])
+    out = os.path.join(folder, "out_linear")
+    result = run(binary, config, out, "--quiet")
+    check(result.returncode == 0, "vocab linear: exit %d: %s" % (result.returncode, result.stderr.strip()))
+    if result.returncode == 0:
+        compare("vocab linear", out, "linear", None, [cropped(grown[0]), base], {}, [{"weight": 0.5}] * 2,
+                ["F32"] * 3, "F32")
+        with open(os.path.join(out, "config.json")) as f:
+            check(json.load(f).get("vocab_size") == 64, "vocab linear: vocab_size not rewritten to the merged 64 rows")
+
+    # A layer weight of another shape is still an error naming it (exit 4), nothing written.
+    odd = dict(models[0])
+    odd["model.layers.1.mlp.up_proj.weight"] = rng.normal(0, 0.5, size=(30, HIDDEN))
+    odd_path = write_model(os.path.join(folder, "odd"), odd, "F32", "single")
+    config = write_config(os.path.join(folder, "odd.yml"), "ties", base_path, [(odd_path, per_model[0])])
+    out = os.path.join(folder, "out_odd")
+    result = run(binary, config, out, "--quiet")
+    check(result.returncode == EXIT_INPUT and "model.layers.1.mlp.up_proj.weight" in result.stderr,
+          "vocab: a layer of another shape: exit %d: %s" % (result.returncode, result.stderr.strip()))
+    check(not os.path.exists(out), "vocab: output left after a shape error")
+    print("vocab: embeddings and heads of different vocabularies merged over their common rows")
+
+
 def group_gpu(binary, work):
     """--device cuda writes the same bytes as --device cpu, for every method (GPU machines only)."""
     os.makedirs(work, exist_ok=True)
@@ -749,7 +822,7 @@ def group_gpu(binary, work):
 def main():
     binary, work = sys.argv[1], sys.argv[2]
     groups = {"methods": group_methods, "files": group_files, "lora": group_lora, "errors": group_errors,
-              "slices": group_slices, "gpu": group_gpu}
+              "slices": group_slices, "vocab": group_vocab, "gpu": group_gpu}
     chosen = sys.argv[3:] or [g for g in groups if g != "gpu"]
     shutil.rmtree(work, ignore_errors=True)
     os.makedirs(work)

@@ -20,6 +20,8 @@ namespace alloy::testing {
 struct primitive_calls {
   std::size_t elementwise = 0;
   std::size_t reduce_sums = 0;
+  std::size_t reduce_rows = 0;
+  std::size_t nth_largest = 0;
   std::size_t rank_band_mask = 0;
   std::size_t rank_sampling_mask = 0;
   std::size_t select_where = 0;
@@ -45,6 +47,20 @@ std::vector<double> reduce_sums(const counting_backend& b, std::span<const const
                                 std::size_t elements, std::size_t terms, const Accumulate& accumulate) {
   ++b.calls->reduce_sums;
   return alloy::reduce_sums(b.cpu, inputs, elements, terms, accumulate);
+}
+
+template <class Accumulate>
+std::vector<double> reduce_rows(const counting_backend& b, std::span<const const_tensor_view> inputs,
+                                const tensor_rows& rows, std::size_t terms, const Accumulate& accumulate) {
+  ++b.calls->reduce_rows;
+  return alloy::reduce_rows(b.cpu, inputs, rows, terms, accumulate);
+}
+
+template <class Value>
+float nth_largest(const counting_backend& b, std::span<const const_tensor_view> inputs, std::size_t elements,
+                  const Value& value, std::size_t position) {
+  ++b.calls->nth_largest;
+  return alloy::nth_largest(b.cpu, inputs, elements, value, position);
 }
 
 template <class Value>

@@ -161,8 +161,9 @@ inline plan_input describe(const model_input& input) {
   return described;
 }
 
-// Which models take part, as mergekit decides: methods with a base leave the base out of the
-// models even when the config lists it; linear merges every referenced model, the base included.
+// Which models take part, as mergekit decides: methods that use a base leave it out of the models
+// even when the config lists it; linear and karcher merge every referenced model, the base
+// included.
 inline void choose_models(merge_job& job, const cpu_backend& backend) {
   const method_definition& def = find_merge_method(job.config.method);
   const auto open = [&](const model_reference& reference) { return open_input(job, reference, backend); };
@@ -173,12 +174,12 @@ inline void choose_models(merge_job& job, const cpu_backend& backend) {
   for (const auto& entry : job.config.models) {
     if (job.config.base_model && entry.reference == *job.config.base_model) {
       base_listed = true;
-      if (def.needs_base) continue;
+      if (def.uses_base()) continue;
     }
     job.models.push_back(open(entry.reference));
     job.recipe.model_parameters.push_back(entry.parameters);
   }
-  if (!def.needs_base && job.base != nullptr && !base_listed) {
+  if (!def.uses_base() && job.base != nullptr && !base_listed) {
     job.models.push_back(job.base);  // as mergekit: the base is one of the linear merge's inputs
     job.recipe.model_parameters.emplace_back();
   }
@@ -240,21 +241,21 @@ inline void plan_slice_job(merge_job& job, const cpu_backend& backend) {
 
 }  // namespace detail
 
-// A slice merge's new layer count: what the donor's config says (`from`) and what is written.
-struct layer_count_change {
+// A count the donor's config states that the merge changes: what it says (`from`) and what is
+// written. A slice merge changes the layers; embeddings merged over the rows every model has
+// (mergekit's rule for vocabularies of different sizes) change the vocabulary.
+struct count_change {
   std::size_t from = 0;
   std::size_t to = 0;
 };
 
 namespace detail {
-// Sets the layer count wherever the config states the donor's: the keys Hugging Face configs use
-// for it (num_hidden_layers, n_layer, num_layers, n_layers), at the top level or in a
-// sub-config (text_config, vision_config, ...), when they hold `from`. Fails when the config
-// states layer counts and none is `from` (it describes another stack, or another model); a
-// config that states none is left as it is.
-inline void set_layer_count(nlohmann::ordered_json& config, const layer_count_change& change,
-                            const std::filesystem::path& path) {
-  static constexpr const char* keys[] = {"num_hidden_layers", "n_layer", "num_layers", "n_layers"};
+// Sets the count wherever the config states the donor's, under `keys`, at the top level or in a
+// sub-config (text_config, vision_config, ...), when they hold `from`. When `must_match`, fails
+// where the config states such counts and none is `from` (it describes another stack, or another
+// model); a config that states none is left as it is.
+inline void set_stated_count(nlohmann::ordered_json& config, std::span<const char* const> keys, std::string_view what,
+                             const count_change& change, const std::filesystem::path& path, bool must_match) {
   std::size_t stated = 0, changed = 0;
   const auto update = [&](nlohmann::ordered_json& object) {
     for (const char* key : keys) {
@@ -271,19 +272,25 @@ inline void set_layer_count(nlohmann::ordered_json& config, const layer_count_ch
   for (auto& [key, value] : config.items()) {
     if (value.is_object()) update(value);
   }
-  if (stated > 0 && changed == 0) {
-    alloy::fail(error_code::format, path.string(), ": no layer count (num_hidden_layers, n_layer, num_layers or ",
-                "n_layers, at the top level or in a sub-config) is ", change.from, ", the layers of the model's stack, so ",
-                "the merged model's ", change.to, " layers cannot be written into it");
+  if (must_match && stated > 0 && changed == 0) {
+    std::string names;
+    for (std::size_t k = 0; k < keys.size(); ++k) names += std::string(k == 0 ? "" : k + 1 == keys.size() ? " or " : ", ") + keys[k];
+    alloy::fail(error_code::format, path.string(), ": no ", what, " (", names, ", at the top level or in a ",
+                "sub-config) is ", change.from, ", the donor model's, so the merged model's ", change.to,
+                " cannot be written into it");
   }
 }
+
+inline constexpr const char* layer_count_keys[] = {"num_hidden_layers", "n_layer", "num_layers", "n_layers"};
+inline constexpr const char* vocabulary_keys[] = {"vocab_size", "n_vocab"};
 }  // namespace detail
 
 // config.json with torch_dtype set to what was written, as mergekit does, and for a slice merge
 // the new layer count. The file is rewritten through nlohmann, whose dump() recurses once per
 // level: nesting and sizes no real config has are refused.
 inline std::string updated_model_config(const std::filesystem::path& path, std::optional<dtype> written,
-                                        std::optional<layer_count_change> layers = std::nullopt) {
+                                        std::optional<count_change> layers = std::nullopt,
+                                        std::optional<count_change> vocabulary = std::nullopt) {
   constexpr std::size_t max_bytes = 16'000'000;
   constexpr int max_depth = 256;
   const mapped_file file(path);
@@ -308,18 +315,30 @@ inline std::string updated_model_config(const std::filesystem::path& path, std::
   if (written && config.is_object()) {
     config["torch_dtype"] = *written == dtype::bf16 ? "bfloat16" : *written == dtype::f16 ? "float16" : "float32";
   }
-  if (layers && config.is_object()) detail::set_layer_count(config, *layers, path);
+  if (layers && config.is_object()) detail::set_stated_count(config, detail::layer_count_keys, "layer count", *layers, path, true);
+  if (vocabulary && config.is_object()) {
+    // A config whose vocab_size is not its embedding's rows (padded matrices) keeps it.
+    detail::set_stated_count(config, detail::vocabulary_keys, "vocabulary size", *vocabulary, path, false);
+  }
   return config.dump(2) + "\n";
 }
 
 // The output's config.json, from the donor's (the base's, else the first model's) at `path`.
 inline std::string output_model_config(const merge_job& job, const std::filesystem::path& path) {
-  std::optional<layer_count_change> layers;
+  std::optional<count_change> layers;
   if (job.plan.layer_count) {
-    layers = layer_count_change{layer_stacks(job.reference().files().names()).layer_count(job.plan.layer_stack),
-                                *job.plan.layer_count};
+    layers = count_change{layer_stacks(job.reference().files().names()).layer_count(job.plan.layer_stack),
+                          *job.plan.layer_count};
   }
-  return updated_model_config(path, detail::output_dtype_of(job.config), layers);
+  // The vocabulary: the rows of the first embedding merged over fewer rows than the donor has.
+  std::optional<count_change> vocabulary;
+  for (const planned_tensor& tensor : job.plan.tensors) {
+    const auto donor = job.reference().header(tensor.name);
+    if (!donor || donor->shape() == tensor.dims || !tensor.merged()) continue;
+    vocabulary = count_change{static_cast<std::size_t>(donor->shape()[0]), static_cast<std::size_t>(tensor.dims[0])};
+    break;
+  }
+  return updated_model_config(path, detail::output_dtype_of(job.config), layers, vocabulary);
 }
 
 // Opens every model and checks the whole merge without reading tensor data (alloy's plan_merge,

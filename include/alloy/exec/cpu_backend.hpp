@@ -19,9 +19,9 @@ namespace alloy {
 class bit_mask;
 
 // A backend is what policies are written against (as CUB's algorithms are against a stream): it
-// runs the primitives of exec/ (elementwise, reduce_sums, rank_band_mask, rank_sampling_mask),
-// found by argument-dependent lookup, and names the type its masks have. The CUDA backend
-// (adapters/cuda) is the other one.
+// runs the primitives of exec/ (elementwise, reduce_sums, reduce_rows, select_where,
+// rank_band_mask, nth_largest, rank_sampling_mask), found by argument-dependent lookup, and names
+// the type its masks have. The CUDA backend (adapters/cuda) is the other one.
 struct cpu_backend {
   using mask_type = bit_mask;  // one bit per element, in host memory
 

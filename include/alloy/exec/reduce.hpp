@@ -12,6 +12,8 @@
 #include <span>
 #include <vector>
 
+#include "alloy/core/config.hpp"
+#include "alloy/core/shape.hpp"
 #include "alloy/core/tensor_view.hpp"
 #include "alloy/exec/cpu_backend.hpp"
 #include "alloy/exec/elementwise.hpp"
@@ -72,6 +74,80 @@ std::vector<double> reduce_sums(const cpu_backend& backend, std::span<const cons
     for (std::size_t n = 0; n < chunk.size(); ++n) total[n] += chunk[n];
   }
   return total;
+}
+
+// The vectors a per-row reduction runs along: `count` vectors of `length` elements each. Vector
+// r holds the flat elements [r length, (r + 1) length) (the tensor's last axis), or, `strided`,
+// the elements r, r + count, r + 2 count, ... (its first axis: column r of the matrix that
+// flattens the other axes).
+struct tensor_rows {
+  std::size_t count = 1;
+  std::size_t length = 0;
+  bool strided = false;
+
+  // The whole tensor as one vector.
+  [[nodiscard]] static tensor_rows whole(std::size_t elements) noexcept { return {1, elements, false}; }
+  // The vectors along the last axis (a tensor of rank 0 or 1 is one vector).
+  [[nodiscard]] static tensor_rows last_axis(const shape& s) noexcept {
+    if (s.rank() < 2) return whole(s.numel());
+    const auto length = static_cast<std::size_t>(s[s.rank() - 1]);
+    return {length == 0 ? 0 : s.numel() / length, length, false};
+  }
+  // The vectors along the first axis (a tensor of rank 0 or 1 is one vector).
+  [[nodiscard]] static tensor_rows first_axis(const shape& s) noexcept {
+    if (s.rank() < 2) return whole(s.numel());
+    const auto length = static_cast<std::size_t>(s[0]);
+    return {length == 0 ? 0 : s.numel() / length, length, true};
+  }
+
+  [[nodiscard]] ALLOY_HD std::size_t element(std::size_t row, std::size_t j) const noexcept {
+    return strided ? row + j * count : row * length + j;
+  }
+  [[nodiscard]] ALLOY_HD std::size_t row_of(std::size_t index) const noexcept {
+    if (count == 1) return 0;
+    return strided ? index % count : index / length;
+  }
+};
+
+// Sums `terms` per-element quantities within each vector of `rows`: accumulate(values, index,
+// sums) as for reduce_sums. Returns rows.count * terms sums, vector by vector. Each vector's sums
+// are added in element order on one thread (vectors in parallel), so they do not depend on the
+// thread count; a single vector is the whole tensor, summed by reduce_sums' chunks.
+template <class Accumulate>
+std::vector<double> reduce_rows(const cpu_backend& backend, std::span<const const_tensor_view> inputs,
+                                const tensor_rows& rows, std::size_t terms, const Accumulate& accumulate) {
+  const std::size_t elements = rows.count * rows.length;
+  detail::check_inputs(inputs, elements);
+  if (rows.count == 1) return reduce_sums(backend, inputs, elements, terms, accumulate);
+  std::vector<double> sums(rows.count * terms, 0.0);
+  if (elements == 0 || terms == 0) return sums;
+  const std::size_t k = inputs.size();
+  // Groups of whole vectors of about one chunk each: one buffer per group, loaded contiguously
+  // where the vectors are rows.
+  const std::size_t per_group = std::max<std::size_t>(1, cpu_backend::chunk_elements / rows.length);
+  const std::size_t groups = (rows.count + per_group - 1) / per_group;
+  for_each_index(backend, groups, [&](std::size_t group) {
+    std::vector<float> loaded(k * rows.length);
+    std::vector<const float*> columns(k == 0 ? 1 : k);
+    for (std::size_t i = 0; i < k; ++i) columns[i] = loaded.data() + i * rows.length;
+    const std::size_t last = std::min(rows.count, (group + 1) * per_group);
+    for (std::size_t row = group * per_group; row < last; ++row) {
+      for (std::size_t i = 0; i < k; ++i) {
+        if (!rows.strided) {
+          detail::load_block(inputs[i], rows.element(row, 0), rows.length, loaded.data() + i * rows.length);
+        } else {
+          for (std::size_t j = 0; j < rows.length; ++j) {
+            detail::load_block(inputs[i], rows.element(row, j), 1, loaded.data() + i * rows.length + j);
+          }
+        }
+      }
+      double* out = sums.data() + row * terms;
+      for (std::size_t j = 0; j < rows.length; ++j) {
+        accumulate(detail::block_values{columns.data(), j, k}, rows.element(row, j), out);
+      }
+    }
+  });
+  return sums;
 }
 
 template <std::size_t N, class Term>

@@ -286,6 +286,19 @@ radix_selection select_descending(const cpu_backend& backend, std::span<const co
 
 }  // namespace detail
 
+// The order statistic at `position` (0-based) of the descending order of
+// rank_magnitude(value(values, index)) over the elements: the (position + 1)-th largest, by the
+// radix selection (three passes, no copy of the tensor, no sort).
+template <class Value>
+float nth_largest(const cpu_backend& backend, std::span<const const_tensor_view> inputs, std::size_t elements,
+                  const Value& value, std::size_t position) {
+  if (position >= elements) {
+    detail::fail(error_code::invalid_argument, "order statistic ", position, " of ", elements, " elements");
+  }
+  detail::check_inputs(inputs, elements);
+  return detail::select_descending(backend, inputs, elements, value, position).threshold;
+}
+
 // The k-th largest magnitude of a tensor's elements (k >= 1).
 inline float kth_largest_magnitude(const cpu_backend& backend, const_tensor_view tensor, std::size_t k) {
   if (k == 0 || k > tensor.numel()) {

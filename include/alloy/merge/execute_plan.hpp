@@ -60,6 +60,16 @@ void gather_inputs(const planned_tensor& tensor, tensor_inputs& out, Lookup&& lo
 
 namespace detail {
 
+// Inputs of a tensor merged over the common rows of its vocabulary (vocabulary_rows), as views
+// of their first rows: each is contiguous, so nothing is copied.
+inline void crop_to_rows(const shape& dims, tensor_inputs& inputs) {
+  const auto crop = [&](const_tensor_view& view) {
+    if (!(view.shape() == dims) && holds_rows_of(view.shape(), dims)) view = const_tensor_view(view.data(), view.dtype(), dims);
+  };
+  if (inputs.base) crop(*inputs.base);
+  for (auto& model : inputs.models) crop(model);
+}
+
 // The copy rule: every model holds the reference's dtype, shape and bytes (host views).
 inline void check_copy_agrees(const merge_plan& plan, const planned_tensor& tensor, const tensor_inputs& inputs) {
   const const_tensor_view reference = inputs.reference();
@@ -84,6 +94,7 @@ void execute(const merge_plan& plan, const Backend& backend, Source& source, Sin
   for (const planned_tensor& tensor : plan.tensors) {
     if (tensor.merged()) {
       source.read(tensor, inputs);
+      detail::crop_to_rows(tensor.dims, inputs);
       const tensor_view output = sink.output(tensor);
       // Unqualified: a backend may provide its own merge_with (the CUDA library's, compiled by nvcc).
       merge_with(tensor.merge.policy, backend, merge_inputs{tensor.name, inputs.base, inputs.models, tensor.merge.per_model},

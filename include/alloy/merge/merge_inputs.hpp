@@ -77,12 +77,10 @@ inline void check_merge_inputs(std::string_view method, const merge_inputs& in, 
   }
 }
 
-// For the methods that blend the base with exactly one model (slerp, nearswap): the inputs'
-// checks, the one model, and the blend parameter finite.
-inline void check_base_and_one_model(std::string_view method, const merge_inputs& in, tensor_view output,
-                                     std::string_view parameter, double value) {
+// For the methods that blend the base with exactly one model (slerp, nearswap, arcee_fusion):
+// the inputs' checks and the one model.
+inline void check_base_and_one_model(std::string_view method, const merge_inputs& in, tensor_view output) {
   check_merge_inputs(method, in, output, true, 1);
-  check_finite(method, in.name, parameter, value);
   if (in.models.size() != 1) {
     fail(error_code::invalid_argument, method, " merges the base with exactly one model, got ", in.models.size(),
          " models for tensor ", quoted{in.name});

@@ -135,31 +135,58 @@ inline void check_model_count(const merge_recipe& recipe, const method_definitio
   const std::size_t bound = too_few ? def.min_models : def.max_models;
   fail(error_code::invalid_argument, where, ": ", recipe.method, " needs ",
        def.min_models == def.max_models ? "exactly " : too_few ? "at least " : "at most ", bound, " model",
-       bound == 1 ? "" : "s", def.needs_base ? " besides the base" : "", ", got ", count);
+       bound == 1 ? "" : "s", def.uses_base() ? " besides the base" : "", ", got ", count);
 }
 
 // The header of `name` in `input`, checked against the reference tensor `expected` (named
 // `expected_name` in the input labelled `reference_label`): the same shape, and dtypes that
 // convert into each other (floating ones) or are equal (buffers that are copied). Returns its
 // bytes. `missing_note` ends the message when the input lacks the tensor.
+// Whether `found` holds the first rows of a vocabulary matrix of `dims` (see vocabulary_rows).
+inline bool holds_rows_of(const shape& found, const shape& dims) {
+  return found.rank() == 2 && dims.rank() == 2 && found[1] == dims[1] && found[0] >= dims[0];
+}
+
 inline std::size_t checked_source_bytes(const plan_input& input, std::string_view name, const_tensor_view expected,
                                         std::string_view expected_name, std::string_view reference_label,
-                                        bool merged, std::string_view missing_note) {
+                                        bool merged, std::string_view missing_note,
+                                        const std::optional<shape>& cropped = std::nullopt) {
   const auto found = input.header(name);
   if (!found) fail(error_code::not_found, "tensor ", quoted{name}, " is missing from ", input.label, missing_note);
   const std::string reference =
       name == expected_name ? std::string(reference_label) : concat(quoted{expected_name}, " in ", reference_label);
-  if (!(found->shape() == expected.shape())) {
+  if (!(found->shape() == expected.shape()) && !(cropped && holds_rows_of(found->shape(), *cropped))) {
     fail(error_code::shape_mismatch, "tensor ", quoted{name}, " has shape ", found->shape(), " in ", input.label,
          " but ", expected.shape(), " in ", reference,
-         " (mergekit before 2026 left that model out of this tensor, or cropped an embedding, with a warning; alloy "
-         "does not guess)");
+         " (mergekit leaves that model out of this tensor with a warning; alloy refuses rather than merge another "
+         "set of models for one tensor; only token embeddings and output heads of other vocabulary sizes are merged, "
+         "over their common rows)");
   }
   if (is_mergeable(found->dtype()) != merged || (!merged && found->dtype() != expected.dtype())) {
     fail(error_code::dtype_mismatch, "tensor ", quoted{name}, " is ", found->dtype(), " in ", input.label, " but ",
          expected.dtype(), " in ", reference, "; only floating dtypes convert into each other");
   }
   return found->byte_size();
+}
+
+// mergekit's rule for vocabularies of different sizes (rectify_embed_sizes): a floating 2-D
+// tensor outside the layer stacks whose inputs differ in their row count only (a token
+// embedding or an output head of models with more or fewer tokens) is merged over the rows
+// every input has, the common top rows. The rows merged, where that applies.
+template <class Readers>
+std::optional<shape::extent_type> vocabulary_rows(const Readers& readers, std::string_view name, const shape& expected) {
+  if (expected.rank() != 2 || layer_position_of(name)) return std::nullopt;
+  shape::extent_type rows = expected[0];
+  bool differ = false;
+  for (const auto& [input, index] : readers) {
+    const auto found = input->header(name);
+    if (!found || !is_mergeable(found->dtype()) || found->shape().rank() != 2 || found->shape()[1] != expected[1]) {
+      return std::nullopt;  // missing, not a weight, or not the same matrix: the usual checks say so
+    }
+    differ |= found->shape()[0] != expected[0];
+    rows = std::min(rows, found->shape()[0]);
+  }
+  return differ ? std::optional(rows) : std::nullopt;
 }
 
 }  // namespace detail
@@ -197,7 +224,7 @@ inline merge_plan plan_merge(const merge_recipe& recipe, const plan_input* base,
 
   // The inputs a merged tensor reads, with their plan indices: the base only for methods that use it.
   std::vector<std::pair<const plan_input*, std::size_t>> readers;
-  if (base != nullptr && def.needs_base) readers.emplace_back(base, 0);
+  if (base != nullptr && def.uses_base()) readers.emplace_back(base, 0);
   for (std::size_t i = 0; i < models.size(); ++i) readers.emplace_back(&models[i], first_model + i);
 
   if (!options.ignore_extra_tensors) {
@@ -221,12 +248,19 @@ inline merge_plan plan_merge(const merge_recipe& recipe, const plan_input* base,
     tensor.depth = stacks.depth(name);
     tensor.what = is_mergeable(expected->dtype()) ? planned_tensor::action::merge : planned_tensor::action::copy;
     tensor.output_dtype = tensor.merged() ? options.output_dtype.value_or(expected->dtype()) : expected->dtype();
-    if (base != nullptr && (def.needs_base || !tensor.merged())) tensor.base = tensor_source{0, name};
+    if (base != nullptr && (def.uses_base() || !tensor.merged())) tensor.base = tensor_source{0, name};
     for (std::size_t i = 0; i < models.size(); ++i) tensor.models.push_back({first_model + i, name});
+    std::optional<shape> cropped;
+    if (tensor.merged()) {
+      if (const auto rows = detail::vocabulary_rows(readers, name, expected->shape())) {
+        tensor.dims = shape{*rows, expected->shape()[1]};
+        cropped = tensor.dims;
+      }
+    }
     const std::string missing_note = " (" + role + (role == reference.label ? "" : ", " + reference.label + ",") + " has it)";
     for (const auto& [input, index] : readers) {
       tensor.input_bytes += detail::checked_source_bytes(*input, name, *expected, name, reference.label, tensor.merged(),
-                                                         missing_note);
+                                                         missing_note, cropped);
     }
     if (tensor.merged()) tensor.merge = resolve_merge(recipe, name, tensor.depth, models.size());
     plan.input_bytes += tensor.input_bytes;

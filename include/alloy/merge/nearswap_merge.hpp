@@ -41,7 +41,8 @@ struct nearswap_merge {
 
   template <class Backend>
   void merge(const Backend& backend, const merge_inputs& in, tensor_view output) const {
-    detail::check_base_and_one_model(name(), in, output, "t", t);
+    detail::check_base_and_one_model(name(), in, output);
+    detail::check_finite(name(), in.name, "t", t);
     const const_tensor_view pair[] = {*in.base, in.models[0]};
     elementwise(backend, output, pair, detail::nearswap_kernel{static_cast<float>(t)});
   }

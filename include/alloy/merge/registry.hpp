@@ -18,17 +18,22 @@
 
 #include "alloy/core/error.hpp"
 #include "alloy/core/lookup.hpp"
+#include "alloy/merge/arcee_fusion_merge.hpp"
 #include "alloy/merge/linear_merge.hpp"
 #include "alloy/merge/magmax_merge.hpp"
 #include "alloy/merge/model_stock_merge.hpp"
 #include "alloy/merge/nearswap_merge.hpp"
+#include "alloy/merge/ram_merge.hpp"
+#include "alloy/merge/sce_merge.hpp"
 #include "alloy/merge/slerp_merge.hpp"
+#include "alloy/merge/spherical_merge.hpp"
 #include "alloy/merge/task_vector_merge.hpp"
 
 namespace alloy {
 
-using merge_policy =
-    std::variant<linear_merge, task_vector_merge, magmax_merge, slerp_merge, model_stock_merge, nearswap_merge>;
+using merge_policy = std::variant<linear_merge, task_vector_merge, magmax_merge, slerp_merge, model_stock_merge,
+                                  nearswap_merge, nuslerp_merge, multislerp_merge, karcher_merge, sce_merge, ram_merge,
+                                  arcee_fusion_merge>;
 
 // Runs `policy` on `backend`. With the CUDA backend, a translation unit that nvcc does not compile
 // calls alloy::cuda::merge_with (adapters/cuda), which this same template instantiates on the GPU.
@@ -110,10 +115,17 @@ class parameter_lookup {
 struct method_definition {
   std::string_view name;
   bool needs_base = true;
+  // A method without a required base that still takes one where the config names it, as the
+  // origin of its task vectors (nuslerp, multislerp). Otherwise a named base of a method that
+  // needs none is one more model (linear, karcher), as in mergekit.
+  bool optional_base = false;
   std::size_t min_models = 1;  // models besides the base
   std::size_t max_models = std::numeric_limits<std::size_t>::max();
   std::vector<parameter_definition> parameters;
   std::function<merge_policy(const parameter_lookup&)> make;
+
+  // Whether a base the config names is the base (rather than one more model).
+  [[nodiscard]] bool uses_base() const noexcept { return needs_base || optional_base; }
 
   [[nodiscard]] const parameter_definition* find(std::string_view parameter) const {
     for (const auto& p : parameters) {
@@ -265,14 +277,94 @@ inline std::vector<method_definition> builtin_methods() {
     stock.name = "model_stock";
     stock.min_models = 2;
     stock.parameters = {{.name = "filter_wise", .type = kind::boolean, .default_value = 0.0,
-                         .meaning = "per-row angles; only false is supported"}};
-    stock.make = [](const parameter_lookup& get) {
-      if (get.flag("filter_wise")) {
-        detail::fail(error_code::invalid_argument, "model_stock: filter_wise: true is not supported yet");
-      }
-      return merge_policy(model_stock_merge{});
-    };
+                         .meaning = "one ratio per row (along the last axis) instead of per tensor"}};
+    stock.make = [](const parameter_lookup& get) { return merge_policy(model_stock_merge{get.flag("filter_wise")}); };
     all.push_back(std::move(stock));
+  }
+  {
+    method_definition nuslerp;
+    nuslerp.name = "nuslerp";
+    nuslerp.needs_base = false;
+    nuslerp.optional_base = true;
+    nuslerp.min_models = nuslerp.max_models = 2;
+    nuslerp.parameters = {
+        {.name = "weight", .where = scope::model, .meaning = "relative weight: t = w_1 / (w_0 + w_1)"},
+        {.name = "nuslerp_flatten", .type = kind::boolean, .default_value = 1.0,
+         .meaning = "interpolate each tensor as one vector"},
+        {.name = "nuslerp_row_wise", .type = kind::boolean, .default_value = 0.0,
+         .meaning = "without flatten: vectors along the first axis instead of the last"}};
+    nuslerp.make = [](const parameter_lookup& get) {
+      return merge_policy(nuslerp_merge{get.flag("nuslerp_row_wise"), get.flag("nuslerp_flatten")});
+    };
+    all.push_back(std::move(nuslerp));
+  }
+  {
+    method_definition multislerp;
+    multislerp.name = "multislerp";
+    multislerp.needs_base = false;
+    multislerp.optional_base = true;
+    multislerp.parameters = {
+        {.name = "weight", .where = scope::model, .meaning = "weight of the model's direction"},
+        {.name = "normalize_weights", .type = kind::boolean, .default_value = 1.0,
+         .meaning = "divide the weights by their sum"},
+        {.name = "eps", .default_value = 1e-8, .meaning = "added to norms before dividing by them", .minimum = 0.0}};
+    multislerp.make = [](const parameter_lookup& get) {
+      return merge_policy(multislerp_merge{get.flag("normalize_weights"), get.number("eps")});
+    };
+    all.push_back(std::move(multislerp));
+  }
+  {
+    method_definition karcher;
+    karcher.name = "karcher";
+    karcher.needs_base = false;
+    karcher.parameters = {
+        {.name = "max_iter", .type = kind::integer, .default_value = 10.0, .meaning = "iterations at most",
+         .minimum = 0.0, .maximum = 1e6},
+        {.name = "tol", .default_value = 1e-5, .meaning = "convergence and zero-norm tolerance", .minimum = 0.0}};
+    karcher.make = [](const parameter_lookup& get) {
+      return merge_policy(karcher_merge{get.integer("max_iter"), get.number("tol")});
+    };
+    all.push_back(std::move(karcher));
+  }
+  {
+    method_definition sce;
+    sce.name = "sce";
+    sce.parameters = {
+        {.name = "select_topk", .default_value = 1.0, .meaning = "fraction of entries kept by variance across the models",
+         .minimum = 0.0, .maximum = 1.0},
+        {.name = "int8_mask", .type = kind::boolean, .default_value = 0.0,
+         .meaning = "accepted for mergekit compatibility; alloy's masks are bits"}};
+    sce.make = [](const parameter_lookup& get) { return merge_policy(sce_merge{get.number("select_topk")}); };
+    all.push_back(std::move(sce));
+  }
+  const auto ram_method = [](std::string_view name, bool boost) {
+    method_definition ram;
+    ram.name = name;
+    ram.parameters = {{.name = "epsilon", .default_value = 1e-5, .meaning = "|m - b| above which a model changed an entry",
+                       .minimum = 0.0}};
+    if (boost) {
+      ram.parameters.push_back({.name = "r", .default_value = 0.1, .meaning = "strength of the unique entries' boost"});
+      ram.parameters.push_back({.name = "alpha", .default_value = 0.2, .meaning = "cap of the shared / unique ratio",
+                                .minimum = 0.0});
+    }
+    ram.make = [boost](const parameter_lookup& get) {
+      ram_merge policy{get.number("epsilon"), boost};
+      if (boost) {
+        policy.r = get.number("r");
+        policy.alpha = get.number("alpha");
+      }
+      return merge_policy(policy);
+    };
+    return ram;
+  };
+  all.push_back(ram_method("ram", false));
+  all.push_back(ram_method("ramplus_tl", true));
+  {
+    method_definition fusion;
+    fusion.name = "arcee_fusion";
+    fusion.max_models = 1;  // the base and one model
+    fusion.make = [](const parameter_lookup&) { return merge_policy(arcee_fusion_merge{}); };
+    all.push_back(std::move(fusion));
   }
   return all;
 }

@@ -49,7 +49,8 @@ struct slerp_merge {
 
   template <class Backend>
   void merge(const Backend& backend, const merge_inputs& in, tensor_view output) const {
-    detail::check_base_and_one_model(name(), in, output, "t", t);
+    detail::check_base_and_one_model(name(), in, output);
+    detail::check_finite(name(), in.name, "t", t);
     const const_tensor_view pair[] = {*in.base, in.models[0]};
     const std::vector<double> sums = reduce_sums(backend, pair, output.numel(), 3, detail::slerp_sums{});
     constexpr double eps = 1e-8;

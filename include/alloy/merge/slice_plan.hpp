@@ -96,7 +96,7 @@ inline planned_slice plan_slice_recipe(const slice_recipe& recipe, const method_
   planned.recipe.slice_parameters = slice.parameters;
   const std::optional<std::size_t> base = slice.base_input ? slice.base_input : recipe.base_input;
   for (std::size_t s = 0; s < slice.sources.size(); ++s) {
-    if (def.needs_base && base && slice.sources[s].input == *base) {
+    if (def.uses_base() && base && slice.sources[s].input == *base) {
       if (planned.base) fail(error_code::invalid_argument, where, ": the base model ", inputs[*base].label, " is a source twice");
       planned.base = s;
       continue;

@@ -1,7 +1,8 @@
 #pragma once
-// The primitives of alloy/exec as CUDA kernels: elementwise, reduce_sums, rank_band_mask and
-// rank_sampling_mask for alloy::cuda::backend. Policies find them by argument-dependent lookup,
-// so a policy's merge() runs here unchanged, with its ALLOY_HD kernel objects as device code.
+// The primitives of alloy/exec as CUDA kernels: elementwise, reduce_sums, reduce_rows,
+// select_where, rank_band_mask, nth_largest and rank_sampling_mask for alloy::cuda::backend.
+// Policies find them by argument-dependent lookup, so a policy's merge() runs here unchanged,
+// with its ALLOY_HD kernel objects as device code.
 //
 // Semantics match the CPU backend exactly: f32 compute from f32/f16/bf16 loads, one rounding into
 // the output dtype; masks by the same rank order (magnitude descending, then index) with the same
@@ -32,6 +33,7 @@
 #include "alloy/cuda/backend.hpp"
 #include "alloy/exec/elementwise.hpp"
 #include "alloy/exec/random.hpp"
+#include "alloy/exec/reduce.hpp"
 #include "alloy/exec/select.hpp"
 
 namespace alloy::cuda {
@@ -327,6 +329,68 @@ std::vector<double> reduce_sums(const backend& b, std::span<const const_tensor_v
 
 namespace detail {
 
+// One block per vector (blocks stride over the vectors): each thread sums its elements of the
+// vector into a window of terms, then the block adds its threads' sums in a fixed tree.
+template <class Accumulate>
+__global__ void __launch_bounds__(block_threads)
+    reduce_rows_kernel(Accumulate accumulate, device_inputs in, alloy::tensor_rows rows, std::size_t first_term,
+                       std::size_t terms, double* sums) {
+  constexpr int warps = block_threads / 32;
+  __shared__ double warp_sums[warps][reduce_window];
+  const int lane = static_cast<int>(threadIdx.x) % 32;
+  const int warp = static_cast<int>(threadIdx.x) / 32;
+  for (std::size_t row = blockIdx.x; row < rows.count; row += gridDim.x) {
+    double local[reduce_window + 1];
+    for (std::size_t t = 0; t <= reduce_window; ++t) local[t] = 0.0;
+    for (std::size_t j = threadIdx.x; j < rows.length; j += blockDim.x) {
+      const std::size_t i = rows.element(row, j);
+      accumulate(global_values{in, i}, i, window_sums{local, first_term});
+    }
+    for (std::size_t t = 0; t < reduce_window; ++t) {
+      double v = local[t];
+      for (int offset = 16; offset > 0; offset /= 2) v += __shfl_down_sync(0xffffffffu, v, offset);
+      if (lane == 0) warp_sums[warp][t] = v;
+    }
+    __syncthreads();
+    if (threadIdx.x < reduce_window && first_term + threadIdx.x < terms) {
+      double total = 0.0;
+      for (int w = 0; w < warps; ++w) total += warp_sums[w][threadIdx.x];
+      sums[row * terms + first_term + threadIdx.x] = total;
+    }
+    __syncthreads();  // warp_sums is reused by the next vector
+  }
+}
+
+}  // namespace detail
+
+// Sums `terms` per-element quantities within each vector of `rows` (see alloy::reduce_rows):
+// rows.count * terms sums, vector by vector. Waits for the stream. Each vector is summed by one
+// block in a fixed order, so the sums do not depend on the device; a single vector is the whole
+// tensor, summed by reduce_sums' blocks.
+template <class Accumulate>
+std::vector<double> reduce_rows(const backend& b, std::span<const const_tensor_view> inputs, const alloy::tensor_rows& rows,
+                                std::size_t terms, const Accumulate& accumulate) {
+  const std::size_t elements = rows.count * rows.length;
+  alloy::detail::check_inputs(inputs, elements);
+  if (rows.count == 1) return reduce_sums(b, inputs, elements, terms, accumulate);
+  std::vector<double> host(rows.count * terms, 0.0);
+  if (elements == 0 || terms == 0) return host;
+  const detail::device_inputs staged = detail::stage_inputs(b, inputs);
+  device_buffer<double> sums(host.size(), b.stream());
+  const unsigned grid = static_cast<unsigned>(std::min<std::size_t>(rows.count, 65535));
+  for (std::size_t first = 0; first < terms; first += detail::reduce_window) {
+    detail::reduce_rows_kernel<<<grid, detail::block_threads, 0, b.stream()>>>(accumulate, staged, rows, first, terms,
+                                                                               sums.data());
+    check(cudaGetLastError(), "launching a row reduction kernel");
+  }
+  check(cudaMemcpyAsync(host.data(), sums.data(), host.size() * sizeof(double), cudaMemcpyDeviceToHost, b.stream()),
+        "copying row sums to the host");
+  b.synchronize();
+  return host;
+}
+
+namespace detail {
+
 inline constexpr std::size_t segment_elements = block_threads * 32;  // one block of the mask kernels
 
 template <class Value>
@@ -461,6 +525,18 @@ __global__ void __launch_bounds__(block_threads)
 }
 
 }  // namespace detail
+
+// The order statistic at `position` of the descending order of rank_magnitude(value(values,
+// index)) (see alloy::nth_largest): the same value as on the CPU. Waits for the stream.
+template <class Value>
+float nth_largest(const backend& b, std::span<const const_tensor_view> inputs, std::size_t elements, const Value& value,
+                  std::size_t position) {
+  if (position >= elements) {
+    alloy::fail(error_code::invalid_argument, "order statistic ", position, " of ", elements, " elements");
+  }
+  alloy::detail::check_inputs(inputs, elements);
+  return detail::select_descending(b, detail::stage_inputs(b, inputs), elements, value, position).threshold;
+}
 
 // Keeps the elements whose rank position lies in [first, last) of the order of
 // rank_magnitude(value(values, index)) descending, equal magnitudes by index (as the CPU backend).
