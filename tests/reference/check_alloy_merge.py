@@ -97,6 +97,19 @@ def write_model(path, weights, dtype_name, layout, extra_files=True, position_id
     return path
 
 
+def tokenizer_json(tokens, added=(), model_type="BPE"):
+    """A Hugging Face fast tokenizer's tokenizer.json: `tokens` in id order, then `added` tokens
+    (content, special) with the next ids."""
+    vocab = {t: i for i, t in enumerate(tokens)}
+    added_tokens = [{"id": len(tokens) + k, "content": c, "single_word": False, "lstrip": False, "rstrip": False,
+                     "normalized": not special, "special": special} for k, (c, special) in enumerate(added)]
+    merges = ["%s %s" % (a, b) for a, b in zip(tokens[::2], tokens[1::2]) if a + b in vocab]
+    return json.dumps({"version": "1.0", "truncation": None, "padding": None, "added_tokens": added_tokens,
+                       "normalizer": None, "pre_tokenizer": None, "post_processor": None, "decoder": None,
+                       "model": {"type": model_type, "dropout": None, "unk_token": None, "vocab": vocab,
+                                 "merges": merges}}, indent=2)
+
+
 def read_output(folder):
     index = os.path.join(folder, "model.safetensors.index.json")
     tensors = {}
@@ -318,7 +331,7 @@ def group_files(binary, work):
     os.makedirs(folder, exist_ok=True)
     base_path = write_model(os.path.join(folder, "base"), base, "BF16", "sharded")
     with open(os.path.join(base_path, "tokenizer.json"), "w") as f:
-        f.write('{"version": "1.0"}')
+        f.write(tokenizer_json(["t%d" % i for i in range(64)]))
     m0 = write_model(os.path.join(folder, "m0"), models[0], "F32", "single", extra_files=False)
     m1 = write_model(os.path.join(folder, "m1"), models[1], "F16", "single", extra_files=False)
     per_model = [{"weight": 0.7, "density": 0.6}, {"weight": 0.5, "density": 0.8}]
@@ -497,8 +510,11 @@ def group_errors(binary, work):
         ("unknown parameter", write_config(os.path.join(folder, "c8.yml"), "ties", base_path,
                                            [(m0, {"weight": 1.0, "densty": 0.5}), (m1, {"weight": 1.0})]),
          EXIT_CONFIG, "densty", []),
-        ("tokenizer_source union", write_config(os.path.join(folder, "c9.yml"), "ties", base_path, good, None,
-                                                "tokenizer_source: union\n"), EXIT_CONFIG, "tokenizer_source", []),
+        ("tokenizer_source union without tokenizer.json", write_config(os.path.join(folder, "c9.yml"), "ties", base_path,
+                                                                      good, None, "tokenizer_source: union\n"),
+         EXIT_INPUT, "tokenizer.json", []),
+        ("an invalid chat template", write_config(os.path.join(folder, "c10.yml"), "ties", base_path, good, None,
+                                                  "chat_template: nonsense\n"), EXIT_CONFIG, "chat_template", []),
         ("missing config", os.path.join(folder, "no_such_config.yml"), EXIT_CONFIG, "no_such_config", []),
         ("missing model", write_config(os.path.join(folder, "i1.yml"), "ties", base_path,
                                        [(os.path.join(folder, "no_such_model"), {"weight": 1.0})]), EXIT_INPUT,
@@ -780,6 +796,169 @@ def group_vocab(binary, work):
     print("vocab: embeddings and heads of different vocabularies merged over their common rows")
 
 
+def union_vocabulary(tokenizers):
+    """mergekit's build_union_tokenizer (tokenizer/build.py) on (tokens by id, added [(content, entry)],
+    vocab_size) triples, base first, each model's tokens taken in id order: the output's tokens by id
+    and its added tokens' entries."""
+    base_tokens, base_added, _ = tokenizers[0]
+    out = list(base_tokens)
+    regular, added = [], {}
+    for tokens, extra, size in tokenizers:
+        for t in tokens[:size]:
+            if t not in regular:
+                regular.append(t)
+        for content, entry in extra:
+            if tokens.index(content) < size and content not in added:
+                added[content] = entry
+    entries = [e for _, e in base_added]
+    for t in regular:
+        if t not in added and t not in base_tokens:
+            out.append(t)
+            entries.append({"content": t, "special": False})
+    for content, entry in added.items():
+        if content not in out:
+            out.append(content)
+            entries.append(entry)
+    return out, entries
+
+
+def permuted_embeddings(out_tokens, vocabularies, matrices, base_index, rules, rows):
+    """mergekit's PermutedEmbeddings (tokenizer/embed.py): each model's matrix in the output's token
+    order. rules: token -> ("model", i) | ("zero",) | ("model_token", i, source_token), force."""
+    perms = [[(v.index(t) if t in v and v.index(t) < len(m) else -1) for t in out_tokens] for v, m in zip(vocabularies, matrices)]
+    width = matrices[0].shape[1]
+    defaults = {}
+    for tid, t in enumerate(out_tokens):
+        present = [i for i, p in enumerate(perms) if p[tid] >= 0]
+        if t in rules:
+            rule = rules[t][0]
+            if rule[0] == "zero":
+                defaults[t] = np.zeros(width)
+            elif rule[0] == "model":
+                defaults[t] = matrices[rule[1]][perms[rule[1]][tid]]
+            else:
+                defaults[t] = matrices[rule[1]][vocabularies[rule[1]].index(rule[2])]
+        elif len(present) == 1:
+            defaults[t] = matrices[present[0]][perms[present[0]][tid]]
+        elif not present:
+            defaults[t] = np.zeros(width)
+        elif base_index is not None and perms[base_index][tid] >= 0:
+            defaults[t] = matrices[base_index][perms[base_index][tid]]
+        else:
+            defaults[t] = np.mean([matrices[i][perms[i][tid]] for i in present], axis=0)
+    result = []
+    for m, p in zip(matrices, perms):
+        new = np.zeros((rows, width))
+        for tid, t in enumerate(out_tokens):
+            force = t in rules and rules[t][1]
+            new[tid] = m[p[tid]] if p[tid] >= 0 and not force else defaults[t]
+        new[len(out_tokens):] = new[:len(out_tokens)].mean(axis=0)
+        result.append(new)
+    return result
+
+
+def group_tokenizer(binary, work):
+    """tokenizer_source: union and a model, the tokenizer section (tokens, force, pad_to_multiple_of)
+    and chat_template: the output vocabulary, each model's embeddings permuted into it and merged,
+    and the tokenizer files and vocab_size that say so, against mergekit's rules in NumPy."""
+    rng = np.random.default_rng(14)
+    folder = os.path.join(work, "tokenizer")
+    os.makedirs(folder, exist_ok=True)
+    regular = ["t%d" % i for i in range(62)]
+    shuffled = list(regular)
+    rng.shuffle(shuffled)
+    special = lambda c: (c, True)
+    specs = [  # (regular tokens by id, added tokens) per model: base, m0, m1
+        (regular, [special("<s>"), special("<pad>")]),
+        (shuffled, [special("<s>"), special("<|im_start|>")]),
+        (regular + ["x0", "x1"], [special("<s>"), special("<|im_end|>")]),
+    ]
+    base_w, models_w = make_weights(rng, 2)
+    weights = [base_w] + models_w
+    paths = []
+    for i, ((tokens, added), w) in enumerate(zip(specs, weights)):
+        rows = len(tokens) + len(added)
+        w = dict(w)
+        for name in ("model.embed_tokens.weight", "lm_head.weight"):
+            w[name] = rng.normal(0, 0.5, size=(rows, HIDDEN))
+        weights[i] = w
+        path = write_model(os.path.join(folder, ["base", "m0", "m1"][i]), w, "F32", "single")
+        with open(os.path.join(path, "tokenizer.json"), "w") as f:
+            f.write(tokenizer_json(tokens, added))
+        with open(os.path.join(path, "config.json"), "w") as f:
+            json.dump({"architectures": ["LlamaForCausalLM"], "hidden_size": HIDDEN, "vocab_size": rows}, f)
+        with open(os.path.join(path, "tokenizer_config.json"), "w") as f:
+            json.dump({"model_max_length": 128, "chat_template": "{{ 'model %d' }}{%% for m in messages %%}{%% endfor %%}" % min(i, 1)}, f)
+        paths.append(path)
+    vocabularies = [tokens + [c for c, _ in added] for tokens, added in specs]
+    per_model = [{"weight": 0.6}, {"weight": 0.3}]
+
+    def check_merge(label, config_extra, out_tokens, rules, rows, expect_template):
+        config = write_config(os.path.join(folder, label + ".yml"), "task_arithmetic", paths[0],
+                              list(zip(paths[1:], per_model)), None, config_extra)
+        out = os.path.join(folder, "out_" + label)
+        result = run(binary, config, out, "--quiet")
+        check(result.returncode == 0, "tokenizer %s: exit %d: %s" % (label, result.returncode, result.stderr.strip()))
+        if result.returncode != 0:
+            return None
+        merged = {n: st.as_float64(d, a) for n, (d, a) in read_output(out).items()}
+        for name in ("model.embed_tokens.weight", "lm_head.weight"):
+            laid = permuted_embeddings(out_tokens, vocabularies, [w[name] for w in weights], 0, rules, rows)
+            want = laid[0] + sum(p["weight"] * (m - laid[0]) for p, m in zip(per_model, laid[1:]))
+            got = merged.get(name)
+            check(got is not None and got.shape == want.shape, "tokenizer %s: %s has shape %s, expected %s" %
+                  (label, name, None if got is None else got.shape, want.shape))
+            if got is not None and got.shape == want.shape:
+                check(np.allclose(got, want, atol=2e-6, rtol=1e-5), "tokenizer %s: %s differs from NumPy by %.3g" %
+                      (label, name, np.abs(got - want).max()))
+        other = "model.layers.1.mlp.up_proj.weight"
+        want = weights[0][other] + sum(p["weight"] * (w[other] - weights[0][other]) for p, w in zip(per_model, weights[1:]))
+        check(np.allclose(merged[other], want, atol=2e-6, rtol=1e-5), "tokenizer %s: %s differs" % (label, other))
+        with open(os.path.join(out, "config.json")) as f:
+            check(json.load(f).get("vocab_size") == rows, "tokenizer %s: config.json vocab_size is not %d" % (label, rows))
+        with open(os.path.join(out, "tokenizer_config.json")) as f:
+            tokenizer_config = json.load(f)
+        check(tokenizer_config.get("chat_template") == expect_template,
+              "tokenizer %s: chat_template is %r" % (label, tokenizer_config.get("chat_template")))
+        return out, tokenizer_config
+
+    # The union, with a token of the tokenizer section (its row from m0's <s>), padding to 8.
+    out_tokens, entries = union_vocabulary([(v, [(c, {"content": c, "special": s}) for c, s in a], len(v))
+                                            for v, (_, a) in zip(vocabularies, specs)])
+    out_tokens = out_tokens + ["<extra>"]
+    rules = {"<|im_end|>": (("model_token", 1, "<s>"), True), "<extra>": (("zero",), False)}
+    extra = ("tokenizer:\n  source: union\n  pad_to_multiple_of: 8\n  tokens:\n"
+             "    <|im_end|>:\n      source: {kind: model_token, model: %s, token: <s>}\n      force: true\n"
+             "    <extra>: {source: {kind: zero}}\nchat_template: chatml\n" % paths[1])
+    rows = (len(out_tokens) + 7) // 8 * 8
+    chatml = ("{% for message in messages %}{{'<|im_start|>' + message['role'] + '\\n' + message['content'] + "
+              "'<|im_end|>' + '\\n'}}{% endfor %}\n{% if add_generation_prompt %}{{ '<|im_start|>assistant\\n' }}{% endif %}")
+    done = check_merge("union", extra, out_tokens, rules, rows, chatml)
+    if done:
+        out, tokenizer_config = done
+        with open(os.path.join(out, "tokenizer.json")) as f:
+            written = json.load(f)
+        ids = dict(written["model"]["vocab"])
+        ids.update({e["content"]: e["id"] for e in written["added_tokens"]})
+        check(ids == {t: i for i, t in enumerate(out_tokens)}, "tokenizer union: tokenizer.json's ids are not the union's")
+        decoder = tokenizer_config.get("added_tokens_decoder", {})
+        check(sorted(int(k) for k in decoder) == sorted(e["id"] for e in written["added_tokens"]),
+              "tokenizer union: added_tokens_decoder does not list the added tokens")
+        check(decoder.get(str(out_tokens.index("<|im_start|>")), {}).get("special") is True,
+              "tokenizer union: <|im_start|> lost its special flag")
+        with open(os.path.join(out, "chat_template.jinja")) as f:
+            check(f.read() == chatml, "tokenizer union: chat_template.jinja is not chatml")
+
+    # A model's vocabulary: m1's tokenizer files, the others permuted into it; chat_template auto
+    # (two of three models have "model 1").
+    done = check_merge("model", "tokenizer_source: %s\nchat_template: auto\n" % paths[2], vocabularies[2], {},
+                       len(vocabularies[2]), "{{ 'model 1' }}{% for m in messages %}{% endfor %}")
+    if done:
+        with open(os.path.join(done[0], "tokenizer.json"), "rb") as f, open(os.path.join(paths[2], "tokenizer.json"), "rb") as g:
+            check(f.read() == g.read(), "tokenizer model: tokenizer.json is not the source model's")
+    print("tokenizer: union with tokens, force and padding, a model's vocabulary, chat templates")
+
+
 def group_gpu(binary, work):
     """--device cuda writes the same bytes as --device cpu, for every method (GPU machines only)."""
     os.makedirs(work, exist_ok=True)
@@ -822,7 +1001,7 @@ def group_gpu(binary, work):
 def main():
     binary, work = sys.argv[1], sys.argv[2]
     groups = {"methods": group_methods, "files": group_files, "lora": group_lora, "errors": group_errors,
-              "slices": group_slices, "vocab": group_vocab, "gpu": group_gpu}
+              "slices": group_slices, "vocab": group_vocab, "tokenizer": group_tokenizer, "gpu": group_gpu}
     chosen = sys.argv[3:] or [g for g in groups if g != "gpu"]
     shutil.rmtree(work, ignore_errors=True)
     os.makedirs(work)

@@ -88,7 +88,16 @@ TEST_CASE("config errors name the key at fault", "[tools][config]") {
   CHECK_THAT(refusal(models), Catch::Contains("merge_method: is missing"));
   CHECK_THAT(refusal("merge_method: linear\n"), Catch::Contains("models: is missing"));
   CHECK_THAT(refusal("merge_method: linear\nslices: []\n" + models), Catch::Contains("slices"));
-  CHECK_THAT(refusal("merge_method: linear\nchat_template: x\n" + models), Catch::Contains("chat_template"));
+  CHECK_THAT(refusal("merge_method: linear\nchat_template: [x]\n" + models), Catch::Contains("chat_template"));
+  CHECK_THAT(refusal("merge_method: linear\n" + models + "tokenizer_source: union\ntokenizer: {source: base}\n"),
+             Catch::Contains("not both"));
+  CHECK_THAT(refusal("merge_method: linear\n" + models + "tokenizer:\n  tokens:\n    x: {force: true}\n"),
+             Catch::Contains("tokenizer.tokens.x") && Catch::Contains("needs a source"));
+  CHECK_THAT(refusal("merge_method: linear\n" + models + "tokenizer:\n  tokens:\n    x: {source: {kind: model_token, model: m}}\n"),
+             Catch::Contains("exactly one of token and token_id"));
+  CHECK_THAT(refusal("merge_method: linear\n" + models + "tokenizer: {pad_to_multiple_of: 0}\n"),
+             Catch::Contains("tokenizer.pad_to_multiple_of"));
+  CHECK_THAT(refusal("merge_method: linear\n" + models + "tokenizer: {sauce: union}\n"), Catch::Contains("tokenizer.sauce"));
   CHECK_THAT(refusal("merge_method: linear\nmerge_methd: x\n" + models), Catch::Contains("merge_methd: unknown key"));
   CHECK_THAT(refusal("merge_method: linear\nmerge_method: ties\n" + models), Catch::Contains("written twice"));
   CHECK_THAT(refusal("merge_method: ties\n" + models), Catch::Contains("base_model: is missing"));
@@ -101,7 +110,6 @@ TEST_CASE("config errors name the key at fault", "[tools][config]") {
   CHECK_THAT(refusal("merge_method: ties\nbase_model: b\nmodels:\n  - model: m\n    parameters: {density: -0.1}\n"),
              Catch::Contains("models[0].parameters.density") && Catch::Contains("[0, 1]"));
   CHECK_THAT(refusal("merge_method: linear\n" + models + "dtype: int8\n"), Catch::Contains("dtype"));
-  CHECK_THAT(refusal("merge_method: linear\n" + models + "tokenizer_source: union\n"), Catch::Contains("tokenizer_source"));
   CHECK_THAT(refusal("merge_method: linear\nmodels:\n  - model: m\n  - model: m\n"), Catch::Contains("listed twice"));
   CHECK_THAT(refusal("merge_method: linear\nmodels: [\n"), Catch::Contains("not valid YAML at line"));
   CHECK_THAT(refusal("- just\n- a list\n"), Catch::Contains("expected a mapping"));
@@ -208,4 +216,33 @@ base_model: a
   CHECK_THAT(refusal("merge_method: passthrough\nslices: []\n"), Catch::Contains("slices: the list is empty"));
   // A base on every slice stands for the config's.
   CHECK(parse_merge_config("merge_method: ties\n" + source + "}\n    base_model: a\n").slices.size() == 1);
+}
+
+TEST_CASE("tokenizer_source, the tokenizer section and chat_template are read as mergekit writes them", "[tools][config]") {
+  const std::string models = "models:\n  - model: a\n    parameters: {weight: 1}\n  - model: b\n    parameters: {weight: 1}\n";
+  using alloy::tools::token_embedding_rule;
+  using alloy::tools::tokenizer_settings;
+  const auto plain = alloy::tools::parse_merge_config("merge_method: linear\n" + models + "tokenizer_source: union\n");
+  REQUIRE(plain.tokenizer);
+  CHECK(plain.tokenizer->source == tokenizer_settings::kind::union_of_models);
+  const auto named = alloy::tools::parse_merge_config("merge_method: linear\n" + models + "tokenizer_source: b\n");
+  CHECK(named.tokenizer->source == tokenizer_settings::kind::model);
+  CHECK(named.tokenizer->model.model == "b");
+  CHECK_FALSE(alloy::tools::parse_merge_config("merge_method: linear\n" + models).tokenizer);
+  const auto section = alloy::tools::parse_merge_config(
+      "merge_method: linear\n" + models +
+      "tokenizer:\n  pad_to_multiple_of: 64\n  tokens:\n    <|im_start|>: {source: a, force: true}\n"
+      "    <|im_end|>:\n      source: {kind: model_token, model: b, token: </s>}\n    <pad>: {source: {kind: zero}}\n"
+      "chat_template: chatml\n");
+  REQUIRE(section.tokenizer);
+  CHECK(section.tokenizer->source == tokenizer_settings::kind::union_of_models);  // mergekit's default
+  CHECK(section.tokenizer->pad_to_multiple_of == 64u);
+  REQUIRE(section.tokenizer->tokens.size() == 3);
+  CHECK(section.tokenizer->tokens[0].first == "<|im_start|>");
+  CHECK(section.tokenizer->tokens[0].second.force);
+  CHECK(section.tokenizer->tokens[0].second.model.model == "a");
+  CHECK(section.tokenizer->tokens[1].second.source == token_embedding_rule::kind::model_token);
+  CHECK(section.tokenizer->tokens[1].second.token == "</s>");
+  CHECK(section.tokenizer->tokens[2].second.source == token_embedding_rule::kind::zero);
+  CHECK(section.chat_template == "chatml");
 }

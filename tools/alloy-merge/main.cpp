@@ -122,6 +122,15 @@ void print_plan(const alloy::tools::merge_job& job, const std::string& output, s
     std::cout << "layers: " << *job.plan.layer_count << " of '" << job.plan.layer_stack << "' from "
               << job.config.slices.size() << " slice" << (job.config.slices.size() == 1 ? "" : "s") << "\n";
   }
+  if (job.vocabulary) {
+    const auto& v = *job.vocabulary;
+    std::cout << "vocabulary: " << v.tokens << " tokens" << (v.rows != v.tokens ? " (" + std::to_string(v.rows) + " rows, padded)" : "");
+    if (v.keeps_donor_vocabulary) {
+      std::cout << ", every model's as it is\n";
+    } else {
+      std::cout << ", " << job.vocabulary_tensors.size() << " embedding matrices laid out in its order\n";
+    }
+  }
   std::cout << "read: " << human_bytes(static_cast<double>(job.plan.input_bytes)) << "\n";
   const std::vector<std::size_t> shard_of = alloy::assign_shards(job.output_specs(), shard_bytes);
   const std::size_t shards = shard_of.empty() ? 1 : shard_of.back() + 1;

@@ -9,7 +9,8 @@
 //   parameters: {normalize: true}          # method parameters, and defaults for every model
 //   dtype: bfloat16                        # output dtype unless out_dtype says otherwise
 //   out_dtype: float16
-//   tokenizer_source: base
+//   tokenizer_source: union                # or base, or a model; or a tokenizer: section
+//   chat_template: chatml                  # a template, a name mergekit ships, or auto
 //
 // or, instead of models, mergekit's slices (layer ranges stacked into the output's layers):
 //
@@ -19,13 +20,14 @@
 //       base_model: path/to/a                # optional, per slice
 //       parameters: {t: [0, 1]}              # between the sources' and the top level's
 //
-// Every key is checked: a mergekit key alloy does not implement (modules, tokenizer,
-// chat_template, tokenizer_source other than base) and any unknown key are refused with the key's
-// path, as are parameters the method does not define and values outside their range. Errors are
-// alloy::error with code invalid_argument and a message that starts with the key's path.
+// Every key is checked: a mergekit key alloy does not implement (modules) and any unknown key are
+// refused with the key's path, as are parameters the method does not define and values outside
+// their range. Errors are alloy::error with code invalid_argument and a message that starts with
+// the key's path.
 
 #include <algorithm>
 #include <cmath>
+#include <cstdint>
 #include <filesystem>
 #include <fstream>
 #include <optional>
@@ -33,6 +35,7 @@
 #include <sstream>
 #include <string>
 #include <string_view>
+#include <utility>
 #include <vector>
 
 #include <yaml-cpp/yaml.h>
@@ -69,6 +72,27 @@ struct slice_entry {
   parameter_map parameters;
 };
 
+// How an output token's embedding row is made where a model lacks the token, or always with
+// `force` (mergekit's TokenEmbeddingConfig): another model's row of the same token, a zero row,
+// or a given row (by token or id) of a given model.
+struct token_embedding_rule {
+  enum class kind : std::uint8_t { model, zero, model_token };
+  kind source = kind::model;
+  model_reference model;       // kind::model, kind::model_token
+  std::string token;           // kind::model_token: the source token, or
+  std::optional<std::int64_t> token_id;  // its id
+  bool force = false;          // every model takes this row, even where it has the token
+};
+
+// mergekit's tokenizer_source / tokenizer: the output vocabulary and how the embeddings follow it.
+struct tokenizer_settings {
+  enum class kind : std::uint8_t { base, union_of_models, model };
+  kind source = kind::base;
+  model_reference model;  // kind::model
+  std::vector<std::pair<std::string, token_embedding_rule>> tokens;  // in config order; also added to the vocabulary
+  std::optional<std::size_t> pad_to_multiple_of;
+};
+
 struct merge_config {
   std::string method;
   std::optional<model_reference> base_model;
@@ -77,6 +101,10 @@ struct merge_config {
   parameter_map parameters;
   std::optional<dtype> compute_dtype;  // mergekit's `dtype`
   std::optional<dtype> out_dtype;
+  // tokenizer_source or tokenizer given: the output vocabulary is built and every model's
+  // embeddings are permuted into it (mergekit); none: the donor's tokenizer files are copied.
+  std::optional<tokenizer_settings> tokenizer;
+  std::optional<std::string> chat_template;  // a template, a name mergekit ships, or "auto"
   std::string source_text;             // the YAML as written, kept with the merged model
 
   // Every model the config names (the base first), each once.
@@ -92,6 +120,15 @@ struct merge_config {
       for (const auto& source : slice.sources) add(source.reference);
     }
     return references;
+  }
+  // The models that are read but not merged: a tokenizer source outside the merge.
+  [[nodiscard]] std::vector<model_reference> tokenizer_only_models() const {
+    std::vector<model_reference> extra;
+    if (tokenizer && tokenizer->source == tokenizer_settings::kind::model) {
+      const auto merged = referenced_models();
+      if (std::find(merged.begin(), merged.end(), tokenizer->model) == merged.end()) extra.push_back(tokenizer->model);
+    }
+    return extra;
   }
 };
 
@@ -352,6 +389,107 @@ inline std::vector<slice_entry> slices_of(const YAML::Node& node, const method_d
 // small file name a huge tree; the reader walks only the keys it knows, never a whole tree.)
 inline constexpr std::size_t max_config_bytes = 1 << 20;
 
+namespace detail {
+
+// tokenizer_source: base | union | a model.
+inline tokenizer_settings tokenizer_source_of(const YAML::Node& node, std::string_view path) {
+  tokenizer_settings settings;
+  const std::string text = scalar_text(node, path);
+  if (text == "base") {
+    settings.source = tokenizer_settings::kind::base;
+  } else if (text == "union") {
+    settings.source = tokenizer_settings::kind::union_of_models;
+  } else {
+    settings.source = tokenizer_settings::kind::model;
+    settings.model = reference_of(node, path);
+  }
+  return settings;
+}
+
+// One entry of tokenizer.tokens: {source: MODEL | {kind: zero} | {kind: model_token, model, token
+// | token_id}, force}.
+inline token_embedding_rule token_rule_of(const YAML::Node& node, std::string_view path) {
+  token_embedding_rule rule;
+  bool has_source = false;
+  for (const auto& [key, value] : mapping_entries(node, path)) {
+    const std::string where = child_path(path, key);
+    if (key == "force") {
+      rule.force = number(value, where) != 0.0;
+    } else if (key == "source") {
+      has_source = !value.IsNull();
+      if (value.IsScalar()) {
+        rule.source = token_embedding_rule::kind::model;
+        rule.model = reference_of(value, where);
+        continue;
+      }
+      std::string kind;
+      bool has_model = false;
+      for (const auto& [field, item] : mapping_entries(value, where)) {
+        const std::string at = child_path(where, field);
+        if (field == "kind") {
+          kind = scalar_text(item, at);
+        } else if (field == "model") {
+          rule.model = reference_of(item, at);
+          has_model = true;
+        } else if (field == "token") {
+          rule.token = scalar_text(item, at);
+        } else if (field == "token_id") {
+          const double id = number(item, at);
+          if (id < 0 || id != std::floor(id) || id > 9.0e15) config_fail(at, "expected a token id (a whole number >= 0)");
+          rule.token_id = static_cast<std::int64_t>(id);
+        } else {
+          config_fail(at, "unknown key in a token source (it takes kind, model, token, token_id)");
+        }
+      }
+      if (kind == "zero") {
+        rule.source = token_embedding_rule::kind::zero;
+      } else if (kind == "model_token") {
+        rule.source = token_embedding_rule::kind::model_token;
+        if (!has_model) config_fail(where, "a model_token source needs a model");
+        if (rule.token.empty() == !rule.token_id.has_value()) {
+          config_fail(where, "a model_token source takes exactly one of token and token_id");
+        }
+      } else {
+        config_fail(child_path(where, "kind"), "expected zero or model_token, got '" + kind + "'");
+      }
+    } else {
+      config_fail(where, "unknown key in a token's embedding (it takes source and force)");
+    }
+  }
+  if (!has_source) config_fail(path, "a token's embedding needs a source (a model, {kind: zero} or {kind: model_token, ...})");
+  return rule;
+}
+
+// mergekit's tokenizer section: {source (default union), tokens, pad_to_multiple_of}.
+inline tokenizer_settings tokenizer_section_of(const YAML::Node& node) {
+  tokenizer_settings settings;
+  settings.source = tokenizer_settings::kind::union_of_models;
+  for (const auto& [key, value] : mapping_entries(node, "tokenizer")) {
+    const std::string where = child_path("tokenizer", key);
+    if (key == "source") {
+      const tokenizer_settings source = tokenizer_source_of(value, where);
+      settings.source = source.source;
+      settings.model = source.model;
+    } else if (key == "tokens") {
+      if (value.IsNull()) continue;
+      for (const auto& [token, rule] : mapping_entries(value, where)) {
+        settings.tokens.emplace_back(token, token_rule_of(rule, child_path(where, token)));
+      }
+    } else if (key == "pad_to_multiple_of") {
+      if (value.IsNull()) continue;
+      const double multiple = number(value, where);
+      if (multiple < 1 || multiple != std::floor(multiple) || multiple > 1e9) config_fail(where, "expected a whole number >= 1");
+      settings.pad_to_multiple_of = static_cast<std::size_t>(multiple);
+    } else {
+      config_fail(where, "unknown key in tokenizer (it takes source, tokens, pad_to_multiple_of)");
+    }
+  }
+  return settings;
+}
+
+}  // namespace detail
+
+
 // Reads a config from YAML text; `source` names it in messages (a file name).
 inline merge_config parse_merge_config(const std::string& text, std::string_view source = "the config") {
   if (text.size() > max_config_bytes) {
@@ -384,15 +522,13 @@ inline merge_config parse_merge_config(const std::string& text, std::string_view
                                "alloy-merge; merge whole models with `models:` (every layer stack is handled) or one "
                                "stack with `slices:`");
     }
-    if (key == "tokenizer" || key == "chat_template") {
-      detail::config_fail(key, "is not supported by alloy-merge; the output takes the base model's tokenizer "
-                               "files (tokenizer_source: base)");
-    }
-    static const std::set<std::string, std::less<>> known{"merge_method", "base_model", "models", "slices",
-                                                          "parameters", "dtype", "out_dtype", "tokenizer_source"};
+    static const std::set<std::string, std::less<>> known{"merge_method", "base_model",       "models",
+                                                          "slices",       "parameters",       "dtype",
+                                                          "out_dtype",    "tokenizer_source", "tokenizer",
+                                                          "chat_template"};
     if (!known.contains(key)) {
       detail::config_fail(key, "unknown key (alloy-merge reads merge_method, base_model, models, slices, parameters, "
-                               "dtype, out_dtype, tokenizer_source)");
+                               "dtype, out_dtype, tokenizer_source, tokenizer, chat_template)");
     }
   }
 
@@ -453,12 +589,23 @@ inline merge_config parse_merge_config(const std::string& text, std::string_view
   if (const YAML::Node* type = find("out_dtype"); type != nullptr && !type->IsNull()) {
     config.out_dtype = detail::dtype_of(*type, "out_dtype");
   }
-  if (const YAML::Node* tokenizer = find("tokenizer_source"); tokenizer != nullptr && !tokenizer->IsNull()) {
-    const std::string source_name = detail::scalar_text(*tokenizer, "tokenizer_source");
-    if (source_name != "base") {
-      detail::config_fail("tokenizer_source", "'" + source_name + "' is not supported; alloy-merge copies the base "
-                                              "model's tokenizer (tokenizer_source: base)");
-    }
+  const YAML::Node* tokenizer_source = find("tokenizer_source");
+  const YAML::Node* tokenizer = find("tokenizer");
+  if (tokenizer_source != nullptr && !tokenizer_source->IsNull() && tokenizer != nullptr && !tokenizer->IsNull()) {
+    detail::config_fail("tokenizer", "a config gives tokenizer_source or a tokenizer section, not both (as mergekit)");
+  }
+  if (tokenizer_source != nullptr && !tokenizer_source->IsNull()) {
+    config.tokenizer = detail::tokenizer_source_of(*tokenizer_source, "tokenizer_source");
+  } else if (tokenizer != nullptr && !tokenizer->IsNull()) {
+    config.tokenizer = detail::tokenizer_section_of(*tokenizer);
+  }
+  if (const YAML::Node* chat = find("chat_template"); chat != nullptr && !chat->IsNull()) {
+    config.chat_template = detail::scalar_text(*chat, "chat_template");
+  }
+  if (config.tokenizer && config.tokenizer->source != tokenizer_settings::kind::base && !config.slices.empty()) {
+    detail::config_fail(tokenizer_source != nullptr ? "tokenizer_source" : "tokenizer",
+                        "building a vocabulary is supported with models:, not with slices (the embeddings come from "
+                        "the first slice there); use tokenizer_source: base or no tokenizer setting");
   }
   const bool every_slice_has_base =
       !config.slices.empty() &&

@@ -12,6 +12,7 @@
 #include <map>
 #include <memory>
 #include <optional>
+#include <set>
 #include <span>
 #include <string>
 #include <variant>
@@ -21,7 +22,9 @@
 
 #include "alloy/alloy.hpp"
 #include "alloy/store/lora_applied_store.hpp"
+#include "json_file.hpp"
 #include "merge_config.hpp"
+#include "tokenizer_merge.hpp"
 
 namespace alloy::tools {
 
@@ -126,6 +129,12 @@ struct merge_job {
   std::vector<const model_input*> sources;  // the plan's inputs, by index
   std::size_t peak_bytes = 0;  // estimated working memory of the largest tensor
   std::string peak_tensor;
+  // tokenizer_source / tokenizer: the output vocabulary, the inputs in its model order, and the
+  // tensors whose rows are tokens (each model's laid out in the output's order when read).
+  std::optional<vocabulary_plan> vocabulary;
+  std::vector<const model_input*> vocabulary_inputs;
+  std::set<std::string, std::less<>> vocabulary_tensors;
+  std::optional<std::string> chat_template;  // resolved: the text to write
 
   [[nodiscard]] const model_input& reference() const { return base != nullptr ? *base : *models.front(); }
   // What the writer is told: every tensor's name, output dtype and shape, in output order.
@@ -153,12 +162,74 @@ inline const model_input* open_input(merge_job& job, const model_reference& refe
   });
 }
 
-// What planning reads of an input: its tensor names and headers, labelled by its path.
-inline plan_input describe(const model_input& input) {
+// What planning reads of an input: its tensor names and headers, labelled by its path. A
+// vocabulary matrix is described with the output vocabulary's rows, as the source will give it.
+inline plan_input describe(const model_input& input, const merge_job& job) {
   // Headers only: an adapted tensor keeps its base's dtype and shape, and is not folded here.
-  plan_input described{input.reference().text(), {}, [&input](std::string_view name) { return input.header(name); }};
+  plan_input described{input.reference().text(), {}, [&input, &job](std::string_view name) {
+    auto header = input.header(name);
+    if (header && job.vocabulary_tensors.contains(name)) {
+      header = const_tensor_view(header->data(), header->dtype(),
+                                 shape{static_cast<shape::extent_type>(job.vocabulary->rows), header->shape()[1]});
+    }
+    return header;
+  }};
   for (const auto& name : input.files().names()) described.names.push_back(name);
   return described;
+}
+
+// mergekit's tokenizer merge, planned: the output vocabulary over every referenced model (the
+// base first), and the tensors whose rows are its tokens: the donor's 2-D floating tensors
+// outside the layer stacks with vocab_size rows (token embeddings, output heads), which every
+// model must have with at least its own vocab_size rows.
+inline void plan_vocabulary(merge_job& job, const cpu_backend& backend) {
+  const merge_config& config = job.config;
+  std::vector<model_reference> references;
+  std::vector<std::filesystem::path> folders;
+  const auto add = [&](const model_input* input) {
+    if (std::find(job.vocabulary_inputs.begin(), job.vocabulary_inputs.end(), input) != job.vocabulary_inputs.end()) return;
+    job.vocabulary_inputs.push_back(input);
+    references.push_back(input->reference());
+    folders.push_back(input->folder());
+  };
+  if (job.base != nullptr) add(job.base);
+  for (const model_input* model : job.models) add(model);
+  if (config.chat_template) job.chat_template = resolve_chat_template(*config.chat_template, folders);
+  if (!config.tokenizer) return;
+  std::error_code ec;
+  if (config.tokenizer->source == tokenizer_settings::kind::base && config.tokenizer->tokens.empty() &&
+      !config.tokenizer->pad_to_multiple_of && !std::filesystem::is_regular_file(folders.front() / "tokenizer.json", ec)) {
+    return;  // no vocabulary to read (a slow tokenizer only): the base's files are copied, as without the setting
+  }
+  std::filesystem::path tokenizer_only;
+  for (const auto& extra : config.tokenizer_only_models()) {
+    tokenizer_only = open_input(job, extra, backend)->folder();
+  }
+  job.vocabulary = alloy::tools::plan_vocabulary(*config.tokenizer, references, folders, job.base != nullptr, tokenizer_only);
+  if (job.vocabulary->keeps_donor_vocabulary) return;
+  const model_input& donor = *job.vocabulary_inputs.front();
+  const std::size_t donor_size = job.vocabulary->vocabularies.front().vocab_size;
+  for (const auto& name : donor.files().names()) {
+    const auto header = donor.header(name);
+    if (header && header->shape().rank() == 2 && is_mergeable(header->dtype()) && !layer_position_of(name) &&
+        static_cast<std::size_t>(header->shape()[0]) == donor_size) {
+      job.vocabulary_tensors.insert(name);
+    }
+  }
+  if (job.vocabulary_tensors.empty()) {
+    alloy::fail(error_code::format, donor.reference().text(), ": no token embedding to lay out in the new vocabulary ",
+                "(no 2-D tensor outside the layer stacks has vocab_size = ", donor_size, " rows)");
+  }
+  for (std::size_t i = 0; i < job.vocabulary_inputs.size(); ++i) {
+    const std::size_t size = job.vocabulary->vocabularies[i].vocab_size;
+    for (const auto& name : job.vocabulary_tensors) {
+      const auto header = job.vocabulary_inputs[i]->header(name);
+      if (header && (header->shape().rank() != 2 || static_cast<std::size_t>(header->shape()[0]) < size)) {
+        alloy::fail(error_code::shape_mismatch, "tensor ", alloy::quoted{name}, " has shape ", header->shape(), " in ",
+                    references[i].text(), ", fewer rows than its vocab_size ", size);
+      }
+    }
+  }
 }
 
 // Which models take part, as mergekit decides: methods that use a base leave it out of the models
@@ -188,14 +259,15 @@ inline void choose_models(merge_job& job, const cpu_backend& backend) {
 // A whole-model merge: the base (if any) is input 0, then the models.
 inline void plan_models(merge_job& job, const cpu_backend& backend) {
   choose_models(job, backend);
+  in_stage(failure_kind::input, [&] { plan_vocabulary(job, backend); });
   std::optional<plan_input> base;
   if (job.base != nullptr) {
-    base = describe(*job.base);
+    base = describe(*job.base, job);
     job.sources.push_back(job.base);
   }
   std::vector<plan_input> models;
   for (const model_input* model : job.models) {
-    models.push_back(describe(*model));
+    models.push_back(describe(*model, job));
     job.sources.push_back(model);
   }
   job.plan = in_stage(failure_kind::input, [&] {
@@ -233,7 +305,13 @@ inline void plan_slice_job(merge_job& job, const cpu_backend& backend) {
     if (input != job.base) job.models.push_back(input);
   }
   std::vector<plan_input> inputs;
-  for (const model_input* input : job.sources) inputs.push_back(describe(*input));
+  in_stage(failure_kind::input, [&] { plan_vocabulary(job, backend); });
+  if (job.vocabulary && !job.vocabulary->keeps_donor_vocabulary) {
+    alloy::fail(error_code::invalid_argument, "tokenizer_source: the vocabularies of the slices' models differ; ",
+                "alloy-merge builds a vocabulary for models:, not for slices (mergekit takes the embeddings from the "
+                "first slice there)");
+  }
+  for (const model_input* input : job.sources) inputs.push_back(describe(*input, job));
   job.plan = in_stage(failure_kind::input, [&] {
     return alloy::plan_slices(recipe, inputs, {.output_dtype = output_dtype_of(job.config)});
   });
@@ -286,32 +364,11 @@ inline constexpr const char* vocabulary_keys[] = {"vocab_size", "n_vocab"};
 }  // namespace detail
 
 // config.json with torch_dtype set to what was written, as mergekit does, and for a slice merge
-// the new layer count. The file is rewritten through nlohmann, whose dump() recurses once per
-// level: nesting and sizes no real config has are refused.
+// the new layer count, for a new vocabulary its size.
 inline std::string updated_model_config(const std::filesystem::path& path, std::optional<dtype> written,
                                         std::optional<count_change> layers = std::nullopt,
                                         std::optional<count_change> vocabulary = std::nullopt) {
-  constexpr std::size_t max_bytes = 16'000'000;
-  constexpr int max_depth = 256;
-  const mapped_file file(path);
-  if (file.bytes().size() > max_bytes) {
-    alloy::fail(error_code::limit, path.string(), ": ", file.bytes().size(), " bytes is too large for a model "
-                        "config (limit ", max_bytes, " bytes)");
-  }
-  const auto* text = reinterpret_cast<const char*>(file.bytes().data());
-  nlohmann::ordered_json config;
-  try {
-    config = nlohmann::ordered_json::parse(text, text + file.bytes().size(),
-                                           [&](int depth, nlohmann::ordered_json::parse_event_t, nlohmann::ordered_json&) {
-                                             if (depth > max_depth) {
-                                               alloy::fail(error_code::limit, path.string(), ": nested more than ",
-                                                                   max_depth, " levels deep");
-                                             }
-                                             return true;
-                                           });
-  } catch (const nlohmann::json::exception& e) {
-    alloy::fail(error_code::format, path.string(), ": not valid JSON: ", e.what());
-  }
+  nlohmann::ordered_json config = read_json_file(path, "a model config", 16'000'000);
   if (written && config.is_object()) {
     config["torch_dtype"] = *written == dtype::bf16 ? "bfloat16" : *written == dtype::f16 ? "float16" : "float32";
   }
@@ -366,6 +423,7 @@ inline merge_job plan_merge(merge_config config, const cpu_backend& backend) {
     const std::size_t n = tensor.dims.numel();
     const std::size_t readers = tensor.models.size() + (tensor.base ? 1 : 0);
     std::size_t scratch = tensor.merged() ? n * 4 + readers * (n / 8 + 8) + n : 0;
+    if (job.vocabulary_tensors.contains(tensor.name)) scratch += readers * n * 4;  // the laid-out matrices
     for (const model_input* input : job.sources) {
       if (!input->reference().adapter.empty()) scratch += n * (4 + size_of(tensor.output_dtype));
     }
@@ -433,19 +491,48 @@ inline void open_writer(std::optional<model_writer>& writer, const merge_job& jo
 inline void finish_output(const merge_job& job, model_writer& writer) {
   in_stage(failure_kind::output, [&] {
     const model_input& source = job.reference();
-    if (!source.folder().empty()) {
-      for (const auto name : carried_file_names()) {
-        const std::filesystem::path path = source.folder() / name;
-        std::error_code ec;
-        if (!std::filesystem::is_regular_file(path, ec)) continue;
-        if (name == "config.json") {
-          const std::string contents = in_stage(failure_kind::input, [&] { return output_model_config(job, path); });
-          writer.add_file(name, contents);
-        } else {
-          writer.copy_file(path, name);
-        }
-      }
+    // The tokenizer's files: a new vocabulary's, written; else those of the tokenizer source (a
+    // model, or the donor), copied; with the chat template set where the config gives one.
+    const bool new_vocabulary = job.vocabulary && job.vocabulary->rewrites_tokenizer;
+    std::filesystem::path tokenizer_folder = source.folder();
+    if (job.config.tokenizer && job.config.tokenizer->source == tokenizer_settings::kind::model) {
+      tokenizer_folder = job.vocabulary->output.folder;
     }
+    const auto is_tokenizer_file = [](std::string_view name) {
+      return name != "config.json" && name != "generation_config.json" && name != "preprocessor_config.json";
+    };
+    std::error_code ec;
+    for (const auto name : carried_file_names()) {
+      const std::filesystem::path folder = is_tokenizer_file(name) ? tokenizer_folder : source.folder();
+      if (folder.empty()) continue;
+      const std::filesystem::path path = folder / name;
+      if (!std::filesystem::is_regular_file(path, ec)) continue;
+      if (name == "config.json") {
+        const std::string contents = in_stage(failure_kind::input, [&] { return output_model_config(job, path); });
+        writer.add_file(name, contents);
+        continue;
+      }
+      const bool templated = job.chat_template.has_value();
+      if (name == "tokenizer_config.json" && (new_vocabulary || templated)) {
+        nlohmann::ordered_json config = in_stage(failure_kind::input, [&] {
+          return read_json_file(path, "a tokenizer config", detail::max_tokenizer_bytes);
+        });
+        if (new_vocabulary) config = output_tokenizer_config(std::move(config), job.vocabulary->output);
+        if (templated && config.is_object()) config["chat_template"] = *job.chat_template;
+        writer.add_file(name, config.dump(2) + "\n");
+        continue;
+      }
+      if (name == "tokenizer.json" && new_vocabulary) continue;  // written below
+      if (name == "chat_template.jinja" && templated) continue;
+      if (name == "chat_template.json" && templated) continue;  // the configured template replaces them
+      // The slow tokenizer's files describe the old vocabulary: left out with a new one.
+      const bool slow = name == "tokenizer.model" || name == "vocab.json" || name == "merges.txt" || name == "vocab.txt" ||
+                        name == "added_tokens.json" || name == "spiece.model";
+      if (slow && new_vocabulary) continue;
+      writer.copy_file(path, name);
+    }
+    if (new_vocabulary) writer.add_file("tokenizer.json", job.vocabulary->output.document.dump(2) + "\n");
+    if (job.chat_template) writer.add_file("chat_template.jinja", *job.chat_template);
     writer.add_file("mergekit_config.yml", job.config.source_text);
     writer.add_file("README.md", model_card(job));
     writer.commit();
@@ -498,11 +585,13 @@ class input_source {
   void read(const planned_tensor& tensor, tensor_inputs& out) const {
     in_stage(failure_kind::input, [&] {
       gather_inputs(tensor, out, [&](const tensor_source& source) { return job_->sources[source.input]->view(source.tensor); });
-      if (!check_finite_) return;
-      if (tensor.base) detail::require_finite(*backend_, *out.base, "base model " + label(*tensor.base), tensor.base->tensor);
-      for (std::size_t i = 0; i < out.models.size(); ++i) {
-        detail::require_finite(*backend_, out.models[i], "model " + label(tensor.models[i]), tensor.models[i].tensor);
+      if (check_finite_) {
+        if (tensor.base) detail::require_finite(*backend_, *out.base, "base model " + label(*tensor.base), tensor.base->tensor);
+        for (std::size_t i = 0; i < out.models.size(); ++i) {
+          detail::require_finite(*backend_, out.models[i], "model " + label(tensor.models[i]), tensor.models[i].tensor);
+        }
       }
+      if (tensor.merged() && job_->vocabulary_tensors.contains(tensor.name)) lay_out_vocabulary(tensor, out);
     });
   }
   void release(const planned_tensor& tensor) const {
@@ -515,9 +604,34 @@ class input_source {
     return job_->sources[source.input]->reference().text();
   }
 
+  // Every reader's vocabulary matrix in the output's token order (f32, held until the next read).
+  void lay_out_vocabulary(const planned_tensor& tensor, tensor_inputs& out) const {
+    std::vector<const tensor_source*> sources;
+    std::vector<const_tensor_view*> views;
+    if (tensor.base) {
+      sources.push_back(&*tensor.base);
+      views.push_back(&*out.base);
+    }
+    for (std::size_t i = 0; i < tensor.models.size(); ++i) {
+      sources.push_back(&tensor.models[i]);
+      views.push_back(&out.models[i]);
+    }
+    std::vector<std::size_t> model_of;
+    std::vector<const_tensor_view> originals;
+    for (std::size_t i = 0; i < sources.size(); ++i) {
+      const model_input* input = job_->sources[sources[i]->input];
+      const auto at = std::find(job_->vocabulary_inputs.begin(), job_->vocabulary_inputs.end(), input);
+      model_of.push_back(static_cast<std::size_t>(at - job_->vocabulary_inputs.begin()));
+      originals.push_back(*views[i]);
+    }
+    laid_out_ = permute_vocabulary_rows(*job_->vocabulary, model_of, originals, tensor.name);
+    for (std::size_t i = 0; i < views.size(); ++i) *views[i] = const_tensor_view(std::span<const float>(laid_out_[i]), tensor.dims);
+  }
+
   const merge_job* job_;
   const cpu_backend* backend_;
   bool check_finite_;
+  mutable std::vector<std::vector<float>> laid_out_;
 };
 
 // Each merged tensor into one host buffer, then to the writer (which shards and aligns it).

@@ -65,6 +65,7 @@ inline void check_output_spares_inputs(const merge_config& config, const std::fi
     check(reference.model, is_base ? "base model" : "input model");
     if (!reference.adapter.empty()) check(reference.adapter, "LoRA adapter");
   }
+  for (const model_reference& reference : config.tokenizer_only_models()) check(reference.model, "tokenizer source");
   if (fs::is_regular_file(config_file, ec)) check(config_file.string(), "config");
   // Not an input, but not a folder either (a file, a link to one, a device): never replaced.
   alloy::detail::refuse_non_folder_output(output, "alloy-merge writes a folder and replaces only a folder (choose another "
