@@ -4,6 +4,8 @@
 // Bytes count the minimum traffic: every input read once, the output written once.
 
 #include <algorithm>
+#include <optional>
+#include <set>
 #include <chrono>
 #include <cstring>
 #include <map>
@@ -149,15 +151,16 @@ void BM_merge(benchmark::State& state, std::string_view method) {
   const alloy::tensor_view out = *data.store.find_mutable("out");
   std::vector<alloy::model_parameters> parameters(models, alloy::model_parameters{1.0 / static_cast<double>(models), 0.3});
   const auto policy = policy_named(method);
-  const bool uses_base = std::visit([](const auto& p) { return p.needs_base(); }, policy);
-  const alloy::merge_inputs inputs{"bench.weight", data.store.view("base"), views, parameters};
+  std::optional<alloy::const_tensor_view> base;  // read by the methods that use one
+  if (alloy::find_merge_method(method).uses_base()) base = data.store.view("base");
+  const alloy::merge_inputs inputs{"bench.weight", base, views, parameters};
   const alloy::cpu_backend backend{threads};
   for (auto _ : state) {
     alloy::merge_with(policy, backend, inputs, out);
     benchmark::ClobberMemory();
   }
   const double bytes = static_cast<double>(count) * static_cast<double>(alloy::size_of(type)) *
-                       static_cast<double>(models + (uses_base ? 1 : 0) + 1);
+                       static_cast<double>(models + (base ? 1 : 0) + 1);
   state.SetBytesProcessed(static_cast<std::int64_t>(bytes) * state.iterations());
   auto& triad = triad_bytes_per_second[threads];
   if (triad == 0) triad = measure_triad_bandwidth(std::size_t{1} << 24, threads);
@@ -186,6 +189,24 @@ void register_merges() {
   }
 }
 
+
+// Every other method of the registry (mergekit's newer ones among them) at one size: 16 Mi
+// parameters, f32 and bf16, 4 models (or as many as the method takes), 2 threads.
+void register_methods() {
+  const std::set<std::string_view> in_grid{"linear", "task_arithmetic", "ties", "dare_ties", "magmax"};
+  for (int bf16 : {0, 1}) {
+    for (const auto& method : alloy::merge_methods()) {
+      if (in_grid.contains(method.name)) continue;
+      const std::string_view name = method.name;
+      auto* b = benchmark::RegisterBenchmark((std::string("BM_method/") + std::string(name)).c_str(),
+                                             [name](benchmark::State& state) { BM_merge(state, name); });
+      b->ArgNames({"elements", "models", "bf16", "threads"});
+      const std::size_t models = std::clamp<std::size_t>(4, method.min_models, method.max_models);
+      b->Args({std::int64_t{1} << 24, static_cast<std::int64_t>(models), bf16, 2});
+      b->Unit(benchmark::kMillisecond)->UseRealTime();
+    }
+  }
+}
 }  // namespace
 
 BENCHMARK(BM_copy)->Arg(1 << 24);
@@ -198,6 +219,7 @@ int main(int argc, char** argv) {
   copy_bytes_per_second = measure_copy_bandwidth(std::size_t{256} << 20);
   benchmark::AddCustomContext("copy_GBps", std::to_string(copy_bytes_per_second / 1e9));
   register_merges();
+  register_methods();
   benchmark::Initialize(&argc, argv);
   if (benchmark::ReportUnrecognizedArguments(argc, argv)) return 1;
   benchmark::RunSpecifiedBenchmarks();

@@ -956,7 +956,35 @@ def group_tokenizer(binary, work):
     if done:
         with open(os.path.join(done[0], "tokenizer.json"), "rb") as f, open(os.path.join(paths[2], "tokenizer.json"), "rb") as g:
             check(f.read() == g.read(), "tokenizer model: tokenizer.json is not the source model's")
-    print("tokenizer: union with tokens, force and padding, a model's vocabulary, chat templates")
+    # A tokenizer source outside the merge: only its files are read (it holds no weights).
+    outside = os.path.join(folder, "tokenizer_only")
+    os.makedirs(outside, exist_ok=True)
+    for name in ("tokenizer.json", "config.json", "tokenizer_config.json"):
+        shutil.copy(os.path.join(paths[2], name), os.path.join(outside, name))
+    check_merge("outside", "tokenizer_source: %s\n" % outside, vocabularies[2], {}, len(vocabularies[2]),
+                "{{ 'model 1' }}{% for m in messages %}{% endfor %}")
+
+    # Refusals: a malformed tokenizer.json (exit 4), a token rule naming a model outside the merge
+    # (exit 3); nothing written.
+    broken = os.path.join(folder, "broken")
+    shutil.copytree(paths[1], broken)
+    with open(os.path.join(broken, "tokenizer.json"), "w") as f:
+        f.write('{"version": "1.0", "added_tokens": []}')
+    for label, config_text, code, needle in (
+            ("malformed tokenizer.json",
+             write_config(os.path.join(folder, "broken.yml"), "task_arithmetic", paths[0], [(broken, per_model[0])],
+                          None, "tokenizer_source: union\n"), EXIT_INPUT, "tokenizer.json"),
+            ("a token rule outside the merge",
+             write_config(os.path.join(folder, "stranger.yml"), "task_arithmetic", paths[0], [(paths[1], per_model[0])],
+                          None, "tokenizer:\n  tokens:\n    <x>: {source: %s}\n" % paths[2]), EXIT_CONFIG,
+             "not part of the merge")):
+        out = os.path.join(folder, "out_refused")
+        result = run(binary, config_text, out, "--quiet")
+        check(result.returncode == code and needle in result.stderr,
+              "tokenizer %s: exit %d: %s" % (label, result.returncode, result.stderr.strip()))
+        check(not os.path.exists(out), "tokenizer %s: output left" % label)
+    print("tokenizer: union with tokens, force and padding, a model's vocabulary, one outside the merge, chat "
+          "templates, refusals")
 
 
 def group_gpu(binary, work):

@@ -478,7 +478,9 @@ inline tokenizer_settings tokenizer_section_of(const YAML::Node& node) {
     } else if (key == "pad_to_multiple_of") {
       if (value.IsNull()) continue;
       const double multiple = number(value, where);
-      if (multiple < 1 || multiple != std::floor(multiple) || multiple > 1e9) config_fail(where, "expected a whole number >= 1");
+      if (multiple < 1 || multiple != std::floor(multiple) || multiple > 65536) {
+        config_fail(where, "expected a whole number in [1, 65536]");
+      }
       settings.pad_to_multiple_of = static_cast<std::size_t>(multiple);
     } else {
       config_fail(where, "unknown key in tokenizer (it takes source, tokens, pad_to_multiple_of)");

@@ -182,7 +182,7 @@ inline plan_input describe(const model_input& input, const merge_job& job) {
 // base first), and the tensors whose rows are its tokens: the donor's 2-D floating tensors
 // outside the layer stacks with vocab_size rows (token embeddings, output heads), which every
 // model must have with at least its own vocab_size rows.
-inline void plan_vocabulary(merge_job& job, const cpu_backend& backend) {
+inline void plan_vocabulary(merge_job& job) {
   const merge_config& config = job.config;
   std::vector<model_reference> references;
   std::vector<std::filesystem::path> folders;
@@ -201,10 +201,8 @@ inline void plan_vocabulary(merge_job& job, const cpu_backend& backend) {
       !config.tokenizer->pad_to_multiple_of && !std::filesystem::is_regular_file(folders.front() / "tokenizer.json", ec)) {
     return;  // no vocabulary to read (a slow tokenizer only): the base's files are copied, as without the setting
   }
-  std::filesystem::path tokenizer_only;
-  for (const auto& extra : config.tokenizer_only_models()) {
-    tokenizer_only = open_input(job, extra, backend)->folder();
-  }
+  std::filesystem::path tokenizer_only;  // a tokenizer source outside the merge: only its files are read
+  for (const auto& extra : config.tokenizer_only_models()) tokenizer_only = extra.model;
   job.vocabulary = alloy::tools::plan_vocabulary(*config.tokenizer, references, folders, job.base != nullptr, tokenizer_only);
   if (job.vocabulary->keeps_donor_vocabulary) return;
   const model_input& donor = *job.vocabulary_inputs.front();
@@ -259,7 +257,7 @@ inline void choose_models(merge_job& job, const cpu_backend& backend) {
 // A whole-model merge: the base (if any) is input 0, then the models.
 inline void plan_models(merge_job& job, const cpu_backend& backend) {
   choose_models(job, backend);
-  in_stage(failure_kind::input, [&] { plan_vocabulary(job, backend); });
+  in_stage(failure_kind::input, [&] { plan_vocabulary(job); });
   std::optional<plan_input> base;
   if (job.base != nullptr) {
     base = describe(*job.base, job);
@@ -305,7 +303,7 @@ inline void plan_slice_job(merge_job& job, const cpu_backend& backend) {
     if (input != job.base) job.models.push_back(input);
   }
   std::vector<plan_input> inputs;
-  in_stage(failure_kind::input, [&] { plan_vocabulary(job, backend); });
+  in_stage(failure_kind::input, [&] { plan_vocabulary(job); });
   if (job.vocabulary && !job.vocabulary->keeps_donor_vocabulary) {
     alloy::fail(error_code::invalid_argument, "tokenizer_source: the vocabularies of the slices' models differ; ",
                 "alloy-merge builds a vocabulary for models:, not for slices (mergekit takes the embeddings from the "

@@ -68,7 +68,7 @@ inline void index_tokens(hf_tokenizer& t, const std::string& label) {
   t.ids.clear();
   const auto& model = t.document["model"];
   const auto add = [&](const std::string& token, std::int64_t id) {
-    if (id < 0 || id > 100'000'000) alloy::fail(error_code::format, label, ": token id ", id, " of ", alloy::quoted{token}, " is out of range");
+    if (id < 0) alloy::fail(error_code::format, label, ": token id ", id, " of ", alloy::quoted{token}, " is out of range");
     t.ids[token] = id;
   };
   const auto& vocab = model["vocab"];
@@ -98,6 +98,9 @@ inline void index_tokens(hf_tokenizer& t, const std::string& label) {
   }
   std::int64_t largest = -1;
   for (const auto& [token, id] : t.ids) largest = std::max(largest, id);
+  if (largest >= std::int64_t{1} << 24) {
+    alloy::fail(error_code::limit, label, ": token id ", largest, " is beyond alloy's limit of 2^24 tokens");
+  }
   t.by_id.assign(static_cast<std::size_t>(largest + 1), std::string());
   for (const auto& [token, id] : t.ids) t.by_id[static_cast<std::size_t>(id)] = token;
 }
