@@ -164,8 +164,9 @@ TEST_CASE("Model Stock per row gives each row its own ratio; a 1-D tensor is one
 }
 
 TEST_CASE("the new methods give the same bits on one and two threads", "[merge][property]") {
-  const std::size_t n = 3 * cpu_backend::chunk_elements + 11;
-  const shape dims{static_cast<std::int64_t>(n / 11), 11};
+  const std::size_t rows = 3 * cpu_backend::chunk_elements / 11 + 1;  // across chunk boundaries
+  const std::size_t n = rows * 11;
+  const shape dims{static_cast<std::int64_t>(rows), 11};
   const auto base = random_values(n, 1);
   std::vector<std::vector<float>> models;
   for (unsigned s = 2; s < 5; ++s) {

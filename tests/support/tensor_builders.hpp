@@ -12,9 +12,12 @@
 
 namespace alloy::testing {
 
-// Inserts `values` (given as floats) under `name`, stored in `type`.
+// Inserts `values` (given as floats) under `name`, stored in `type`; their count must be the shape's.
 inline tensor_view insert_values(memory_store& store, const std::string& name, const std::vector<float>& values,
                                  shape dims, dtype type = dtype::f32) {
+  if (values.size() != dims.numel()) {
+    detail::fail(error_code::shape_mismatch, "insert_values: ", values.size(), " values for shape ", dims);
+  }
   const tensor_view view = store.insert(name, type, dims);
   convert(const_tensor_view(std::span<const float>(values), shape{static_cast<std::int64_t>(values.size())}),
           tensor_view(view.data(), type, shape{static_cast<std::int64_t>(values.size())}));
