@@ -138,14 +138,16 @@ inline void check_model_count(const merge_recipe& recipe, const method_definitio
        bound == 1 ? "" : "s", def.uses_base() ? " besides the base" : "", ", got ", count);
 }
 
-// The header of `name` in `input`, checked against the reference tensor `expected` (named
-// `expected_name` in the input labelled `reference_label`): the same shape, and dtypes that
-// convert into each other (floating ones) or are equal (buffers that are copied). Returns its
-// bytes. `missing_note` ends the message when the input lacks the tensor.
 // Whether `found` holds the first rows of a vocabulary matrix of `dims` (see vocabulary_rows).
 inline bool holds_rows_of(const shape& found, const shape& dims) {
   return found.rank() == 2 && dims.rank() == 2 && found[1] == dims[1] && found[0] >= dims[0];
 }
+
+// The header of `name` in `input`, checked against the reference tensor `expected` (named
+// `expected_name` in the input labelled `reference_label`): the same shape (or, `cropped`, at
+// least its rows), and dtypes that convert into each other (floating ones) or are equal (buffers
+// that are copied). Returns its bytes. `missing_note` ends the message when the input lacks the
+// tensor.
 
 inline std::size_t checked_source_bytes(const plan_input& input, std::string_view name, const_tensor_view expected,
                                         std::string_view expected_name, std::string_view reference_label,

@@ -65,7 +65,7 @@ struct selected_squares {
   template <class Values, class Sums>
   ALLOY_HD void operator()(const Values& values, std::size_t index, Sums&& sums) const {
     for (std::size_t i = 1; i < values.size(); ++i) {
-      const double d = selected_delta(values[i], values[0], kept, index);
+      const auto d = static_cast<double>(selected_delta(values[i], values[0], kept, index));
       sums[i - 1] += d * d;
     }
   }
