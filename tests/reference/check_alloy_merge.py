@@ -933,6 +933,12 @@ def group_tokenizer(binary, work):
     rows = (len(out_tokens) + 7) // 8 * 8
     chatml = ("{% for message in messages %}{{'<|im_start|>' + message['role'] + '\\n' + message['content'] + "
               "'<|im_end|>' + '\\n'}}{% endfor %}\n{% if add_generation_prompt %}{{ '<|im_start|>assistant\\n' }}{% endif %}")
+    dry = run(binary, write_config(os.path.join(folder, "union_dry.yml"), "task_arithmetic", paths[0],
+                                   list(zip(paths[1:], per_model)), None, extra),
+              os.path.join(folder, "out_dry"), "--dry-run")
+    check(dry.returncode == 0 and "vocabulary: %d tokens (%d rows, padded), 2 embedding matrices" %
+          (len(out_tokens), (len(out_tokens) + 7) // 8 * 8) in dry.stdout,
+          "tokenizer union --dry-run: exit %d: %s" % (dry.returncode, dry.stdout + dry.stderr))
     done = check_merge("union", extra, out_tokens, rules, rows, chatml)
     if done:
         out, tokenizer_config = done
