@@ -38,6 +38,24 @@ struct gram_sums {
       for (std::size_t j = i; j < vectors; ++j) sums[at++] += xi * (static_cast<double>(values[first + j]) - origin);
     }
   }
+
+  // The CPU's block form (reduce_sums): each product summed over the block in eight lanes, pair
+  // by pair, so that the loop over elements vectorises rather than one chain of additions per sum.
+  void accumulate_block(const float* const* columns, std::size_t count, std::size_t, double* sums) const {
+    const std::size_t first = from_origin ? 1 : 0;
+    const float* origin = from_origin ? columns[0] : nullptr;
+    std::size_t at = 0;
+    for (std::size_t i = 0; i < vectors; ++i) {
+      const float* xi = columns[first + i];
+      for (std::size_t j = i; j < vectors; ++j) {
+        const float* xj = columns[first + j];
+        sums[at++] += sum_in_lanes(count, [&](std::size_t e) {
+          const double o = origin != nullptr ? static_cast<double>(origin[e]) : 0.0;
+          return (static_cast<double>(xi[e]) - o) * (static_cast<double>(xj[e]) - o);
+        });
+      }
+    }
+  }
 };
 
 // The full symmetric matrix (vectors x vectors, row-major) from one row's upper triangle.
