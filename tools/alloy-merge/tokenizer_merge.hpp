@@ -245,12 +245,17 @@ inline vocabulary_plan plan_vocabulary(const tokenizer_settings& settings, const
   switch (settings.source) {
     case tokenizer_settings::kind::base: plan.output = plan.vocabularies.front(); break;
     case tokenizer_settings::kind::model: {
+      // The source's own tokenizer: a merged model's as read (the base's unstripped), or one
+      // outside the merge read from its folder.
       const std::size_t at = plan.index_of(settings.model);
-      plan.output = at < models.size() ? plan.vocabularies[at]
-                                       : read_tokenizer(tokenizer_only.empty() ? std::filesystem::path(settings.model.model)
-                                                                               : tokenizer_only,
-                                                        settings.model.text());
-      if (at == 0) plan.output = read_tokenizer(folders[0], models[0].text());  // the base as it is, not stripped
+      if (at == 0 || at == models.size()) {
+        plan.output = read_tokenizer(at == 0                 ? folders[0]
+                                     : tokenizer_only.empty() ? std::filesystem::path(settings.model.model)
+                                                              : tokenizer_only,
+                                     settings.model.text());
+      } else {
+        plan.output = plan.vocabularies[at];
+      }
       break;
     }
     case tokenizer_settings::kind::union_of_models: {

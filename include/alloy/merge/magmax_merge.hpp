@@ -85,8 +85,7 @@ struct magmax_merge {
   void merge(const Backend& backend, const merge_inputs& in, tensor_view output) const {
     detail::check_merge_inputs(name(), in, output, true, 1);
     detail::check_finite(name(), in.name, "lambda", lambda);
-    std::vector<const_tensor_view> inputs{*in.base};
-    for (const auto& model : in.models) inputs.push_back(model);
+    const std::vector<const_tensor_view> inputs = detail::base_and_models(in);
     elementwise(backend, output, inputs, detail::magmax_kernel{static_cast<float>(lambda)});
   }
 };

@@ -6,6 +6,7 @@
 #include <optional>
 #include <span>
 #include <string_view>
+#include <vector>
 
 #include "alloy/core/error.hpp"
 #include "alloy/core/tensor_view.hpp"
@@ -75,6 +76,16 @@ inline void check_merge_inputs(std::string_view method, const merge_inputs& in, 
     check(in.models[i], "model " + std::to_string(i));
     check_finite(method, in.name, "weight", in.parameters[i].weight);
   }
+}
+
+// A tensor's inputs as one list, as the primitives take them: the base first where there is one
+// (the origin of the task vectors), then the models.
+inline std::vector<const_tensor_view> base_and_models(const merge_inputs& in) {
+  std::vector<const_tensor_view> inputs;
+  inputs.reserve(in.models.size() + 1);
+  if (in.base) inputs.push_back(*in.base);
+  inputs.insert(inputs.end(), in.models.begin(), in.models.end());
+  return inputs;
 }
 
 // For the methods that blend the base with exactly one model (slerp, nearswap, arcee_fusion):

@@ -70,8 +70,7 @@ struct model_stock_merge {
   void merge(const Backend& backend, const merge_inputs& in, tensor_view output) const {
     detail::check_merge_inputs(name(), in, output, true, 2);
     const std::size_t k = in.models.size();
-    std::vector<const_tensor_view> inputs{*in.base};
-    for (const auto& model : in.models) inputs.push_back(model);
+    const std::vector<const_tensor_view> inputs = detail::base_and_models(in);
     const tensor_rows rows = filter_wise ? tensor_rows::last_axis(output.shape()) : tensor_rows::whole(output.numel());
     const std::size_t terms = detail::gram_sums::terms(k);
     const std::vector<double> gram = reduce_rows(backend, inputs, rows, terms, detail::gram_sums{k, true});

@@ -80,8 +80,7 @@ struct ram_merge {
     detail::check_merge_inputs(name(), in, output, true, 1);
     detail::check_finite(name(), in.name, "epsilon", epsilon);
     const std::size_t k = in.models.size();
-    std::vector<const_tensor_view> inputs{*in.base};
-    for (const auto& model : in.models) inputs.push_back(model);
+    const std::vector<const_tensor_view> inputs = detail::base_and_models(in);
     const auto threshold = static_cast<float>(epsilon);
     std::vector<float> lambda(k, 1.0f);
     if (boost_unique) {

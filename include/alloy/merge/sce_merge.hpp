@@ -107,8 +107,7 @@ struct sce_merge {
     detail::check_finite(name(), in.name, "select_topk", select_topk);
     const std::size_t k = in.models.size();
     const std::size_t n = output.numel();
-    std::vector<const_tensor_view> inputs{*in.base};
-    for (const auto& model : in.models) inputs.push_back(model);
+    const std::vector<const_tensor_view> inputs = detail::base_and_models(in);
 
     mask_type_t<Backend> selection;
     const std::uint64_t* kept = nullptr;

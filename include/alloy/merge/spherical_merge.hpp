@@ -25,15 +25,6 @@ namespace alloy {
 
 namespace detail {
 
-// The inputs a base-optional method combines: the base first where there is one (the origin of
-// the task vectors), then the models.
-inline std::vector<const_tensor_view> origin_and_models(const merge_inputs& in) {
-  std::vector<const_tensor_view> inputs;
-  if (in.base) inputs.push_back(*in.base);
-  for (const auto& model : in.models) inputs.push_back(model);
-  return inputs;
-}
-
 // Coefficients c_i of sum_i c_i x_i as coefficients of the inputs: with an origin b (input 0),
 // b + sum_i c_i (m_i - b) = (1 - sum_i c_i) b + sum_i c_i m_i.
 inline void append_combination(const std::vector<double>& c, bool from_origin, std::vector<float>& out) {
@@ -70,7 +61,7 @@ struct nuslerp_merge {
     const double w0 = in.parameters[0].weight;
     const double w1 = in.parameters[1].weight;
     const double t = std::fabs(w0 + w1) < 1e-6 ? 0.5 : w1 / (w0 + w1);
-    const std::vector<const_tensor_view> inputs = detail::origin_and_models(in);
+    const std::vector<const_tensor_view> inputs = detail::base_and_models(in);
     const bool from_origin = in.base.has_value();
     const tensor_rows rows = flatten    ? tensor_rows::whole(output.numel())
                              : row_wise ? tensor_rows::first_axis(output.shape())
@@ -111,7 +102,7 @@ struct multislerp_merge {
     detail::check_merge_inputs(name(), in, output, false, 1);
     detail::check_finite(name(), in.name, "eps", eps);
     const std::size_t k = in.models.size();
-    const std::vector<const_tensor_view> inputs = detail::origin_and_models(in);
+    const std::vector<const_tensor_view> inputs = detail::base_and_models(in);
     const bool from_origin = in.base.has_value();
     const tensor_rows rows = tensor_rows::whole(output.numel());
     if (k == 1) {
@@ -189,7 +180,7 @@ struct karcher_merge {
   void merge(const Backend& backend, const merge_inputs& in, tensor_view output) const {
     detail::check_merge_inputs(name(), in, output, false, 1);
     detail::check_finite(name(), in.name, "tol", tol);
-    const std::vector<const_tensor_view> inputs = detail::origin_and_models(in);
+    const std::vector<const_tensor_view> inputs = detail::base_and_models(in);
     const std::size_t k = inputs.size();
     const tensor_rows rows = tensor_rows::whole(output.numel());
     std::vector<double> c(k, 0.0);  // the result's coefficients of the inputs

@@ -334,8 +334,7 @@ class task_vector_merge {
     detail::check_finite(method, in.name, "lambda", lambda);
     const std::size_t k = in.models.size();
 
-    std::vector<const_tensor_view> inputs{*in.base};
-    for (const auto& model : in.models) inputs.push_back(model);
+    const std::vector<const_tensor_view> inputs = detail::base_and_models(in);
     std::vector<detail::task_vector_term> terms(k);
     std::vector<mask_type_t<Backend>> masks(k);
     for (std::size_t i = 0; i < k; ++i) {
