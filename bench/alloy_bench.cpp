@@ -16,6 +16,7 @@
 #include <benchmark/benchmark.h>
 
 #include "alloy/core/convert.hpp"
+#include "alloy/exec/cpu_features.hpp"
 #include "alloy/merge/registry.hpp"
 #include "alloy/store/memory_store.hpp"
 
@@ -139,12 +140,19 @@ bench_inputs& inputs_for(std::int64_t count, alloy::dtype type, std::size_t mode
   return cached;
 }
 
-// args: elements, models, dtype (0 f32, 1 bf16), threads
-void BM_merge(benchmark::State& state, std::string_view method) {
+// args: elements, models, dtype (0 f32, 1 bf16, 2 f16), threads; `level` caps the dispatch level
+// (the widest the CPU has by default). Each row's label says the level it ran at.
+void BM_merge(benchmark::State& state, std::string_view method, alloy::simd_level level = alloy::simd_level::avx512) {
   const auto count = static_cast<std::int64_t>(state.range(0));
   const auto models = static_cast<std::size_t>(state.range(1));
-  const alloy::dtype type = state.range(2) == 0 ? alloy::dtype::f32 : alloy::dtype::bf16;
+  const alloy::dtype type = state.range(2) == 0 ? alloy::dtype::f32 : state.range(2) == 1 ? alloy::dtype::bf16 : alloy::dtype::f16;
   const int threads = static_cast<int>(state.range(3));
+  if (level > alloy::detected_simd_level()) {
+    state.SkipWithError("this CPU lacks the dispatch level");
+    return;
+  }
+  const alloy::simd_level previous = alloy::set_simd_level(level);
+  state.SetLabel(alloy::to_string(alloy::active_simd_level()));
   bench_inputs& data = inputs_for(count, type, models);
   std::vector<alloy::const_tensor_view> views;
   for (std::size_t i = 0; i < models; ++i) views.push_back(data.store.view(std::to_string(i)));
@@ -166,6 +174,26 @@ void BM_merge(benchmark::State& state, std::string_view method) {
   if (triad == 0) triad = measure_triad_bandwidth(std::size_t{1} << 24, threads);
   state.counters["vs_triad"] = benchmark::Counter(bytes / triad * static_cast<double>(state.iterations()),
                                                   benchmark::Counter::kIsRate);
+  alloy::set_simd_level(previous);
+}
+
+// The dispatch levels side by side: linear, TIES and DARE-TIES at 16 Mi parameters, 4 models,
+// f32, bf16 and f16, 2 threads, at every level the CPU has. Names read
+// BM_dispatch/<policy>/elements:../models:../dtype:../threads:../level:..
+void register_dispatch() {
+  for (const char* method : {"linear", "ties", "dare_ties"}) {
+    auto* b = benchmark::RegisterBenchmark((std::string("BM_dispatch/") + method).c_str(),
+                                           [method](benchmark::State& state) {
+                                             BM_merge(state, method, static_cast<alloy::simd_level>(state.range(4)));
+                                           });
+    b->ArgNames({"elements", "models", "dtype", "threads", "level"});
+    for (int type : {0, 1, 2}) {
+      for (int level = 0; level <= static_cast<int>(alloy::detected_simd_level()); ++level) {
+        b->Args({std::int64_t{1} << 24, 4, type, 2, level});
+      }
+    }
+    b->Unit(benchmark::kMillisecond)->UseRealTime();
+  }
 }
 
 // The grid: 1, 16, 64 and 256 Mi parameters (16 models at the two smaller sizes) x f32/bf16 x
@@ -218,8 +246,10 @@ BENCHMARK_TEMPLATE(BM_convert, alloy::float16, float)->Arg(1 << 24);
 int main(int argc, char** argv) {
   copy_bytes_per_second = measure_copy_bandwidth(std::size_t{256} << 20);
   benchmark::AddCustomContext("copy_GBps", std::to_string(copy_bytes_per_second / 1e9));
+  benchmark::AddCustomContext("simd_level", alloy::to_string(alloy::detected_simd_level()));
   register_merges();
   register_methods();
+  register_dispatch();
   benchmark::Initialize(&argc, argv);
   if (benchmark::ReportUnrecognizedArguments(argc, argv)) return 1;
   benchmark::RunSpecifiedBenchmarks();

@@ -1,7 +1,7 @@
 #pragma once
 // Merging: the policies (linear, task arithmetic, TIES, DARE, breadcrumbs, DELLA, MagMax, SLERP,
-// Model Stock, nearswap, passthrough), the typed registry of methods, recipes, merge plans (whole models and
-// mergekit's slices) and the one executor.
+// Model Stock, nearswap, passthrough), the typed registry of methods, recipes, merge plans (whole models,
+// mergekit's slices and modules) and the one executor.
 
 #include "alloy/merge/execute_plan.hpp"
 #include "alloy/merge/linear_merge.hpp"
@@ -10,6 +10,7 @@
 #include "alloy/merge/merge_plan.hpp"
 #include "alloy/merge/merge_recipe.hpp"
 #include "alloy/merge/model_stock_merge.hpp"
+#include "alloy/merge/module_plan.hpp"
 #include "alloy/merge/nearswap_merge.hpp"
 #include "alloy/merge/parameters.hpp"
 #include "alloy/merge/registry.hpp"

@@ -44,8 +44,8 @@ TEST_CASE("slices: a passthrough frankenmerge takes each output layer from its s
   recipe.slices = {{{source(0, 0, 2)}, std::nullopt, {}}, {{source(1, 1, 4)}, std::nullopt, {}}};
   std::vector<plan_input> described{describe_input(inputs[0], "A"), describe_input(inputs[1], "B")};
   const merge_plan plan = plan_slices(recipe, described);
-  CHECK(plan.layer_count == 5u);
-  CHECK(plan.layer_stack == "model.layers.");
+  REQUIRE(plan.assembled_stacks.size() == 1u);
+  CHECK(plan.assembled_stacks[0] == assembled_stack{"model.layers.", 5});
   CHECK(plan.tensors.size() == 3 + 2 * 5);
   CHECK(plan.tensors.front().name == "model.embed_tokens.weight");
 

@@ -2,7 +2,7 @@
 
   check_alloy_merge.py ALLOY_MERGE WORK_DIR [GROUP]
 
-GROUP is one of: methods, files, lora, errors, slices (default: all). Builds small Llama-shaped models
+GROUP is one of: methods, files, lora, errors, slices, modules, vocab, tokenizer, gpu (default: all but gpu). Builds small Llama-shaped models
 (f32, f16, bf16; single files, sharded folders with an index, bare .safetensors files, PEFT LoRA
 adapters), writes mergekit YAML configs, runs alloy-merge, and compares every output tensor with
 merge_reference.py's NumPy implementation of the method, with parameters evaluated per tensor as
@@ -722,7 +722,7 @@ def group_slices(binary, work):
          "exactly 1 model"),
         ("no layer_range", "slices:\n  - sources:\n      - {model: %s}\nmerge_method: passthrough\n" % pa, "layer_range"),
         ("models and slices", "slices:\n  - sources:\n      - {model: %s, layer_range: [0, 2]}\nmodels:\n  - model: %s\n"
-         "merge_method: passthrough\n" % (pa, pa), "not both"),
+         "merge_method: passthrough\n" % (pa, pa), "exactly one of models"),
     ]
     for label, text, needle in bad:
         config = os.path.join(folder, "bad.yml")
@@ -735,6 +735,144 @@ def group_slices(binary, work):
         check(not os.path.exists(out), "slices %s: an output was left" % label)
     print("slices: %d merges (passthrough frankenmerge with a filtered scale, slerp over two slices) in f32 and bf16, "
           "%d errors" % (cases, len(bad)))
+
+
+def vlm_architecture(text_layers=LAYERS, vision_layers=LAYERS):
+    """A vision-language model named as Gemma 3's is (language_model., vision_tower.,
+    multi_modal_projector.)."""
+    shapes = [("language_model.model.embed_tokens.weight", (64, HIDDEN))]
+    for i in range(text_layers):
+        p = "language_model.model.layers.%d." % i
+        shapes += [(p + "self_attn.q_proj.weight", (HIDDEN, HIDDEN)), (p + "mlp.up_proj.weight", (32, HIDDEN)),
+                   (p + "input_layernorm.weight", (HIDDEN,))]
+    shapes += [("language_model.model.norm.weight", (HIDDEN,)), ("language_model.lm_head.weight", (64, HIDDEN))]
+    shapes += [("vision_tower.vision_model.embeddings.patch_embedding.weight", (HIDDEN, 12))]
+    for i in range(vision_layers):
+        p = "vision_tower.vision_model.encoder.layers.%d." % i
+        shapes += [(p + "self_attn.q_proj.weight", (HIDDEN, HIDDEN)), (p + "layer_norm1.bias", (HIDDEN,))]
+    shapes += [("vision_tower.vision_model.post_layernorm.weight", (HIDDEN,)),
+               ("multi_modal_projector.mm_input_projection_weight", (HIDDEN, HIDDEN))]
+    return shapes
+
+
+def group_modules(binary, work):
+    """mergekit's modules, as its plan.py plans them (plan_module): each module its own models or
+    slices, t restarting per slice within a module, parameters looked up source -> slice ->
+    module -> top level; the output config's layer count changed in the sub-config of the stack."""
+    rng = np.random.default_rng(21)
+    folder = os.path.join(work, "modules")
+    os.makedirs(folder, exist_ok=True)
+    weights = []
+    for _ in range(2):
+        weights.append({name: rng.normal(0, 0.5, size=shape) for name, shape in vlm_architecture()})
+    cases = 0
+    for dtype_name in ("F32", "BF16"):
+        paths = []
+        for k, w in enumerate(weights):
+            path = os.path.join(folder, "%s_%s" % ("ab"[k], dtype_name))
+            os.makedirs(path, exist_ok=True)
+            st.write(os.path.join(path, "model.safetensors"), [(n, dtype_name, stored(v, dtype_name)[0]) for n, v in w.items()],
+                     {"format": "pt"})
+            with open(os.path.join(path, "config.json"), "w") as f:
+                json.dump({"architectures": ["Gemma3ForConditionalGeneration"], "model_type": "gemma3",
+                           "text_config": {"num_hidden_layers": LAYERS, "hidden_size": HIDDEN},
+                           "vision_config": {"num_hidden_layers": LAYERS}, "torch_dtype": "float32"}, f)
+            paths.append(path)
+        qa, qb = ({n: stored(v, dtype_name)[1] for n, v in w.items()} for w in weights)
+        pa, pb = paths
+        config = os.path.join(folder, "vlm_%s.yml" % dtype_name)
+        with open(config, "w") as f:
+            f.write("modules:\n"
+                    "  text_decoder:\n"
+                    "    slices:\n"
+                    "      - sources:\n"
+                    "          - {model: %s, layer_range: [0, 3]}\n"
+                    "          - {model: %s, layer_range: [0, 3]}\n"
+                    "      - sources:\n"
+                    "          - {model: %s, layer_range: [1, 4]}\n"
+                    "          - {model: %s, layer_range: [1, 4]}\n"
+                    "        parameters:\n"
+                    "          t: [{filter: mlp, value: 0.9}]\n"
+                    "    parameters: {t: [0, 1]}\n"
+                    "  vision_tower:\n"
+                    "    models: [{model: %s}, {model: %s}]\n"
+                    "    parameters:\n"
+                    "      t: [{filter: layer_norm1, value: 0.25}]\n"
+                    "  multi_modal_projector:\n"
+                    "    models: [{model: %s}, {model: %s}]\n"
+                    "merge_method: slerp\nbase_model: %s\nparameters: {t: 0.6}\ndtype: float32\n"
+                    % (pa, pb, pa, pb, pa, pb, pa, pb, pa))
+        out = os.path.join(folder, "out_" + dtype_name)
+        dry = run(binary, config, out, "--dry-run")
+        check(dry.returncode == 0 and "module vision_tower: %d tensors (names with the component 'vision_tower'"
+              % (2 + 2 * LAYERS) in dry.stdout and "module text_decoder: " in dry.stdout
+              and "every tensor no other module takes" in dry.stdout
+              and "layers: 6 of 'language_model.model.layers.' from slices" in dry.stdout,
+              "modules %s: dry run: %r %r" % (dtype_name, dry.stdout, dry.stderr))
+        result = run(binary, config, out, "--quiet")
+        check(result.returncode == 0, "modules %s: exit %d: %s" % (dtype_name, result.returncode, result.stderr.strip()))
+        if result.returncode != 0:
+            continue
+        got = read_output(out)
+        expected = {}
+        for name, _ in vlm_architecture(text_layers=6):
+            parts = name.split(".")
+            if name.startswith("language_model."):
+                if "layers" in parts:
+                    k = int(parts[3])
+                    idx, source = (k, k) if k < 3 else (k - 3, k - 3 + 1)
+                    parts[3] = str(source)
+                    src = ".".join(parts)
+                    t = 0.9 if ("mlp" in name and k >= 3) else idx / 2  # the slice's filter, else the module's gradient
+                else:
+                    src, t = name, 0.0  # outside the stack: t = 0 of the module's gradient
+            elif name.startswith("vision_tower."):
+                src, t = name, (0.25 if "layer_norm1" in name else 0.6)  # the module's filter, else the top level
+            else:
+                src, t = name, 0.6
+            expected[name] = ref.slerp(qa[src], [qb[src]], {"t": t})
+        check(set(got) == set(expected), "modules %s: output tensors %s" % (dtype_name, sorted(set(got) ^ set(expected))))
+        for name, want in expected.items():
+            if name not in got:
+                continue
+            value = st.as_float64(*got[name])
+            check(np.allclose(value, want, atol=2e-6, rtol=1e-5),
+                  "modules %s: %s differs from NumPy by %.3g" % (dtype_name, name, float(np.abs(value - want).max())))
+        with open(os.path.join(out, "config.json")) as f:
+            written = json.load(f)
+        check(written["text_config"]["num_hidden_layers"] == 6 and written["vision_config"]["num_hidden_layers"] == LAYERS,
+              "modules %s: config.json layer counts %r" % (dtype_name, written))
+        cases += 1
+
+    # Errors: exit 3 (config), nothing written.
+    pa, pb = (os.path.join(folder, "%s_F32" % c) for c in "ab")
+    two = "    models: [{model: %s}, {model: %s}]\n" % (pa, pb)
+    bad = [
+        ("the language model left out", "modules:\n  vision_tower:\n" + two + "  multi_modal_projector:\n" + two
+         + "merge_method: linear\nparameters: {weight: 1}\n", "'language_model.model.embed_tokens.weight'"),
+        ("two modules without a place", "modules:\n  text_decoder:\n" + two + "  image_encoder:\n" + two
+         + "merge_method: linear\nparameters: {weight: 1}\n", "weight_prefix"),
+        ("models and slices", "modules:\n  text_decoder:\n" + two + "    slices: [{sources: [{model: %s, layer_range: [0, 1]}]}]\n"
+         % pa + "merge_method: linear\nparameters: {weight: 1}\n", "modules.text_decoder: has both"),
+        ("an unknown key", "modules:\n  text_decoder:\n" + two + "    layers: 3\nmerge_method: linear\n",
+         "modules.text_decoder.layers"),
+        ("modules beside models", "modules:\n  text_decoder:\n" + two + "models: [{model: %s}]\nmerge_method: linear\n" % pa,
+         "exactly one of models"),
+        ("slices over two stacks", "modules:\n  everything:\n    slices: [{sources: [{model: %s, layer_range: [0, 1]}]}]\n"
+         % pa + "merge_method: passthrough\n", "modules.everything: slices"),
+    ]
+    for label, text, needle in bad:
+        config = os.path.join(folder, "bad.yml")
+        with open(config, "w") as f:
+            f.write(text)
+        out = os.path.join(folder, "out_bad")
+        result = run(binary, config, out)
+        check(result.returncode == EXIT_CONFIG and needle in result.stderr,
+              "modules %s: exit %d, %r" % (label, result.returncode, result.stderr.strip()))
+        check(not os.path.exists(out), "modules %s: an output was left" % label)
+        shutil.rmtree(out, ignore_errors=True)
+    print("modules: %d merges of a vision-language model (slices of the language model, whole-model merges of the "
+          "vision tower and projector, module-level parameters) in f32 and bf16, %d errors" % (cases, len(bad)))
 
 
 def group_vocab(binary, work):
@@ -1035,7 +1173,7 @@ def group_gpu(binary, work):
 def main():
     binary, work = sys.argv[1], sys.argv[2]
     groups = {"methods": group_methods, "files": group_files, "lora": group_lora, "errors": group_errors,
-              "slices": group_slices, "vocab": group_vocab, "tokenizer": group_tokenizer, "gpu": group_gpu}
+              "slices": group_slices, "modules": group_modules, "vocab": group_vocab, "tokenizer": group_tokenizer, "gpu": group_gpu}
     chosen = sys.argv[3:] or [g for g in groups if g != "gpu"]
     shutil.rmtree(work, ignore_errors=True)
     os.makedirs(work)

@@ -218,6 +218,63 @@ base_model: a
   CHECK(parse_merge_config("merge_method: ties\n" + source + "}\n    base_model: a\n").slices.size() == 1);
 }
 
+TEST_CASE("mergekit's modules read with models or slices and their own parameters", "[tools][config]") {
+  const auto config = parse_merge_config(R"(
+modules:
+  text_decoder:
+    slices:
+      - sources:
+          - {model: a, layer_range: [0, 8]}
+          - {model: b, layer_range: [0, 8]}
+    parameters:
+      t: [0, 1]
+  vision_tower:
+    models:
+      - model: a
+      - model: b
+    parameters: {t: 0.3}
+  projector:
+    weight_prefix: model.multi_modal_projector.
+    models: [{model: a}]
+merge_method: slerp
+base_model: a
+parameters: {t: 0.5}
+)");
+  REQUIRE(config.modules.size() == 3);
+  CHECK(config.models.empty());
+  CHECK(config.slices.empty());
+  CHECK(config.modules[0].name == "text_decoder");
+  REQUIRE(config.modules[0].slices.size() == 1);
+  CHECK(config.modules[0].slices[0].sources[1].end_layer == 8u);
+  CHECK(config.modules[0].parameters.at("t").evaluate("x", 1.0) == 1.0);
+  CHECK(config.modules[1].models.size() == 2);
+  CHECK(config.modules[1].parameters.at("t").evaluate("x", 0.0) == 0.3);
+  CHECK(config.modules[2].weight_prefix == "model.multi_modal_projector.");
+  CHECK(config.referenced_models().size() == 2);
+}
+
+TEST_CASE("modules errors name the module and the key", "[tools][config]") {
+  const std::string two = "    models: [{model: a}, {model: b}]\n";
+  CHECK_THAT(refusal("merge_method: linear\nmodules:\n  text_decoder:\n    parameters: {weight: 1}\n"),
+             Catch::Contains("modules.text_decoder: has neither models nor slices"));
+  CHECK_THAT(refusal("merge_method: linear\nmodules:\n  text_decoder:\n" + two +
+                     "    slices: [{sources: [{model: a, layer_range: [0, 1]}]}]\n"),
+             Catch::Contains("modules.text_decoder: has both"));
+  CHECK_THAT(refusal("merge_method: linear\nmodules:\n  text_decoder:\n" + two + "    layers: 2\n"),
+             Catch::Contains("modules.text_decoder.layers: unknown key"));
+  CHECK_THAT(refusal("merge_method: linear\nmodules:\n  text_decoder:\n" + two + "    weight_prefix: ''\n"),
+             Catch::Contains("modules.text_decoder.weight_prefix: is empty"));
+  CHECK_THAT(refusal("merge_method: linear\nmodules:\n  text_decoder:\n    slices: [{sources: [{model: a}]}]\n"),
+             Catch::Contains("modules.text_decoder.slices[0].sources[0]: has no layer_range"));
+  CHECK_THAT(refusal("merge_method: linear\nmodules:\n  text_decoder:\n" + two + "    parameters: {density: 1}\n"),
+             Catch::Contains("modules.text_decoder.parameters.density"));
+  CHECK_THAT(refusal("merge_method: linear\nmodules: [a, b]\n"), Catch::Contains("modules: expected a mapping"));
+  CHECK_THAT(refusal("merge_method: linear\nmodules: {}\n"), Catch::Contains("modules: no modules given"));
+  CHECK_THAT(refusal("merge_method: ties\nmodules:\n  text_decoder:\n" + two), Catch::Contains("base_model: is missing"));
+  CHECK_THAT(refusal("merge_method: linear\ntokenizer_source: union\nmodules:\n  text_decoder:\n" + two),
+             Catch::Contains("tokenizer_source") && Catch::Contains("modules"));
+}
+
 TEST_CASE("tokenizer_source, the tokenizer section and chat_template are read as mergekit writes them", "[tools][config]") {
   const std::string models = "models:\n  - model: a\n    parameters: {weight: 1}\n  - model: b\n    parameters: {weight: 1}\n";
   using alloy::tools::token_embedding_rule;

@@ -118,9 +118,12 @@ void print_plan(const alloy::tools::merge_job& job, const std::string& output, s
   }
   std::cout << "tensors: " << job.plan.tensors.size() << " (" << merged << " merged, " << job.plan.tensors.size() - merged
             << " copied)\n";
-  if (job.plan.layer_count) {
-    std::cout << "layers: " << *job.plan.layer_count << " of '" << job.plan.layer_stack << "' from "
-              << job.config.slices.size() << " slice" << (job.config.slices.size() == 1 ? "" : "s") << "\n";
+  for (const auto& module : job.plan.modules) {
+    std::cout << "module " << module.name << ": " << module.tensor_count << (module.tensor_count == 1 ? " tensor (" : " tensors (")
+              << module.rule << ")\n";
+  }
+  for (const auto& stack : job.plan.assembled_stacks) {
+    std::cout << "layers: " << stack.layers << " of '" << stack.prefix << "' from slices\n";
   }
   if (job.vocabulary) {
     const auto& v = *job.vocabulary;

@@ -20,9 +20,14 @@
 //       base_model: path/to/a                # optional, per slice
 //       parameters: {t: [0, 1]}              # between the sources' and the top level's
 //
-// Every key is checked: a mergekit key alloy does not implement (modules) and any unknown key are
-// refused with the key's path, as are parameters the method does not define and values outside
-// their range. Errors are alloy::error with code invalid_argument and a message that starts with
+// or mergekit's modules (each module's models or slices; see alloy/merge/module_plan.hpp):
+//
+//   modules:
+//     text_decoder: {slices: [...], parameters: {...}}
+//     vision_tower: {models: [...]}
+//
+// Every key is checked: an unknown key is refused with its path, as are parameters the method
+// does not define and values outside their range. Errors are alloy::error with code invalid_argument and a message that starts with
 // the key's path.
 
 #include <algorithm>
@@ -93,11 +98,21 @@ struct tokenizer_settings {
   std::optional<std::size_t> pad_to_multiple_of;
 };
 
+// mergekit's `modules`: one part of the model (a vision tower, a language model), merged on its own.
+struct module_entry {
+  std::string name;                          // the key: mergekit's module name
+  std::optional<std::string> weight_prefix;  // alloy's: the module's tensor names start with it
+  std::vector<model_entry> models;           // either models
+  std::vector<slice_entry> slices;           // or slices
+  parameter_map parameters;
+};
+
 struct merge_config {
   std::string method;
   std::optional<model_reference> base_model;
   std::vector<model_entry> models;   // a whole-model merge, or
-  std::vector<slice_entry> slices;   // mergekit's slices (exactly one of the two is given)
+  std::vector<slice_entry> slices;   // mergekit's slices, or
+  std::vector<module_entry> modules;  // mergekit's modules (exactly one of the three is given)
   parameter_map parameters;
   std::optional<dtype> compute_dtype;  // mergekit's `dtype`
   std::optional<dtype> out_dtype;
@@ -114,10 +129,17 @@ struct merge_config {
       if (std::find(references.begin(), references.end(), reference) == references.end()) references.push_back(reference);
     };
     if (base_model) add(*base_model);
+    const auto add_slices = [&](const std::vector<slice_entry>& list) {
+      for (const auto& slice : list) {
+        if (slice.base_model) add(*slice.base_model);
+        for (const auto& source : slice.sources) add(source.reference);
+      }
+    };
     for (const auto& entry : models) add(entry.reference);
-    for (const auto& slice : slices) {
-      if (slice.base_model) add(*slice.base_model);
-      for (const auto& source : slice.sources) add(source.reference);
+    add_slices(slices);
+    for (const auto& module : modules) {
+      for (const auto& entry : module.models) add(entry.reference);
+      add_slices(module.slices);
     }
     return references;
   }
@@ -328,12 +350,12 @@ inline std::size_t layer_number(const YAML::Node& node, std::string_view path) {
 // slices: [{sources: [{model, layer_range: [first, end], parameters}], base_model, parameters,
 // residual_weight}], as mergekit's OutputSliceDefinition (residual_weight is declared there and
 // read by nothing; accepted and ignored alike).
-inline std::vector<slice_entry> slices_of(const YAML::Node& node, const method_definition& def) {
-  if (!node.IsSequence()) config_fail("slices", "expected a list, got " + describe_node(node));
-  if (node.size() == 0) config_fail("slices", "the list is empty");
+inline std::vector<slice_entry> slices_of(const YAML::Node& node, const std::string& list_path, const method_definition& def) {
+  if (!node.IsSequence()) config_fail(list_path, "expected a list, got " + describe_node(node));
+  if (node.size() == 0) config_fail(list_path, "the list is empty");
   std::vector<slice_entry> slices;
   for (std::size_t i = 0; i < node.size(); ++i) {
-    const std::string path = "slices[" + std::to_string(i) + "]";
+    const std::string path = list_path + "[" + std::to_string(i) + "]";
     slice_entry slice;
     bool has_sources = false;
     for (const auto& [key, value] : mapping_entries(node[i], path)) {
@@ -381,6 +403,69 @@ inline std::vector<slice_entry> slices_of(const YAML::Node& node, const method_d
     slices.push_back(std::move(slice));
   }
   return slices;
+}
+
+// models: [{model, parameters}], each model once.
+inline std::vector<model_entry> models_of(const YAML::Node& node, const std::string& list_path, const method_definition& def) {
+  if (!node.IsSequence()) config_fail(list_path, "expected a list, got " + describe_node(node));
+  if (node.size() == 0) config_fail(list_path, "the list is empty");
+  std::vector<model_entry> models;
+  for (std::size_t i = 0; i < node.size(); ++i) {
+    const std::string path = list_path + "[" + std::to_string(i) + "]";
+    model_entry entry;
+    bool has_model = false;
+    for (const auto& [key, value] : mapping_entries(node[i], path)) {
+      if (key == "model") {
+        entry.reference = reference_of(value, path + ".model");
+        has_model = true;
+      } else if (key == "parameters") {
+        entry.parameters = parameters_of(value, path + ".parameters", def, true);
+      } else {
+        config_fail(path + "." + key, "unknown key in a model entry (it takes model and parameters)");
+      }
+    }
+    if (!has_model) config_fail(path, "has no model");
+    for (const auto& earlier : models) {
+      if (earlier.reference == entry.reference) config_fail(path, "'" + entry.reference.text() + "' is listed twice");
+    }
+    models.push_back(std::move(entry));
+  }
+  return models;
+}
+
+// modules: {name: {models | slices, parameters, weight_prefix}}, as mergekit's OutputModuleDefinition
+// (weight_prefix is alloy's: where a module's tensors are when its name does not say it).
+inline std::vector<module_entry> modules_of(const YAML::Node& node, const method_definition& def) {
+  if (!node.IsMap()) config_fail("modules", "expected a mapping of module names to modules, got " + describe_node(node));
+  std::vector<module_entry> modules;
+  for (const auto& [name, value] : mapping_entries(node, "modules")) {
+    const std::string path = child_path("modules", name);
+    if (name.empty()) config_fail(path, "a module needs a name");
+    module_entry module;
+    module.name = name;
+    for (const auto& [key, field] : mapping_entries(value, path)) {
+      const std::string where = child_path(path, key);
+      if (key == "models") {
+        module.models = models_of(field, where, def);
+      } else if (key == "slices") {
+        module.slices = slices_of(field, where, def);
+      } else if (key == "parameters") {
+        module.parameters = parameters_of(field, where, def, false);
+      } else if (key == "weight_prefix") {
+        module.weight_prefix = scalar_text(field, where);
+        if (module.weight_prefix->empty()) config_fail(where, "is empty");
+      } else {
+        config_fail(where, "unknown key in a module (it takes models or slices, parameters, weight_prefix)");
+      }
+    }
+    if (module.models.empty() == module.slices.empty()) {
+      config_fail(path, module.models.empty() ? "has neither models nor slices (give one of the two, as mergekit)"
+                                              : "has both models and slices (give one of the two, as mergekit)");
+    }
+    modules.push_back(std::move(module));
+  }
+  if (modules.empty()) config_fail("modules", "no modules given");
+  return modules;
 }
 
 }  // namespace detail
@@ -519,18 +604,13 @@ inline merge_config parse_merge_config(const std::string& text, std::string_view
     return nullptr;
   };
   for (const auto& [key, value] : entries) {
-    if (key == "modules") {
-      detail::config_fail(key, "mergekit's modules (per-module slices of multimodal models) are not supported by "
-                               "alloy-merge; merge whole models with `models:` (every layer stack is handled) or one "
-                               "stack with `slices:`");
-    }
     static const std::set<std::string, std::less<>> known{"merge_method", "base_model",       "models",
-                                                          "slices",       "parameters",       "dtype",
-                                                          "out_dtype",    "tokenizer_source", "tokenizer",
-                                                          "chat_template"};
+                                                          "slices",       "modules",          "parameters",
+                                                          "dtype",        "out_dtype",        "tokenizer_source",
+                                                          "tokenizer",    "chat_template"};
     if (!known.contains(key)) {
-      detail::config_fail(key, "unknown key (alloy-merge reads merge_method, base_model, models, slices, parameters, "
-                               "dtype, out_dtype, tokenizer_source, tokenizer, chat_template)");
+      detail::config_fail(key, "unknown key (alloy-merge reads merge_method, base_model, models, slices, modules, "
+                               "parameters, dtype, out_dtype, tokenizer_source, tokenizer, chat_template)");
     }
   }
 
@@ -552,35 +632,21 @@ inline merge_config parse_merge_config(const std::string& text, std::string_view
   }
   const YAML::Node* models = find("models");
   const YAML::Node* slices = find("slices");
-  if (models != nullptr && slices != nullptr) {
-    detail::config_fail("slices", "a config gives either models (whole models) or slices (layer ranges), not both");
+  const YAML::Node* modules = find("modules");
+  const int layouts = (models != nullptr ? 1 : 0) + (slices != nullptr ? 1 : 0) + (modules != nullptr ? 1 : 0);
+  if (layouts > 1) {
+    detail::config_fail(modules != nullptr ? "modules" : "slices",
+                        "a config gives exactly one of models (whole models), slices (layer ranges) and modules "
+                        "(per-module models or slices), as mergekit");
   }
   if (slices != nullptr) {
-    config.slices = detail::slices_of(*slices, *def);
+    config.slices = detail::slices_of(*slices, "slices", *def);
+  } else if (modules != nullptr) {
+    config.modules = detail::modules_of(*modules, *def);
   } else if (models == nullptr || models->IsNull()) {
-    detail::config_fail("models", "is missing: list the models to merge (or give slices)");
-  }
-  if (models != nullptr && !models->IsSequence()) detail::config_fail("models", "expected a list, got " + detail::describe_node(*models));
-  if (models != nullptr && models->size() == 0) detail::config_fail("models", "the list is empty");
-  for (std::size_t i = 0; models != nullptr && i < models->size(); ++i) {
-    const std::string path = "models[" + std::to_string(i) + "]";
-    model_entry entry;
-    bool has_model = false;
-    for (const auto& [key, value] : detail::mapping_entries((*models)[i], path)) {
-      if (key == "model") {
-        entry.reference = detail::reference_of(value, path + ".model");
-        has_model = true;
-      } else if (key == "parameters") {
-        entry.parameters = detail::parameters_of(value, path + ".parameters", *def, true);
-      } else {
-        detail::config_fail(path + "." + key, "unknown key in a model entry (it takes model and parameters)");
-      }
-    }
-    if (!has_model) detail::config_fail(path, "has no model");
-    for (const auto& earlier : config.models) {
-      if (earlier.reference == entry.reference) detail::config_fail(path, "'" + entry.reference.text() + "' is listed twice");
-    }
-    config.models.push_back(std::move(entry));
+    detail::config_fail("models", "is missing: list the models to merge (or give slices or modules)");
+  } else {
+    config.models = detail::models_of(*models, "models", *def);
   }
   if (const YAML::Node* parameters = find("parameters")) {
     config.parameters = detail::parameters_of(*parameters, "parameters", *def, false);
@@ -604,15 +670,20 @@ inline merge_config parse_merge_config(const std::string& text, std::string_view
   if (const YAML::Node* chat = find("chat_template"); chat != nullptr && !chat->IsNull()) {
     config.chat_template = detail::scalar_text(*chat, "chat_template");
   }
-  if (config.tokenizer && config.tokenizer->source != tokenizer_settings::kind::base && !config.slices.empty()) {
+  if (config.tokenizer && config.tokenizer->source != tokenizer_settings::kind::base && config.models.empty()) {
     detail::config_fail(tokenizer_source != nullptr ? "tokenizer_source" : "tokenizer",
-                        "building a vocabulary is supported with models:, not with slices (the embeddings come from "
-                        "the first slice there); use tokenizer_source: base or no tokenizer setting");
+                        "building a vocabulary is supported with models:, not with slices or modules (the embeddings "
+                        "come from one slice there); use tokenizer_source: base or no tokenizer setting");
   }
-  const bool every_slice_has_base =
-      !config.slices.empty() &&
-      std::all_of(config.slices.begin(), config.slices.end(), [](const slice_entry& slice) { return slice.base_model.has_value(); });
-  if (def->needs_base && !config.base_model && !every_slice_has_base) {
+  // A method with a base needs one for every merge: the config's, or every slice's own.
+  const auto slices_have_base = [](const std::vector<slice_entry>& list) {
+    return !list.empty() && std::all_of(list.begin(), list.end(), [](const slice_entry& slice) { return slice.base_model.has_value(); });
+  };
+  const bool every_merge_has_base =
+      slices_have_base(config.slices) ||
+      (!config.modules.empty() && std::all_of(config.modules.begin(), config.modules.end(),
+                                              [&](const module_entry& module) { return slices_have_base(module.slices); }));
+  if (def->needs_base && !config.base_model && !every_merge_has_base) {
     detail::config_fail("base_model", "is missing; " + config.method + " merges task vectors relative to a base model");
   }
   return config;

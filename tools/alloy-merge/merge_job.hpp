@@ -230,27 +230,29 @@ inline void plan_vocabulary(merge_job& job) {
   }
 }
 
-// Which models take part, as mergekit decides: methods that use a base leave it out of the models
-// even when the config lists it; linear and karcher merge every referenced model, the base
-// included.
+// Which models take part, as mergekit decides (alloy's merged_models): methods that use a base
+// leave it out of the models even when the config lists it; linear and karcher merge every
+// referenced model, the base included.
 inline void choose_models(merge_job& job, const cpu_backend& backend) {
   const method_definition& def = find_merge_method(job.config.method);
   const auto open = [&](const model_reference& reference) { return open_input(job, reference, backend); };
   if (job.config.base_model) job.base = open(*job.config.base_model);
   job.recipe.method = job.config.method;
   job.recipe.parameters = job.config.parameters;
-  bool base_listed = false;
+  std::vector<const model_input*> candidates;  // the listed models, then the base if it is not one
+  std::vector<std::size_t> listed;
   for (const auto& entry : job.config.models) {
-    if (job.config.base_model && entry.reference == *job.config.base_model) {
-      base_listed = true;
-      if (def.uses_base()) continue;
-    }
-    job.models.push_back(open(entry.reference));
-    job.recipe.model_parameters.push_back(entry.parameters);
+    listed.push_back(candidates.size());
+    candidates.push_back(open(entry.reference));
   }
-  if (!def.uses_base() && job.base != nullptr && !base_listed) {
-    job.models.push_back(job.base);  // as mergekit: the base is one of the linear merge's inputs
-    job.recipe.model_parameters.emplace_back();
+  std::optional<std::size_t> base;
+  if (job.base != nullptr) {
+    base = static_cast<std::size_t>(std::find(candidates.begin(), candidates.end(), job.base) - candidates.begin());
+    if (*base == candidates.size()) candidates.push_back(job.base);
+  }
+  for (std::size_t i : merged_models(def, base, listed)) {
+    job.models.push_back(candidates[i]);
+    job.recipe.model_parameters.push_back(i < job.config.models.size() ? job.config.models[i].parameters : parameter_map{});
   }
 }
 
@@ -274,44 +276,83 @@ inline void plan_models(merge_job& job, const cpu_backend& backend) {
   });
 }
 
-// mergekit's slices (alloy's plan_slices): every model the slices name is an input, once.
+// The plan's index of `reference` in a slice or module job, where every model the config names
+// is an input once; the config's base model is input 0 when there is one.
+inline std::size_t source_index(merge_job& job, const model_reference& reference, const cpu_backend& backend) {
+  const model_input* input = open_input(job, reference, backend);
+  const auto found = std::find(job.sources.begin(), job.sources.end(), input);
+  if (found != job.sources.end()) return static_cast<std::size_t>(found - job.sources.begin());
+  job.sources.push_back(input);
+  return job.sources.size() - 1;
+}
+
+inline std::vector<output_slice> output_slices(merge_job& job, const std::vector<slice_entry>& slices,
+                                               const cpu_backend& backend) {
+  std::vector<output_slice> planned;
+  for (const auto& slice : slices) {
+    output_slice out;
+    for (const auto& source : slice.sources) {
+      out.sources.push_back({source_index(job, source.reference, backend), source.first_layer, source.end_layer, source.parameters});
+    }
+    if (slice.base_model) out.base_input = source_index(job, *slice.base_model, backend);
+    out.parameters = slice.parameters;
+    planned.push_back(std::move(out));
+  }
+  return planned;
+}
+
+// The inputs of a slice or module job as planning sees them, once every input is opened: the
+// models are every input but the base; a vocabulary is built only where every model has the
+// donor's.
+inline std::vector<plan_input> describe_sources(merge_job& job, const char* layout) {
+  for (const model_input* input : job.sources) {
+    if (input != job.base) job.models.push_back(input);
+  }
+  in_stage(failure_kind::input, [&] { plan_vocabulary(job); });
+  if (job.vocabulary && !job.vocabulary->keeps_donor_vocabulary) {
+    alloy::fail(error_code::invalid_argument, "tokenizer_source: the vocabularies of the models differ; alloy-merge ",
+                "builds a vocabulary for models:, not for ", layout, " (mergekit takes the embeddings from one slice there)");
+  }
+  std::vector<plan_input> inputs;
+  for (const model_input* input : job.sources) inputs.push_back(describe(*input, job));
+  return inputs;
+}
+
+// mergekit's slices (alloy's plan_slices).
 inline void plan_slice_job(merge_job& job, const cpu_backend& backend) {
-  const auto index_of = [&](const model_reference& reference) {
-    const model_input* input = open_input(job, reference, backend);
-    const auto found = std::find(job.sources.begin(), job.sources.end(), input);
-    if (found != job.sources.end()) return static_cast<std::size_t>(found - job.sources.begin());
-    job.sources.push_back(input);
-    return job.sources.size() - 1;
-  };
   slice_recipe recipe;
   recipe.method = job.config.method;
   recipe.parameters = job.config.parameters;
   if (job.config.base_model) {
-    recipe.base_input = index_of(*job.config.base_model);
+    recipe.base_input = source_index(job, *job.config.base_model, backend);
     job.base = job.sources[*recipe.base_input];
   }
-  for (const auto& slice : job.config.slices) {
-    output_slice planned;
-    for (const auto& source : slice.sources) {
-      planned.sources.push_back({index_of(source.reference), source.first_layer, source.end_layer, source.parameters});
-    }
-    if (slice.base_model) planned.base_input = index_of(*slice.base_model);
-    planned.parameters = slice.parameters;
-    recipe.slices.push_back(std::move(planned));
-  }
-  for (const model_input* input : job.sources) {
-    if (input != job.base) job.models.push_back(input);
-  }
-  std::vector<plan_input> inputs;
-  in_stage(failure_kind::input, [&] { plan_vocabulary(job); });
-  if (job.vocabulary && !job.vocabulary->keeps_donor_vocabulary) {
-    alloy::fail(error_code::invalid_argument, "tokenizer_source: the vocabularies of the slices' models differ; ",
-                "alloy-merge builds a vocabulary for models:, not for slices (mergekit takes the embeddings from the "
-                "first slice there)");
-  }
-  for (const model_input* input : job.sources) inputs.push_back(describe(*input, job));
+  recipe.slices = output_slices(job, job.config.slices, backend);
+  const std::vector<plan_input> inputs = describe_sources(job, "slices");
   job.plan = in_stage(failure_kind::input, [&] {
     return alloy::plan_slices(recipe, inputs, {.output_dtype = output_dtype_of(job.config)});
+  });
+}
+
+// mergekit's modules (alloy's plan_modules).
+inline void plan_module_job(merge_job& job, const cpu_backend& backend) {
+  module_recipe recipe;
+  recipe.method = job.config.method;
+  recipe.parameters = job.config.parameters;
+  if (job.config.base_model) {
+    recipe.base_input = source_index(job, *job.config.base_model, backend);
+    job.base = job.sources[*recipe.base_input];
+  }
+  for (const module_entry& module : job.config.modules) {
+    output_module out{module.name, module.weight_prefix, {}, output_slices(job, module.slices, backend), module.parameters};
+    for (const model_entry& entry : module.models) {
+      out.models.push_back({source_index(job, entry.reference, backend), entry.parameters});
+    }
+    recipe.modules.push_back(std::move(out));
+  }
+  const std::vector<plan_input> inputs = describe_sources(job, "modules");
+  job.plan = in_stage(failure_kind::input, [&] {
+    return alloy::plan_modules(recipe, inputs, {.output_dtype = output_dtype_of(job.config)});
   });
 }
 
@@ -325,52 +366,111 @@ struct count_change {
   std::size_t to = 0;
 };
 
+// A layer stack whose layer count a slice merge changes, and the donor's other stacks' counts
+// (which tell whether a count in the config is this stack's).
+struct layer_change {
+  std::string stack;  // its name prefix, "model.layers."
+  count_change count;
+  std::vector<std::size_t> other_stacks;  // the donor's other stacks' layer counts
+};
+
 namespace detail {
-// Sets the count wherever the config states the donor's, under `keys`, at the top level or in a
-// sub-config (text_config, vision_config, ...), when they hold `from`. When `must_match`, fails
-// where the config states such counts and none is `from` (it describes another stack, or another
+// The places a config states a count under one of `keys`: at the top level (owner "") and in
+// sub-configs (text_config, vision_config, ...).
+inline std::vector<std::pair<std::string, nlohmann::ordered_json*>> stated_counts(nlohmann::ordered_json& config,
+                                                                                std::span<const char* const> keys) {
+  std::vector<std::pair<std::string, nlohmann::ordered_json*>> found;
+  const auto collect = [&](const std::string& owner, nlohmann::ordered_json& object) {
+    for (const char* key : keys) {
+      const auto it = object.find(key);
+      if (it != object.end() && it->is_number_integer()) found.emplace_back(owner, &*it);
+    }
+  };
+  collect("", config);
+  for (auto& [key, value] : config.items()) {
+    if (value.is_object()) collect(key, value);
+  }
+  return found;
+}
+
+inline std::string key_list(std::span<const char* const> keys) {
+  std::string names;
+  for (std::size_t k = 0; k < keys.size(); ++k) names += std::string(k == 0 ? "" : k + 1 == keys.size() ? " or " : ", ") + keys[k];
+  return names;
+}
+
+// Sets the count wherever the config states the donor's (`from`). When `must_match`, fails where
+// the config states such counts and none is `from` (it describes another stack, or another
 // model); a config that states none is left as it is.
 inline void set_stated_count(nlohmann::ordered_json& config, std::span<const char* const> keys, std::string_view what,
                              const count_change& change, const std::filesystem::path& path, bool must_match) {
-  std::size_t stated = 0, changed = 0;
-  const auto update = [&](nlohmann::ordered_json& object) {
-    for (const char* key : keys) {
-      const auto it = object.find(key);
-      if (it == object.end() || !it->is_number_integer()) continue;
-      ++stated;
-      if (it->get<long long>() == static_cast<long long>(change.from)) {
-        *it = change.to;
-        ++changed;
-      }
-    }
-  };
-  update(config);
-  for (auto& [key, value] : config.items()) {
-    if (value.is_object()) update(value);
+  const auto stated = stated_counts(config, keys);
+  std::size_t changed = 0;
+  for (const auto& [owner, value] : stated) {
+    if (value->get<long long>() != static_cast<long long>(change.from)) continue;
+    *value = change.to;
+    ++changed;
   }
-  if (must_match && stated > 0 && changed == 0) {
-    std::string names;
-    for (std::size_t k = 0; k < keys.size(); ++k) names += std::string(k == 0 ? "" : k + 1 == keys.size() ? " or " : ", ") + keys[k];
-    alloy::fail(error_code::format, path.string(), ": no ", what, " (", names, ", at the top level or in a ",
+  if (must_match && !stated.empty() && changed == 0) {
+    alloy::fail(error_code::format, path.string(), ": no ", what, " (", key_list(keys), ", at the top level or in a ",
                 "sub-config) is ", change.from, ", the donor model's, so the merged model's ", change.to,
                 " cannot be written into it");
   }
 }
 
-inline constexpr const char* layer_count_keys[] = {"num_hidden_layers", "n_layer", "num_layers", "n_layers"};
+inline constexpr const char* layer_count_keys[] = {"num_hidden_layers", "n_layer", "num_layers", "n_layers", "depth"};
 inline constexpr const char* vocabulary_keys[] = {"vocab_size", "n_vocab"};
+
+// Whether sub-config `owner` ("vision_config") describes the stack `stack` names: its stem
+// ("vision") is in the stack's name, or it is the language model's ("text", "llm", "language")
+// and the stack is under "language_model".
+inline bool describes_stack(std::string_view owner, std::string_view stack) {
+  const std::string_view stem = owner.substr(0, owner.find("_config"));
+  if (stem.empty() || owner == stem) return false;
+  if (stack.find(stem) != std::string_view::npos) return true;
+  return (stem == "text" || stem == "llm" || stem == "language") && stack.find("language_model") != std::string_view::npos;
+}
+
+// Sets each changed stack's layer count. A count the config states once for that number is the
+// stack's; where another stack of the donor has as many layers, the count is the one in the
+// sub-config that names the stack (vision_config for "vision_tower...layers."), else it is
+// ambiguous and refused.
+inline void set_layer_counts(nlohmann::ordered_json& config, std::span<const layer_change> changes,
+                             const std::filesystem::path& path) {
+  for (const layer_change& change : changes) {
+    if (change.count.from == change.count.to) continue;
+    const bool shared = std::find(change.other_stacks.begin(), change.other_stacks.end(), change.count.from) !=
+                        change.other_stacks.end();
+    if (!shared) {
+      set_stated_count(config, layer_count_keys, "layer count", change.count, path, true);
+      continue;
+    }
+    std::size_t changed = 0;
+    for (const auto& [owner, value] : stated_counts(config, layer_count_keys)) {
+      if (value->get<long long>() != static_cast<long long>(change.count.from) || !describes_stack(owner, change.stack)) continue;
+      *value = change.count.to;
+      ++changed;
+    }
+    if (changed == 0) {
+      alloy::fail(error_code::format, path.string(), ": the merged stack ", alloy::quoted{change.stack}, " has ",
+                  change.count.to, " layers, but the donor has another stack of ", change.count.from,
+                  " layers too and no sub-config (text_config, vision_config, ...) names this one, so which layer count (",
+                  key_list(layer_count_keys), ") to change is ambiguous");
+    }
+  }
+}
 }  // namespace detail
 
 // config.json with torch_dtype set to what was written, as mergekit does, and for a slice merge
-// the new layer count, for a new vocabulary its size.
+// the new layer counts, for a new vocabulary its size.
 inline std::string updated_model_config(const std::filesystem::path& path, std::optional<dtype> written,
-                                        std::optional<count_change> layers = std::nullopt,
+                                        std::span<const layer_change> layers = {},
                                         std::optional<count_change> vocabulary = std::nullopt) {
   nlohmann::ordered_json config = read_json_file(path, "a model config", 16'000'000);
   if (written && config.is_object()) {
     config["torch_dtype"] = *written == dtype::bf16 ? "bfloat16" : *written == dtype::f16 ? "float16" : "float32";
   }
-  if (layers && config.is_object()) detail::set_stated_count(config, detail::layer_count_keys, "layer count", *layers, path, true);
+  if (config.is_object()) detail::set_layer_counts(config, layers, path);
   if (vocabulary && config.is_object()) {
     // A config whose vocab_size is not its embedding's rows (padded matrices) keeps it.
     detail::set_stated_count(config, detail::vocabulary_keys, "vocabulary size", *vocabulary, path, false);
@@ -380,10 +480,14 @@ inline std::string updated_model_config(const std::filesystem::path& path, std::
 
 // The output's config.json, from the donor's (the base's, else the first model's) at `path`.
 inline std::string output_model_config(const merge_job& job, const std::filesystem::path& path) {
-  std::optional<count_change> layers;
-  if (job.plan.layer_count) {
-    layers = count_change{layer_stacks(job.reference().files().names()).layer_count(job.plan.layer_stack),
-                          *job.plan.layer_count};
+  std::vector<layer_change> layers;
+  const layer_stacks donor_stacks(job.reference().files().names());
+  for (const assembled_stack& stack : job.plan.assembled_stacks) {
+    layer_change change{stack.prefix, {donor_stacks.layer_count(stack.prefix), stack.layers}, {}};
+    for (const auto& [prefix, count] : donor_stacks.stacks()) {
+      if (prefix != stack.prefix) change.other_stacks.push_back(count);
+    }
+    layers.push_back(std::move(change));
   }
   // The vocabulary: the rows of the first embedding merged over fewer rows than the donor has.
   std::optional<count_change> vocabulary;
@@ -401,10 +505,12 @@ inline std::string output_model_config(const merge_job& job, const std::filesyst
 inline merge_job plan_merge(merge_config config, const cpu_backend& backend) {
   merge_job job;
   job.config = std::move(config);
-  if (job.config.slices.empty()) {
-    detail::plan_models(job, backend);
-  } else {
+  if (!job.config.slices.empty()) {
     detail::plan_slice_job(job, backend);
+  } else if (!job.config.modules.empty()) {
+    detail::plan_module_job(job, backend);
+  } else {
+    detail::plan_models(job, backend);
   }
   // The config.json the output will carry, made now so that a config it cannot be written into
   // fails before any tensor is merged.

@@ -2,7 +2,8 @@
 // Element-wise map over k input tensors into one output: the one loop every merge policy runs.
 //
 // Inputs of any mergeable dtype are read block by block as f32 (f32 inputs where they are, f16 and
-// bf16 converted into a cache-resident scratch block of 512 elements per input), the kernel
+// bf16 converted into a cache-resident scratch block of 512 elements per input, with the widest
+// instructions the CPU has: block_convert.hpp), the kernel
 // computes in f32 from those values, and the result is rounded once into the output dtype. The
 // kernel is a small ALLOY_HD function object:
 //
@@ -35,6 +36,7 @@
 #include "alloy/core/error.hpp"
 #include "alloy/core/half.hpp"
 #include "alloy/core/tensor_view.hpp"
+#include "alloy/exec/block_convert.hpp"
 #include "alloy/exec/cpu_backend.hpp"
 
 namespace alloy {
@@ -42,8 +44,8 @@ namespace detail {
 
 inline constexpr std::size_t block_elements = 512;
 
-// Converts `count` elements starting at `first` into f32. One branch per block, then a loop the
-// compiler vectorises (memcpy for f32, a shift for bf16).
+// Converts `count` elements starting at `first` into f32: a copy for f32, the widest conversion
+// loop the CPU has for f16 and bf16 (block_convert.hpp; the same bits at every level).
 inline void load_block(const_tensor_view view, std::size_t first, std::size_t count, float* out) {
   const std::byte* data = view.data();
   switch (view.dtype()) {
@@ -51,18 +53,10 @@ inline void load_block(const_tensor_view view, std::size_t first, std::size_t co
       std::memcpy(out, data + first * 4, count * 4);
       return;
     case dtype::bf16:
-      for (std::size_t i = 0; i < count; ++i) {
-        std::uint16_t bits;
-        std::memcpy(&bits, data + (first + i) * 2, 2);
-        out[i] = bf16_bits_to_f32(bits);
-      }
+      bf16_to_f32(data + first * 2, out, count);
       return;
     case dtype::f16:
-      for (std::size_t i = 0; i < count; ++i) {
-        std::uint16_t bits;
-        std::memcpy(&bits, data + (first + i) * 2, 2);
-        out[i] = f16_bits_to_f32(bits);
-      }
+      f16_to_f32(data + first * 2, out, count);
       return;
     default:
       fail(error_code::dtype_mismatch, "cannot compute on a tensor of dtype ", view.dtype());
@@ -76,16 +70,10 @@ inline void store_block(tensor_view view, std::size_t first, std::size_t count, 
       std::memcpy(data + first * 4, in, count * 4);
       return;
     case dtype::bf16:
-      for (std::size_t i = 0; i < count; ++i) {
-        const std::uint16_t bits = f32_to_bf16_bits(in[i]);
-        std::memcpy(data + (first + i) * 2, &bits, 2);
-      }
+      f32_to_bf16(in, data + first * 2, count);
       return;
     case dtype::f16:
-      for (std::size_t i = 0; i < count; ++i) {
-        const std::uint16_t bits = f32_to_f16_bits(in[i]);
-        std::memcpy(data + (first + i) * 2, &bits, 2);
-      }
+      f32_to_f16(in, data + first * 2, count);
       return;
     default:
       fail(error_code::dtype_mismatch, "cannot write results into a tensor of dtype ", view.dtype());

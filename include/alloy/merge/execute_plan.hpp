@@ -34,8 +34,9 @@
 #include "alloy/exec/elementwise.hpp"
 #include "alloy/merge/merge_inputs.hpp"
 #include "alloy/merge/merge_plan.hpp"
-#include "alloy/merge/slice_plan.hpp"
+#include "alloy/merge/module_plan.hpp"
 #include "alloy/merge/registry.hpp"
+#include "alloy/merge/slice_plan.hpp"
 #include "alloy/store/memory_store.hpp"
 #include "alloy/store/parameter_store.hpp"
 
@@ -185,6 +186,18 @@ memory_store merge_slices(const slice_recipe& recipe, const Backend& backend, st
   std::vector<plan_input> described;
   for (std::size_t i = 0; i < inputs.size(); ++i) described.push_back(describe_input(inputs[i], "model " + std::to_string(i)));
   const merge_plan plan = plan_slices(recipe, described, {.output_dtype = output_dtype});
+  stores_source source(static_cast<const Model*>(nullptr), inputs);
+  return detail::execute_into_memory(plan, backend, source);
+}
+
+// mergekit's modules over stores (module_plan.hpp): `inputs` are every model the modules name, by
+// the indices the recipe uses; input i is "model i" in messages.
+template <class Backend, parameter_store Model, std::size_t Extent>
+memory_store merge_modules(const module_recipe& recipe, const Backend& backend, std::span<const Model, Extent> inputs,
+                           std::optional<dtype> output_dtype = std::nullopt) {
+  std::vector<plan_input> described;
+  for (std::size_t i = 0; i < inputs.size(); ++i) described.push_back(describe_input(inputs[i], "model " + std::to_string(i)));
+  const merge_plan plan = plan_modules(recipe, described, {.output_dtype = output_dtype});
   stores_source source(static_cast<const Model*>(nullptr), inputs);
   return detail::execute_into_memory(plan, backend, source);
 }

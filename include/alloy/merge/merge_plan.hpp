@@ -11,6 +11,7 @@
 // `slices`: output layer k from input layer j of model m) is another planner producing the same
 // structure, not another traversal.
 
+#include <algorithm>
 #include <cstddef>
 #include <functional>
 #include <optional>
@@ -77,6 +78,14 @@ struct planned_tensor {
   [[nodiscard]] std::size_t output_bytes() const noexcept { return dims.numel() * size_of(output_dtype); }
 };
 
+// A layer stack assembled from slices: its name prefix ("model.layers.") and its layer count in
+// the output.
+struct assembled_stack {
+  std::string prefix;
+  std::size_t layers = 0;
+  friend bool operator==(const assembled_stack&, const assembled_stack&) = default;
+};
+
 struct merge_plan {
   std::string method;
   std::vector<std::string> inputs;          // each input's label, by index
@@ -84,10 +93,18 @@ struct merge_plan {
   std::vector<planned_tensor> tensors;      // in output order
   std::size_t input_bytes = 0;
   std::size_t output_bytes = 0;
-  // Slice plans (slice_plan.hpp): the output's layer stack and how many layers it has, which a
-  // model's config (num_hidden_layers) must then say.
-  std::string layer_stack;
-  std::optional<std::size_t> layer_count;
+  // The layer stacks slice plans assembled (slice_plan.hpp, one per module with slices), which a
+  // model's config (num_hidden_layers) must then describe.
+  std::vector<assembled_stack> assembled_stacks;
+  // Module plans (module_plan.hpp): each module's tensors, a range of `tensors`, and how they were
+  // chosen.
+  struct module_range {
+    std::string name;
+    std::string rule;
+    std::size_t first_tensor = 0;
+    std::size_t tensor_count = 0;
+  };
+  std::vector<module_range> modules;
 
   [[nodiscard]] std::size_t merged_count() const noexcept {
     std::size_t count = 0;
@@ -117,8 +134,9 @@ inline void check_required_parameters(const merge_recipe& recipe, const method_d
                                       std::span<const plan_input> models) {
   for (std::size_t i = 0; i < models.size(); ++i) {
     for (const auto& p : def.parameters) {
-      const bool set = recipe.model_parameters[i].contains(p.name) || recipe.slice_parameters.contains(p.name) ||
-                       recipe.parameters.contains(p.name);
+      const auto levels = recipe.shared_levels();
+      const bool set = recipe.model_parameters[i].contains(p.name) ||
+                       std::any_of(levels.begin(), levels.end(), [&](const parameter_map* level) { return level->contains(p.name); });
       if (p.where == parameter_definition::scope::model && p.required() && !set) {
         fail(error_code::invalid_argument, "models: ", models[i].label, " has no ", p.name, "; ", recipe.method,
              " needs one for every model (set it in the model's parameters or in the top-level parameters)");

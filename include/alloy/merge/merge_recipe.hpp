@@ -4,12 +4,13 @@
 // one tensor; plan_merge (merge_plan.hpp) does it for every tensor of a model.
 //
 // Lookup order, as mergekit (config.py, ConfigReader): a model-scope parameter comes from that
-// model's parameters, then the slice's (mergekit's `slices`), then the top-level parameters, then
-// the method's default; a method-scope parameter from the slice's, then the top-level
-// parameters, then the default. At each level a setting whose filters match nothing falls
+// model's parameters, then the slice's (mergekit's `slices`), then the module's (mergekit's
+// `modules`), then the top-level parameters, then the method's default; a method-scope parameter
+// from the slice's, the module's, then the top-level parameters, then the default. At each level a setting whose filters match nothing falls
 // through to the next. A required parameter with no value is an error naming
 // the parameter, the model and the tensor; an unknown parameter name is an error too.
 
+#include <array>
 #include <cstddef>
 #include <map>
 #include <optional>
@@ -33,6 +34,13 @@ struct merge_recipe {
   parameter_map parameters{};                   // top level
   std::vector<parameter_map> model_parameters{};  // one map per model (the base excluded)
   parameter_map slice_parameters{};             // an output slice's own (slice plans only)
+  parameter_map module_parameters{};            // a module's own (module plans only)
+
+  // The levels a method-scope parameter is looked up in, innermost first (the model's come first
+  // for a model-scope one).
+  [[nodiscard]] std::array<const parameter_map*, 3> shared_levels() const noexcept {
+    return {&slice_parameters, &module_parameters, &parameters};
+  }
 
   // Checks what does not depend on the tensor: the method exists, every parameter is one it
   // defines at that scope, every value is of its kind (a choice one of its words, a number
@@ -66,6 +74,7 @@ struct merge_recipe {
     };
     check_map(parameters, "the top-level parameters", false);
     check_map(slice_parameters, "the slice's parameters", false);
+    check_map(module_parameters, "the module's parameters", false);
     for (std::size_t i = 0; i < model_parameters.size(); ++i) {
       check_map(model_parameters[i], "the parameters of model " + std::to_string(i), true);
     }
@@ -127,15 +136,16 @@ inline resolved_merge resolve_merge(const merge_recipe& recipe, std::string_view
   };
   const auto method_value = [&](std::string_view parameter) -> double {
     const parameter_definition& p = definition(parameter);
-    if (auto v = detail::lookup(recipe.slice_parameters, parameter, name, depth)) return checked(p, *v, "");
-    if (auto v = detail::lookup(recipe.parameters, parameter, name, depth)) return checked(p, *v, "");
+    for (const parameter_map* level : recipe.shared_levels()) {
+      if (auto v = detail::lookup(*level, parameter, name, depth)) return checked(p, *v, "");
+    }
     if (p.default_value) return *p.default_value;
     detail::fail(error_code::invalid_argument, recipe.method, ": required parameter ", detail::quoted{parameter},
                  " is missing (tensor ", detail::quoted{name}, ")");
   };
   const auto method_choice = [&](std::string_view parameter) -> std::string {
     const parameter_definition& p = definition(parameter);
-    for (const parameter_map* map : {&recipe.slice_parameters, &recipe.parameters}) {
+    for (const parameter_map* map : recipe.shared_levels()) {
       const auto it = map->find(parameter);
       if (it != map->end() && it->second.word()) return *it->second.word();
     }
@@ -148,12 +158,12 @@ inline resolved_merge resolve_merge(const merge_recipe& recipe, std::string_view
       if (p.where != parameter_definition::scope::model) continue;
       double& out = resolved.per_model[i].*detail::model_field(p);
       const std::string_view source = model_tensors.empty() ? name : std::string_view(model_tensors[i]);
-      if (auto v = detail::lookup(recipe.model_parameters[i], p.name, source, depth)) {
-        out = checked(p, *v, whose);
-      } else if (auto s = detail::lookup(recipe.slice_parameters, p.name, source, depth)) {
-        out = checked(p, *s, whose);
-      } else if (auto g = detail::lookup(recipe.parameters, p.name, source, depth)) {
-        out = checked(p, *g, whose);
+      std::optional<double> value = detail::lookup(recipe.model_parameters[i], p.name, source, depth);
+      for (const parameter_map* level : recipe.shared_levels()) {
+        if (!value) value = detail::lookup(*level, p.name, source, depth);
+      }
+      if (value) {
+        out = checked(p, *value, whose);
       } else if (p.default_value) {
         out = *p.default_value;
       } else {

@@ -18,7 +18,7 @@
 //   first slice's sources, those after it (final norm, output head) from the last slice's;
 // - a slice's base model is its own `base_model`, else the config's; for methods with a base it
 //   must be one of the slice's sources, and the other sources are the models;
-// - parameters are looked up source -> slice -> top level -> default (merge_recipe.hpp); a
+// - parameters are looked up source -> slice -> module -> top level -> default (merge_recipe.hpp); a
 //   per-model parameter's filters see the tensor the model is read from, a method parameter's
 //   the output tensor.
 //
@@ -62,6 +62,7 @@ struct slice_recipe {
   parameter_map parameters;               // top level
   std::optional<std::size_t> base_input;  // the config's base model, if any
   std::vector<output_slice> slices;
+  parameter_map module_parameters;        // the module's, when the slices are a module's (module_plan.hpp)
 };
 
 // A name outside the layer stack that comes before it (token and position embeddings).
@@ -94,6 +95,7 @@ inline planned_slice plan_slice_recipe(const slice_recipe& recipe, const method_
   planned.recipe.method = recipe.method;
   planned.recipe.parameters = recipe.parameters;
   planned.recipe.slice_parameters = slice.parameters;
+  planned.recipe.module_parameters = recipe.module_parameters;
   const std::optional<std::size_t> base = slice.base_input ? slice.base_input : recipe.base_input;
   for (std::size_t s = 0; s < slice.sources.size(); ++s) {
     if (def.uses_base() && base && slice.sources[s].input == *base) {
@@ -275,8 +277,7 @@ inline merge_plan plan_slices(const slice_recipe& recipe, std::span<const plan_i
   for (const auto& name : outside) {
     if (!is_before_layer_stack(name)) add_tensor(name, recipe.slices.size() - 1, 0.0, [&](std::size_t) { return name; });
   }
-  plan.layer_count = output_layer;
-  plan.layer_stack = stack;
+  plan.assembled_stacks.push_back({stack, output_layer});
   return plan;
 }
 

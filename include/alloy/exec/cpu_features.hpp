@@ -1,0 +1,85 @@
+#pragma once
+// Which vector instructions the CPU backend's dispatched loops use, chosen once at first use from
+// what the running CPU has (a header-only library cannot assume -march): the build's baseline
+// (SSE2 on x86-64), AVX2 with F16C, or AVX-512 (F and BW). Every level computes the same bits;
+// the tests run each level the machine has and compare.
+//
+// ALLOY_SIMD=baseline|avx2|avx512 (or sse2 for baseline) caps the level for a process, and
+// set_simd_level caps it for a program (a test, a benchmark row); neither raises it above what
+// the CPU has. Compilers without x86 target attributes (and CUDA's host passes) get the baseline.
+
+#include <atomic>
+#include <cstdint>
+#include <cstdlib>
+#include <string_view>
+
+#include "alloy/core/error.hpp"
+
+#if (defined(__x86_64__) || defined(__i386__)) && (defined(__GNUC__) || defined(__clang__)) && !defined(__CUDACC__)
+#define ALLOY_X86_DISPATCH 1
+#else
+#define ALLOY_X86_DISPATCH 0
+#endif
+
+namespace alloy {
+
+enum class simd_level : std::uint8_t { baseline = 0, avx2 = 1, avx512 = 2 };
+
+inline const char* to_string(simd_level level) noexcept {
+  switch (level) {
+    case simd_level::baseline: return "baseline";
+    case simd_level::avx2: return "avx2";
+    case simd_level::avx512: return "avx512";
+  }
+  return "baseline";
+}
+
+// The widest level the running CPU (and its OS) supports.
+inline simd_level detected_simd_level() noexcept {
+#if ALLOY_X86_DISPATCH
+  static const simd_level detected = [] {
+    __builtin_cpu_init();
+    if (__builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw")) return simd_level::avx512;
+    if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("f16c")) return simd_level::avx2;
+    return simd_level::baseline;
+  }();
+  return detected;
+#else
+  return simd_level::baseline;
+#endif
+}
+
+namespace detail {
+
+inline simd_level parse_simd_level(std::string_view text) {
+  if (text == "baseline" || text == "sse2") return simd_level::baseline;
+  if (text == "avx2") return simd_level::avx2;
+  if (text == "avx512") return simd_level::avx512;
+  fail(error_code::invalid_argument, "ALLOY_SIMD is ", quoted{text}, "; expected baseline (or sse2), avx2 or avx512");
+}
+
+// The cap: ALLOY_SIMD's level, else the widest; set_simd_level replaces it.
+inline std::atomic<std::uint8_t>& simd_cap() {
+  static std::atomic<std::uint8_t> cap = [] {
+    const char* text = std::getenv("ALLOY_SIMD");  // NOLINT(concurrency-mt-unsafe): read once, before any thread asks
+    const simd_level level = text != nullptr && *text != '\0' ? parse_simd_level(text) : simd_level::avx512;
+    return static_cast<std::uint8_t>(level);
+  }();
+  return cap;
+}
+
+}  // namespace detail
+
+// The level the dispatched loops use now: the CPU's, capped by ALLOY_SIMD or set_simd_level.
+inline simd_level active_simd_level() {
+  const auto cap = detail::simd_cap().load(std::memory_order_relaxed);
+  const auto detected = static_cast<std::uint8_t>(detected_simd_level());
+  return static_cast<simd_level>(cap < detected ? cap : detected);
+}
+
+// Caps the level for every later call (any thread); returns the previous cap.
+inline simd_level set_simd_level(simd_level cap) {
+  return static_cast<simd_level>(detail::simd_cap().exchange(static_cast<std::uint8_t>(cap), std::memory_order_relaxed));
+}
+
+}  // namespace alloy
