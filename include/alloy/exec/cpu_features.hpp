@@ -17,6 +17,7 @@
 
 #if (defined(__x86_64__) || defined(__i386__)) && (defined(__GNUC__) || defined(__clang__)) && !defined(__CUDACC__)
 #define ALLOY_X86_DISPATCH 1
+#include <cpuid.h>
 #else
 #define ALLOY_X86_DISPATCH 0
 #endif
@@ -40,7 +41,11 @@ inline simd_level detected_simd_level() noexcept {
   static const simd_level detected = [] {
     __builtin_cpu_init();
     if (__builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw")) return simd_level::avx512;
-    if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("f16c")) return simd_level::avx2;
+    // F16C from cpuid leaf 1 (ECX bit 29): clang's __builtin_cpu_supports does not know it. AVX2's
+    // check covers the OS's saving of the vector state, which F16C needs too.
+    unsigned eax = 0, ebx = 0, ecx = 0, edx = 0;
+    const bool f16c = __get_cpuid(1, &eax, &ebx, &ecx, &edx) != 0 && (ecx & (1u << 29)) != 0;
+    if (__builtin_cpu_supports("avx2") && f16c) return simd_level::avx2;
     return simd_level::baseline;
   }();
   return detected;
