@@ -255,6 +255,20 @@ def compare(label, output_dir, method, base, models, top, per_model, in_dtypes, 
     return worst
 
 
+def check_config_refusals(binary, folder, group, cases):
+    """Each (label, config text, needle): exit 3 (config), the needle in the message, no output."""
+    for label, text, needle in cases:
+        config = os.path.join(folder, "bad.yml")
+        with open(config, "w") as f:
+            f.write(text)
+        out = os.path.join(folder, "out_bad")
+        result = run(binary, config, out)
+        check(result.returncode == EXIT_CONFIG and needle in result.stderr,
+              "%s %s: exit %d, %r" % (group, label, result.returncode, result.stderr.strip()))
+        check(not os.path.exists(out), "%s %s: an output was left" % (group, label))
+        shutil.rmtree(out, ignore_errors=True)
+
+
 # ---- groups ---------------------------------------------------------------------------------------
 
 def method_cases():
@@ -724,15 +738,7 @@ def group_slices(binary, work):
         ("models and slices", "slices:\n  - sources:\n      - {model: %s, layer_range: [0, 2]}\nmodels:\n  - model: %s\n"
          "merge_method: passthrough\n" % (pa, pa), "exactly one of models"),
     ]
-    for label, text, needle in bad:
-        config = os.path.join(folder, "bad.yml")
-        with open(config, "w") as f:
-            f.write(text)
-        out = os.path.join(folder, "out_bad")
-        result = run(binary, config, out)
-        check(result.returncode == EXIT_CONFIG and needle in result.stderr,
-              "slices %s: exit %d, %r" % (label, result.returncode, result.stderr.strip()))
-        check(not os.path.exists(out), "slices %s: an output was left" % label)
+    check_config_refusals(binary, folder, "slices", bad)
     print("slices: %d merges (passthrough frankenmerge with a filtered scale, slerp over two slices) in f32 and bf16, "
           "%d errors" % (cases, len(bad)))
 
@@ -861,16 +867,7 @@ def group_modules(binary, work):
         ("slices over two stacks", "modules:\n  everything:\n    slices: [{sources: [{model: %s, layer_range: [0, 1]}]}]\n"
          % pa + "merge_method: passthrough\n", "modules.everything: slices"),
     ]
-    for label, text, needle in bad:
-        config = os.path.join(folder, "bad.yml")
-        with open(config, "w") as f:
-            f.write(text)
-        out = os.path.join(folder, "out_bad")
-        result = run(binary, config, out)
-        check(result.returncode == EXIT_CONFIG and needle in result.stderr,
-              "modules %s: exit %d, %r" % (label, result.returncode, result.stderr.strip()))
-        check(not os.path.exists(out), "modules %s: an output was left" % label)
-        shutil.rmtree(out, ignore_errors=True)
+    check_config_refusals(binary, folder, "modules", bad)
     print("modules: %d merges of a vision-language model (slices of the language model, whole-model merges of the "
           "vision tower and projector, module-level parameters) in f32 and bf16, %d errors" % (cases, len(bad)))
 
