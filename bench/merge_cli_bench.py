@@ -1,16 +1,18 @@
-"""alloy-merge on models of a realistic size: time and peak resident memory.
+"""alloy-merge on models of a realistic size: time, peak resident memory, and the I/O floor.
 
-  merge_cli_bench.py ALLOY_MERGE WORK_DIR [--gigabytes 1.1] [--dtype BF16] [--methods linear,ties]
-                    [--models 2] [--threads N] [--device cpu|cuda] [--python] [--csv FILE]
+  merge_cli_bench.py ALLOY_MERGE WORK_DIR [--gigabytes 1.1] [--dtype BF16] [--methods linear,ties|all]
+                    [--models 2] [--threads N] [--device cpu|cuda] [--python] [--no-floor] [--csv FILE]
 
 Writes a base and --models fine-tuned variants (two by default), each a sharded folder of about --gigabytes GB shaped
 like a Llama layer stack (4096-wide projections, a 32000 x 4096 embedding), streaming each file to
-disk; then runs alloy-merge on each method under /usr/bin/time and prints wall time, peak RSS
-(largest resident set of the process), and the ratio of peak RSS to the largest tensor times the
-number of inputs. With --python it also times the same merge done in Python the way mergekit does it
-(bench/torch_baseline.py's PyTorch eager merge, tensor by tensor, reading and writing the same
-safetensors files). Inputs are read from the page cache when the machine has room for them (it
-usually does right after writing); the figures say so.
+disk; then runs alloy-merge on each method (`all`: every method of the registry, configured as
+METHODS says) under /usr/bin/time and prints wall time, peak RSS (largest resident set of the
+process), the ratio of peak RSS to the largest tensor times the number of inputs, and the ratio to
+the I/O floor timed just before it in the same run: `cat` reading the same input files, then the
+output's bytes written and fsynced (io_floor). With --python it also times the same merge done in
+Python the way mergekit does it (bench/torch_baseline.py's PyTorch eager merge, tensor by tensor,
+reading and writing the same safetensors files). Inputs are read from the page cache when the
+machine has room for them (it usually does right after writing); the figures say so.
 """
 
 import argparse
@@ -119,18 +121,89 @@ def python_merge(method, work, out):
     return time.time() - started
 
 
+# Each method as its users configure it: (uses a base, which fine-tuned models, top-level
+# parameters, per-model parameters). "all" merges every fine-tuned model, "one" the first only
+# (methods of the base and one model), "two" the first two (NuSLERP's pair).
+METHODS = {
+    "linear": (False, "all", {}, {"weight": 1.0}),
+    "task_arithmetic": (True, "all", {}, {"weight": 0.5}),
+    "ties": (True, "all", {}, {"weight": 0.5, "density": 0.5}),
+    "dare_linear": (True, "all", {}, {"weight": 0.5, "density": 0.5}),
+    "dare_ties": (True, "all", {}, {"weight": 0.5, "density": 0.5}),
+    "breadcrumbs": (True, "all", {}, {"weight": 0.5, "density": 0.8, "gamma": 0.01}),
+    "breadcrumbs_ties": (True, "all", {}, {"weight": 0.5, "density": 0.8, "gamma": 0.01}),
+    "della": (True, "all", {}, {"weight": 0.5, "density": 0.5, "epsilon": 0.1}),
+    "della_linear": (True, "all", {}, {"weight": 0.5, "density": 0.5, "epsilon": 0.1}),
+    "magmax": (True, "all", {}, {}),
+    "slerp": (True, "one", {"t": 0.5}, {}),
+    "nearswap": (True, "one", {"t": 0.001}, {}),
+    "arcee_fusion": (True, "one", {}, {}),
+    "nuslerp": (True, "two", {}, {"weight": 0.5}),
+    "multislerp": (True, "all", {}, {"weight": 1.0}),
+    "karcher": (False, "all", {}, {}),
+    "model_stock": (True, "all", {}, {}),
+    "sce": (True, "all", {"select_topk": 0.5}, {}),
+    "ram": (True, "all", {}, {}),
+    "ramplus_tl": (True, "all", {}, {}),
+    "passthrough": (False, "one", {}, {}),
+}
+
+
+def write_method_config(work, method, fine_tuned):
+    """Writes WORK/METHOD.yml; returns its path and the model folders it reads."""
+    uses_base, which, top, per_model = METHODS[method]
+    chosen = {"all": fine_tuned, "one": fine_tuned[:1], "two": fine_tuned[:2]}[which]
+    listed = chosen if uses_base else (["base"] + chosen if method != "passthrough" else chosen)
+    config = os.path.join(work, method + ".yml")
+    with open(config, "w") as f:
+        f.write("merge_method: %s\n" % method)
+        if uses_base:
+            f.write("base_model: %s\n" % os.path.join(work, "base"))
+        if top:
+            f.write("parameters: {%s}\n" % ", ".join("%s: %g" % kv for kv in top.items()))
+        f.write("models:\n")
+        for model in listed:
+            f.write("  - model: %s\n" % os.path.join(work, model))
+            values = dict(per_model)
+            if method == "linear":
+                values["weight"] = 1.0 / len(listed)
+            if values:
+                f.write("    parameters: {%s}\n" % ", ".join("%s: %g" % kv for kv in values.items()))
+    folders = (["base"] if uses_base else []) + listed
+    return config, [os.path.join(work, m) for m in folders]
+
+
+def io_floor(work, folders, output_bytes):
+    """What no merge of these inputs can beat: `cat` reading every input file once, then the
+    output's byte count written to a new file and fsynced (alloy-merge fsyncs each shard), timed
+    as one command in this run. Seconds."""
+    files = []
+    for folder in folders:
+        files += sorted(os.path.join(folder, name) for name in os.listdir(folder) if name.endswith(".safetensors"))
+    target = os.path.join(work, "floor.bin")
+    megabytes = max(1, int(round(output_bytes / (1 << 20))))
+    script = 'cat "$@" > /dev/null && dd if=/dev/zero of=%s bs=1M count=%d conv=fsync status=none' % (target, megabytes)
+    began = time.time()
+    subprocess.run(["sh", "-c", script, "floor"] + files, check=True)
+    seconds = time.time() - began
+    os.remove(target)
+    return seconds
+
+
 def main():
     parser = argparse.ArgumentParser()
     parser.add_argument("binary")
     parser.add_argument("work")
     parser.add_argument("--gigabytes", type=float, default=1.1)
     parser.add_argument("--dtype", default="BF16")
-    parser.add_argument("--methods", default="linear,task_arithmetic,ties,dare_ties")
+    parser.add_argument("--methods", default="linear,task_arithmetic,ties,dare_ties",
+                        help="comma-separated config names, or all (every method of the registry)")
     parser.add_argument("--threads", default="")
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--python", action="store_true")
     parser.add_argument("--models", type=int, default=2, help="fine-tuned models merged with the base")
-    parser.add_argument("--csv", help="append one line per method: method,models,gigabytes,seconds,peak_rss_mb")
+    parser.add_argument("--no-floor", action="store_true", help="do not time the I/O floor beside each merge")
+    parser.add_argument("--csv", help="append one line per method: method,models,gigabytes,seconds,peak_rss_mb,floor_seconds,dtype")
     args = parser.parse_args()
     if args.python and (args.dtype != "BF16" or args.models != 2):
         parser.error("--python merges two BF16 models only")
@@ -156,19 +229,17 @@ def main():
         write_sharded(folder, shapes, args.dtype, values_for)
     print("models: %d x %.2f GB (%s, %d tensors, largest %.0f MB), written in %.0f s" %
           (len(models), total / 1e9, args.dtype, len(shapes), largest / 1e6, time.time() - started))
-    for method in args.methods.split(","):
-        weight = 1.0 / len(fine_tuned)
-        parameters = "    parameters: {weight: %g%s}\n" % (weight, ", density: 0.5" if method in ("ties", "dare_ties") else "")
-        config = os.path.join(args.work, method + ".yml")
-        with open(config, "w") as f:
-            f.write("merge_method: %s\n" % method)
-            if method != "linear":
-                f.write("base_model: %s\n" % os.path.join(args.work, "base"))
-            f.write("models:\n")
-            for model in (["base"] if method == "linear" else []) + fine_tuned:
-                f.write("  - model: %s\n%s" % (os.path.join(args.work, model), parameters))
+    methods = list(METHODS) if args.methods == "all" else args.methods.split(",")
+    unknown = [m for m in methods if m not in METHODS]
+    if unknown:
+        parser.error("unknown methods %s; known: %s" % (unknown, ", ".join(METHODS)))
+    for method in methods:
+        config, inputs = write_method_config(args.work, method, fine_tuned)
         out = os.path.join(args.work, "out_" + method)
         subprocess.run(["rm", "-rf", out], check=True)
+        floor = None
+        if not args.no_floor:
+            floor = io_floor(args.work, inputs, total)
         command = [args.binary, config, out, "--quiet", "--device", args.device]
         if args.threads:
             command += ["--threads", args.threads]
@@ -193,14 +264,16 @@ def main():
                 sys.exit(1)
             rss_kb = 0
         alloy_seconds = seconds
-        inputs = len(models)
-        read = total * inputs
-        print("%-16s %6.1f s  read %.2f GB + write %.2f GB  %.2f GB/s  peak RSS %.0f MB = %.2f x (largest tensor x %d inputs)" %
+        count = len(inputs)
+        read = total * count
+        versus = "  %.2fx the I/O floor (%.2f s)" % (seconds / floor, floor) if floor else ""
+        print("%-16s %6.2f s  read %.2f GB + write %.2f GB  %.2f GB/s  peak RSS %.0f MB = %.2f x (largest tensor x %d inputs)%s" %
               (method, seconds, read / 1e9, total / 1e9, (read + total) / 1e9 / seconds, rss_kb / 1e3,
-               rss_kb * 1e3 / (largest * inputs), inputs))
+               rss_kb * 1e3 / (largest * count), count, versus))
         if args.csv:
             with open(args.csv, "a") as f:
-                f.write("%s,%d,%.3f,%.2f,%.0f\n" % (method, args.models, total / 1e9, seconds, rss_kb / 1e3))
+                f.write("%s,%d,%.3f,%.2f,%.0f,%s,%s\n" % (method, args.models, total / 1e9, seconds, rss_kb / 1e3,
+                                                         "%.2f" % floor if floor else "", args.dtype))
         subprocess.run(["rm", "-rf", out], check=True)
         if args.python:
             seconds = python_merge(method, args.work, out)

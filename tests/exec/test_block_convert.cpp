@@ -3,8 +3,11 @@
 // every rounding case (each upper half with the low bits at ties, above and below them),
 // infinities, NaNs with payloads, subnormals of both widths; then whole merges at every level.
 
+#include <algorithm>
 #include <cmath>
 #include <cstdint>
+#include <span>
+#include <string>
 #include <cstring>
 #include <string_view>
 #include <vector>
@@ -140,6 +143,46 @@ TEST_CASE("merges of bf16 and f16 models write the same bytes at every level", "
       }
       for (std::size_t l = 1; l < outputs.size(); ++l) {
         INFO(method << " in " << type << " at level " << to_string(levels_here()[l]));
+        CHECK(outputs[l] == outputs[0]);
+      }
+    }
+  }
+}
+
+// Every method of the registry through its dispatched loops (kernels, block forms, reductions,
+// selections, DARE's hash, DELLA's row ranks) in every computable dtype: the same bytes at every
+// level. A 2-D tensor of 96 x 700 elements: chunks of the CPU backend, blocks with a tail, and rows.
+TEST_CASE("every registered method writes the same bytes at every level", "[exec][simd][merge]") {
+  const level_guard guard;
+  constexpr std::int64_t rows = 96, columns = 700;
+  for (dtype type : {dtype::f32, dtype::bf16, dtype::f16}) {
+    std::vector<memory_store> models(4);
+    for (std::size_t m = 0; m < models.size(); ++m) {
+      std::vector<float> values(static_cast<std::size_t>(rows * columns));
+      for (std::size_t i = 0; i < values.size(); ++i) {
+        const double x = 0.37 * static_cast<double>(i) + 1.3 * static_cast<double>(m);
+        values[i] = static_cast<float>(std::sin(x) + (m == 0 ? 0.0 : 0.2 * std::cos(3.1 * x))) * 0.05f;
+      }
+      testing::insert_values(models[m], "w", values, shape{rows, columns}, type);
+    }
+    for (const method_definition& method : merge_methods()) {
+      merge_recipe recipe{std::string(method.name), {}, {}};
+      const std::size_t count = std::min<std::size_t>(method.max_models, method.name == "nuslerp" ? 2 : 3);
+      recipe.model_parameters.assign(count, parameter_map{});
+      for (const char* name : {"weight", "t", "density", "select_topk"}) {
+        if (method.find(name) != nullptr) recipe.parameters.emplace(name, 0.45);
+      }
+      const memory_store* base = method.uses_base() ? &models[0] : nullptr;
+      const auto listed = std::span<const memory_store>(models).subspan(method.uses_base() ? 1 : 0, count);
+      std::vector<std::vector<std::byte>> outputs;
+      for (simd_level level : levels_here()) {
+        set_simd_level(level);
+        const memory_store merged = merge_stores(recipe, cpu_backend{2}, base, listed);
+        const const_tensor_view w = merged.view("w");
+        outputs.emplace_back(w.data(), w.data() + w.byte_size());
+      }
+      for (std::size_t l = 1; l < outputs.size(); ++l) {
+        INFO(method.name << " in " << type << " at level " << to_string(levels_here()[l]));
         CHECK(outputs[l] == outputs[0]);
       }
     }

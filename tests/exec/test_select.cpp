@@ -173,3 +173,34 @@ TEST_CASE("band masks of large tensors agree with a full sort", "[exec][select]"
     }
   }
 }
+
+TEST_CASE("the row ranks of magnitude sampling are std::stable_sort's order", "[exec][select]") {
+  // Rows with many equal magnitudes (zeros, repeated values, infinity), rows whose values share
+  // bytes (the radix passes that are skipped), one element, and none.
+  std::vector<std::vector<float>> rows;
+  std::vector<float> mixed(5000);
+  for (std::size_t i = 0; i < mixed.size(); ++i) {
+    const double x = std::sin(0.7 * static_cast<double>(i));
+    mixed[i] = i % 7 == 0 ? 0.0f : i % 11 == 0 ? 0.25f : i % 503 == 0 ? std::numeric_limits<float>::infinity()
+                                                                       : static_cast<float>(std::fabs(x) * 1e-3);
+  }
+  rows.push_back(mixed);
+  std::vector<float> close(300);
+  for (std::size_t i = 0; i < close.size(); ++i) close[i] = 1.0f + static_cast<float>(i % 13) * 0x1p-23f;
+  rows.push_back(close);
+  rows.push_back(std::vector<float>(64, 3.0f));
+  rows.push_back({2.0f});
+  rows.push_back({});
+  std::vector<std::uint64_t> order, scratch;
+  for (const auto& row : rows) {
+    std::vector<std::uint32_t> expected(row.size());
+    std::iota(expected.begin(), expected.end(), 0u);
+    std::stable_sort(expected.begin(), expected.end(), [&](std::uint32_t a, std::uint32_t b) { return row[a] < row[b]; });
+    detail::ascending_positions(row, order, scratch);
+    REQUIRE(order.size() == row.size());
+    std::vector<std::uint32_t> got(row.size());
+    for (std::size_t r = 0; r < row.size(); ++r) got[r] = static_cast<std::uint32_t>(order[r] & 0xffffffffu);
+    INFO("row of " << row.size());
+    CHECK(got == expected);
+  }
+}

@@ -6,15 +6,20 @@
 
 #include <algorithm>
 #include <cmath>
+#include <condition_variable>
 #include <cstddef>
+#include <exception>
 #include <filesystem>
 #include <functional>
 #include <map>
 #include <memory>
+#include <mutex>
 #include <optional>
 #include <set>
 #include <span>
 #include <string>
+#include <thread>
+#include <utility>
 #include <variant>
 #include <vector>
 
@@ -88,6 +93,9 @@ class model_input {
   }
   void release(std::string_view name) const {
     std::visit([&](const auto& s) { s.release(name); }, store_);
+  }
+  void prefetch(std::string_view name) const {
+    std::visit([&](const auto& s) { s.prefetch(name); }, store_);
   }
 
  private:
@@ -520,9 +528,12 @@ inline merge_job plan_merge(merge_config config, const cpu_backend& backend) {
       in_stage(failure_kind::input, [&] { (void)output_model_config(job, folder / "config.json"); });
     }
   }
-  // Working memory per tensor: inputs' mapped pages, the output buffer, and the policies' scratch
-  // (f32 magnitudes for selection, a bit mask per model, DELLA's byte mask); adapters: f32 copies
-  // of W and B A.
+  // Working memory per tensor: inputs' mapped pages, the output buffer and the other one (which the
+  // writing thread reads; it keeps the size of the largest tensor it held), and the policies'
+  // scratch (f32 magnitudes for selection, a bit mask per model, DELLA's byte mask); adapters: f32
+  // copies of W and B A.
+  std::size_t largest_output = 0;
+  for (const auto& tensor : job.plan.tensors) largest_output = std::max(largest_output, tensor.output_bytes());
   for (const auto& tensor : job.plan.tensors) {
     const std::size_t n = tensor.dims.numel();
     const std::size_t readers = tensor.models.size() + (tensor.base ? 1 : 0);
@@ -531,7 +542,7 @@ inline merge_job plan_merge(merge_config config, const cpu_backend& backend) {
     for (const model_input* input : job.sources) {
       if (!input->reference().adapter.empty()) scratch += n * (4 + size_of(tensor.output_dtype));
     }
-    const std::size_t working = tensor.input_bytes + tensor.output_bytes() + scratch;
+    const std::size_t working = tensor.input_bytes + tensor.output_bytes() + largest_output + scratch;
     if (working > job.peak_bytes) {
       job.peak_bytes = working;
       job.peak_tensor = tensor.name;
@@ -702,6 +713,10 @@ class input_source {
     if (tensor.base) job_->sources[tensor.base->input]->release(tensor.base->tensor);
     for (const auto& source : tensor.models) job_->sources[source.input]->release(source.tensor);
   }
+  void prefetch(const planned_tensor& tensor) const {
+    if (tensor.base) job_->sources[tensor.base->input]->prefetch(tensor.base->tensor);
+    for (const auto& source : tensor.models) job_->sources[source.input]->prefetch(source.tensor);
+  }
 
  private:
   [[nodiscard]] std::string label(const tensor_source& source) const {
@@ -738,33 +753,101 @@ class input_source {
   mutable std::vector<std::vector<float>> laid_out_;
 };
 
-// Each merged tensor into one host buffer, then to the writer (which shards and aligns it).
+// Each merged tensor into one of two host buffers (page_buffer: huge pages where offered), handed to a thread that writes it (the writer
+// shards and aligns it) while the next tensor is merged into the other: the copy into the page
+// cache and the disk's writeback overlap the merge's compute, for the memory of one more output
+// tensor. Writes keep the plan's order; an error of the writing thread is rethrown here, at the
+// next commit or at finish.
 class writer_sink {
  public:
   writer_sink(model_writer& writer, const cpu_backend& backend, const write_options& options)
-      : writer_(&writer), backend_(&backend), options_(&options) {}
+      : writer_(&writer), backend_(&backend), options_(&options), thread_([this] { write_queued(); }) {}
+  writer_sink(const writer_sink&) = delete;
+  writer_sink& operator=(const writer_sink&) = delete;
+  ~writer_sink() {
+    {
+      const std::lock_guard lock(mutex_);
+      stopping_ = true;
+    }
+    changed_.notify_all();
+    thread_.join();
+  }
 
   tensor_view output(const planned_tensor& tensor) {
-    buffer_.resize(tensor.output_bytes());
-    return {buffer_.data(), tensor.output_dtype, tensor.dims};
+    page_buffer& buffer = buffers_[filling_];
+    buffer.resize(tensor.output_bytes());
+    return {buffer.data(), tensor.output_dtype, tensor.dims};
   }
   void commit(const planned_tensor& tensor) {
-    const const_tensor_view result(buffer_.data(), tensor.output_dtype, tensor.dims);
+    const const_tensor_view result(buffers_[filling_].data(), tensor.output_dtype, tensor.dims);
     in_stage(failure_kind::input, [&] {
       if (options_->check_finite) detail::require_finite_output(*backend_, result, tensor);
     });
-    in_stage(failure_kind::output, [&] { writer_->write(tensor.name, result); });
-    written_ += result.byte_size();
-    if (options_->progress) options_->progress(++done_, written_);
+    wait_until_written();  // the other buffer is free again
+    {
+      const std::lock_guard lock(mutex_);
+      queued_ = queued_tensor{tensor.name, result};
+    }
+    changed_.notify_all();
+    filling_ ^= 1u;
   }
+  // Waits for the last write; rethrows its error.
+  void finish() { wait_until_written(); }
 
  private:
+  struct queued_tensor {
+    std::string name;
+    const_tensor_view value;
+  };
+
+  void wait_until_written() {
+    std::unique_lock lock(mutex_);
+    changed_.wait(lock, [&] { return !queued_; });
+    if (error_) std::rethrow_exception(std::exchange(error_, nullptr));
+    if (written_count_ != reported_) {
+      reported_ = written_count_;
+      const std::size_t count = written_count_, bytes = written_bytes_;
+      lock.unlock();
+      if (options_->progress) options_->progress(count, bytes);
+    }
+  }
+
+  void write_queued() {
+    std::unique_lock lock(mutex_);
+    for (;;) {
+      changed_.wait(lock, [&] { return queued_ || stopping_; });
+      if (!queued_) return;
+      const queued_tensor job = *queued_;
+      lock.unlock();
+      std::exception_ptr failure;
+      try {
+        in_stage(failure_kind::output, [&] { writer_->write(job.name, job.value); });
+      } catch (...) {
+        failure = std::current_exception();
+      }
+      lock.lock();
+      if (failure && !error_) error_ = failure;
+      ++written_count_;
+      written_bytes_ += job.value.byte_size();
+      queued_.reset();
+      changed_.notify_all();
+    }
+  }
+
   model_writer* writer_;
   const cpu_backend* backend_;
   const write_options* options_;
-  std::vector<std::byte> buffer_;
-  std::size_t done_ = 0;
-  std::size_t written_ = 0;
+  page_buffer buffers_[2];
+  unsigned filling_ = 0;
+  std::mutex mutex_;
+  std::condition_variable changed_;
+  std::optional<queued_tensor> queued_;
+  bool stopping_ = false;
+  std::exception_ptr error_;
+  std::size_t written_count_ = 0;
+  std::size_t written_bytes_ = 0;
+  std::size_t reported_ = 0;
+  std::thread thread_;  // last: it starts once everything it reads exists
 };
 
 // --check-finite --dry-run: reads every input tensor the merge would read, without merging.
@@ -788,8 +871,11 @@ inline void run_merge(const merge_job& job, const cpu_backend& backend, const wr
   std::optional<model_writer> writer;
   detail::open_writer(writer, job, options);
   input_source source(job, backend, options.check_finite);
-  writer_sink sink(*writer, backend, options);
-  in_stage(failure_kind::input, [&] { execute(job.plan, backend, source, sink); });
+  {
+    writer_sink sink(*writer, backend, options);
+    in_stage(failure_kind::input, [&] { execute(job.plan, backend, source, sink); });
+    sink.finish();
+  }
   detail::finish_output(job, *writer);
 }
 

@@ -20,8 +20,6 @@
 
 #if ALLOY_X86_DISPATCH
 #include <immintrin.h>
-#define ALLOY_TARGET_AVX2 __attribute__((target("avx2,f16c")))
-#define ALLOY_TARGET_AVX512 __attribute__((target("avx512f,avx512bw,avx2,f16c")))
 #endif
 
 namespace alloy::detail {

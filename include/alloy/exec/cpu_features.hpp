@@ -1,7 +1,8 @@
 #pragma once
 // Which vector instructions the CPU backend's dispatched loops use, chosen once at first use from
 // what the running CPU has (a header-only library cannot assume -march): the build's baseline
-// (SSE2 on x86-64), AVX2 with F16C, or AVX-512 (F and BW). Every level computes the same bits;
+// (SSE2 on x86-64), AVX2 with F16C, or AVX-512 (F, BW, DQ and VL: every AVX-512 CPU since
+// Skylake-SP). Every level computes the same bits;
 // the tests run each level the machine has and compare.
 //
 // ALLOY_SIMD=baseline|avx2|avx512 (or sse2 for baseline) caps the level for a process, and
@@ -22,6 +23,20 @@
 #define ALLOY_X86_DISPATCH 0
 #endif
 
+#if ALLOY_X86_DISPATCH
+// The instructions of each level, for functions compiled for it. AVX-512 implies FMA; alloy's
+// arithmetic never fuses (the same bits at every level, as on the GPU with -fmad=false): the CMake
+// target compiles with -ffp-contract=off, and GCC's dispatched loops say so themselves, so that
+// headers included without the target keep the guarantee (clang needs the flag).
+#define ALLOY_TARGET_AVX2 __attribute__((target("avx2,f16c")))
+#define ALLOY_TARGET_AVX512 __attribute__((target("avx512f,avx512bw,avx512dq,avx512vl,avx2,f16c")))
+#if defined(__clang__)
+#define ALLOY_DISPATCHED_LOOP __attribute__((flatten))
+#else
+#define ALLOY_DISPATCHED_LOOP __attribute__((flatten, optimize("fp-contract=off")))
+#endif
+#endif
+
 namespace alloy {
 
 enum class simd_level : std::uint8_t { baseline = 0, avx2 = 1, avx512 = 2 };
@@ -40,7 +55,10 @@ inline simd_level detected_simd_level() noexcept {
 #if ALLOY_X86_DISPATCH
   static const simd_level detected = [] {
     __builtin_cpu_init();
-    if (__builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw")) return simd_level::avx512;
+    if (__builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") && __builtin_cpu_supports("avx512dq") &&
+        __builtin_cpu_supports("avx512vl")) {
+      return simd_level::avx512;
+    }
     // F16C from cpuid leaf 1 (ECX bit 29): clang's __builtin_cpu_supports does not know it. AVX2's
     // check covers the OS's saving of the vector state, which F16C needs too.
     unsigned eax = 0, ebx = 0, ecx = 0, edx = 0;
@@ -86,5 +104,36 @@ inline simd_level active_simd_level() {
 inline simd_level set_simd_level(simd_level cap) {
   return static_cast<simd_level>(detail::simd_cap().exchange(static_cast<std::uint8_t>(cap), std::memory_order_relaxed));
 }
+
+namespace detail {
+
+#if ALLOY_X86_DISPATCH
+// body() with every call in it inlined (flatten) into a function compiled for the level, so that
+// the loops of a kernel, written once in portable C++, vectorise for that level's registers.
+template <class Body>
+ALLOY_TARGET_AVX2 ALLOY_DISPATCHED_LOOP void run_compiled_for_avx2(const Body& body) {
+  body();
+}
+template <class Body>
+ALLOY_TARGET_AVX512 ALLOY_DISPATCHED_LOOP void run_compiled_for_avx512(const Body& body) {
+  body();
+}
+#endif
+
+// Runs body() compiled for the active level. For loops over a block (a few hundred elements),
+// not per element: the choice costs a load and a branch.
+template <class Body>
+void at_active_simd_level(const Body& body) {
+#if ALLOY_X86_DISPATCH
+  switch (active_simd_level()) {
+    case simd_level::avx512: return run_compiled_for_avx512(body);
+    case simd_level::avx2: return run_compiled_for_avx2(body);
+    case simd_level::baseline: break;
+  }
+#endif
+  body();
+}
+
+}  // namespace detail
 
 }  // namespace alloy

@@ -23,6 +23,10 @@
 // with columns[i] (i < inputs) pointing at `count` f32 values of input i for elements
 // [first, first + count), first a multiple of 64. It must compute exactly what operator()
 // computes, operation for operation; the CPU backend then calls it for every block.
+//
+// Both loops are compiled once per dispatch level (cpu_features.hpp: the kernel inlined into a
+// function for AVX2 or AVX-512) and run at the level the CPU has; the arithmetic is the same
+// IEEE operations in the same order at every level, so the bits are too.
 
 #include <cstddef>
 #include <cstdint>
@@ -167,7 +171,9 @@ void elementwise_blocks(const cpu_backend& backend, tensor_view output, std::spa
   for_each_block(backend, inputs, output.numel(), [&](std::size_t) {
     return [&](const float* const* columns, std::size_t count, std::size_t first) {
       alignas(64) float results[block_elements];
-      for (std::size_t j = 0; j < count; ++j) results[j] = kernel(make_values(columns, j), first + j);
+      at_active_simd_level([&] {
+        for (std::size_t j = 0; j < count; ++j) results[j] = kernel(make_values(columns, j), first + j);
+      });
       store_block(output, first, count, results);
     };
   });
@@ -193,7 +199,7 @@ void elementwise(const cpu_backend& backend, tensor_view output,
     for_each_block(backend, inputs, output.numel(), [&](std::size_t) {
       return [&](const float* const* columns, std::size_t count, std::size_t first) {
         alignas(64) float results[detail::block_elements];
-        kernel.evaluate_block(columns, k, count, first, results);
+        detail::at_active_simd_level([&] { kernel.evaluate_block(columns, k, count, first, results); });
         detail::store_block(output, first, count, results);
       };
     });

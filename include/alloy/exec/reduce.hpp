@@ -63,7 +63,7 @@ std::vector<double> reduce_sums(const cpu_backend& backend, std::span<const cons
     // A default capture: the block form leaves `inputs` unused, which clang would warn about.
     return [&, sums = partial[chunk].data()](const float* const* columns, std::size_t count, std::size_t first) {
       if constexpr (requires(double* out) { accumulate.accumulate_block(columns, count, first, out); }) {
-        accumulate.accumulate_block(columns, count, first, sums);
+        detail::at_active_simd_level([&] { accumulate.accumulate_block(columns, count, first, sums); });
       } else {
         for (std::size_t j = 0; j < count; ++j) accumulate(detail::block_values{columns, j, inputs.size()}, first + j, sums);
       }

@@ -20,6 +20,7 @@
 #include <numeric>
 #include <optional>
 #include <span>
+#include <utility>
 #include <vector>
 
 #if defined(__SSE2__)
@@ -35,6 +36,19 @@
 #include "alloy/exec/random.hpp"
 
 namespace alloy {
+
+namespace detail {
+// Eight 0/1 bytes into eight bits at once: the multiply gathers byte i's low bit into bit 56 + i.
+inline std::uint64_t pack_flags(const std::uint8_t* flags) noexcept {
+  std::uint64_t bits = 0;
+  for (std::size_t byte = 0; byte < 64; byte += 8) {
+    std::uint64_t eight;
+    std::memcpy(&eight, flags + byte, 8);
+    bits |= ((eight * 0x0102040810204080ull) >> 56) << byte;
+  }
+  return bits;
+}
+}  // namespace detail
 
 // One bit per element. Chunks of the CPU backend own whole words, so they fill it in parallel.
 class bit_mask {
@@ -65,8 +79,14 @@ class bit_mask {
   // Packs one byte per element (non-zero: set) into bits, in parallel over whole words.
   static bit_mask from_bytes(const cpu_backend& backend, std::span<const std::uint8_t> bytes) {
     bit_mask mask(bytes.size());
+    // Chunks start on a word: 64 flags make a word at once (detail::pack_flags), the tail bit by bit.
     for_each_chunk(backend, bytes.size(), [&](std::size_t, std::size_t begin, std::size_t end) {
-      for (std::size_t i = begin; i < end; ++i) {
+      std::size_t i = begin;
+      for (std::uint8_t flags[64]; i + 64 <= end; i += 64) {
+        for (std::size_t j = 0; j < 64; ++j) flags[j] = bytes[i + j] != 0 ? 1 : 0;
+        mask.set_word(i >> 6, detail::pack_flags(flags));
+      }
+      for (; i < end; ++i) {
         if (bytes[i] != 0) mask.set(i);
       }
     });
@@ -146,17 +166,6 @@ struct strided_values {
 }  // namespace detail
 
 namespace detail {
-
-// Eight 0/1 bytes into eight bits at once: the multiply gathers byte i's low bit into bit 56 + i.
-inline std::uint64_t pack_flags(const std::uint8_t* flags) noexcept {
-  std::uint64_t bits = 0;
-  for (std::size_t byte = 0; byte < 64; byte += 8) {
-    std::uint64_t eight;
-    std::memcpy(&eight, flags + byte, 8);
-    bits |= ((eight * 0x0102040810204080ull) >> 56) << byte;
-  }
-  return bits;
-}
 
 // Whether bit `index` of a mask's words is set: what kernels read of a mask, on any backend.
 ALLOY_HD ALLOY_ALWAYS_INLINE bool mask_bit(const std::uint64_t* words, std::size_t index) noexcept {
@@ -247,9 +256,11 @@ radix_selection select_descending(const cpu_backend& backend, std::span<const co
                                                                     std::size_t offset) {
         // The keys first (a loop that vectorises), then the counting.
         alignas(64) std::uint32_t keys[block_elements];
-        for (std::size_t j = 0; j < count; ++j) {
-          keys[j] = std::bit_cast<std::uint32_t>(rank_magnitude(value(block_values{columns, j, inputs.size()}, offset + j)));
-        }
+        at_active_simd_level([&] {
+          for (std::size_t j = 0; j < count; ++j) {
+            keys[j] = std::bit_cast<std::uint32_t>(rank_magnitude(value(block_values{columns, j, inputs.size()}, offset + j)));
+          }
+        });
         for (std::size_t j = 0; j < count; ++j) {
           if ((keys[j] & prefix_mask) == prefix) ++counts[(j % lanes) * bins + ((keys[j] >> shift) & (bins - 1))];
         }
@@ -334,6 +345,68 @@ bit_mask exact_leading_ranks(const cpu_backend& backend, std::span<const const_t
   return mask;
 }
 
+// An element whose key lies inside a sampled bracket, kept aside by the one-pass selection.
+struct candidate {
+  std::uint32_t key;
+  std::uint32_t offset;  // within its chunk
+};
+
+// The wanted-th largest key among the candidates (keys in [lower, upper]), and how many of its
+// ties belong before the boundary.
+struct threshold_choice {
+  std::uint32_t threshold = 0;
+  std::size_t ties_taken = 0;
+};
+
+// Without sorting the candidates (a serial nth_element over a few per cent of the tensor was
+// most of a selection's time): a histogram of their keys in at most 1024 bins of equal width
+// (per chunk, in parallel), the bin that holds the wanted-th largest, then nth_element over that
+// bin's keys only.
+inline threshold_choice choose_among_candidates(const cpu_backend& backend, const std::vector<std::vector<candidate>>& gathered,
+                                                std::uint32_t lower, std::uint32_t upper, std::size_t wanted) {
+  upper = std::max(lower, std::min<std::uint32_t>(upper, 0x7f800000u));  // keys never exceed +inf's bits
+  int shift = 0;
+  while (((upper - lower) >> shift) >= 1024u) ++shift;
+  const std::size_t bins = ((upper - lower) >> shift) + 1;
+  const auto bin_of = [&](std::uint32_t key) { return static_cast<std::size_t>((key - lower) >> shift); };
+  const std::size_t chunks = gathered.size();
+  std::vector<std::uint32_t> histograms(chunks * bins, 0);
+  for_each_index(backend, chunks, [&](std::size_t chunk) {
+    std::uint32_t* counts = histograms.data() + chunk * bins;
+    for (const candidate& c : gathered[chunk]) ++counts[bin_of(c.key)];
+  });
+  std::vector<std::size_t> totals(bins, 0);
+  for (std::size_t chunk = 0; chunk < chunks; ++chunk) {
+    const std::uint32_t* counts = histograms.data() + chunk * bins;
+    for (std::size_t bin = 0; bin < bins; ++bin) totals[bin] += counts[bin];
+  }
+  std::size_t greater = 0;  // candidates in bins above the chosen one
+  std::size_t chosen = 0;
+  for (std::size_t bin = bins; bin-- > 0;) {
+    if (wanted - greater <= totals[bin]) {
+      chosen = bin;
+      break;
+    }
+    greater += totals[bin];
+  }
+  std::vector<std::uint32_t> keys;
+  keys.reserve(totals[chosen]);
+  for (const auto& list : gathered) {
+    for (const candidate& c : list) {
+      if (bin_of(c.key) == chosen) keys.push_back(c.key);
+    }
+  }
+  const std::size_t rank = wanted - greater;  // 1-based, within the bin, descending
+  const auto nth = keys.begin() + static_cast<std::ptrdiff_t>(rank - 1);
+  std::nth_element(keys.begin(), nth, keys.end(), std::greater<std::uint32_t>());
+  threshold_choice choice;
+  choice.threshold = *nth;
+  const auto above = static_cast<std::size_t>(
+      std::count_if(keys.begin(), keys.end(), [&](std::uint32_t key) { return key > choice.threshold; }));
+  choice.ties_taken = wanted - greater - above;
+  return choice;
+}
+
 // The same mask in one pass over the tensor, where a sample brackets the boundary: 64 Ki
 // magnitudes read in 4096 runs of 16 give two keys that, with overwhelming probability, enclose
 // the magnitude at `position`. One pass then sets the bits of everything above the bracket and
@@ -376,38 +449,43 @@ std::optional<bit_mask> bracketed_leading_ranks(const cpu_backend& backend, std:
   const std::uint32_t lower =
       expected + spread >= static_cast<double>(samples) ? 0u : descending_key(expected + spread);
 
-  struct candidate {
-    std::uint32_t key;
-    std::uint32_t offset;  // within its chunk
-  };
   const std::size_t chunks = cpu_backend::chunk_count(elements);
   std::vector<std::vector<candidate>> gathered(chunks);
   std::vector<std::size_t> above(chunks, 0);
   std::atomic<std::size_t> gathered_total{0};
   std::atomic<bool> overflow{false};
   const std::size_t cap = elements / 8;
+  // The bracket holds about 2 spread / samples of the elements: room for a quarter more, so that
+  // the lists rarely grow (a copy) during the pass.
+  const auto expected_per_chunk = static_cast<std::size_t>(
+      2.5 * spread / static_cast<double>(samples) * static_cast<double>(cpu_backend::chunk_elements)) + 64;
   bit_mask mask(elements);
   for_each_block(backend, inputs, elements, [&](std::size_t chunk) {
     return [&, chunk](const float* const* columns, std::size_t count, std::size_t offset) {
       if (overflow.load(std::memory_order_relaxed)) return;
       alignas(64) std::uint32_t keys[block_elements];
-      for (std::size_t j = 0; j < count; ++j) {
-        keys[j] = std::bit_cast<std::uint32_t>(rank_magnitude(value(block_values{columns, j, k}, offset + j)));
-      }
+      at_active_simd_level([&] {
+        for (std::size_t j = 0; j < count; ++j) {
+          keys[j] = std::bit_cast<std::uint32_t>(rank_magnitude(value(block_values{columns, j, k}, offset + j)));
+        }
+      });
       // Blocks start on a word (block_elements is a multiple of 64); the words are this chunk's.
       auto& list = gathered[chunk];
+      if (list.capacity() == 0) list.reserve(expected_per_chunk);
       const std::size_t before = list.size();
       const auto chunk_offset = static_cast<std::uint32_t>(offset - chunk * cpu_backend::chunk_elements);
-      for (std::size_t word = 0; word * 64 < count; ++word) {
-        const key_classes classes =
-            classify_keys(keys + word * 64, std::min<std::size_t>(64, count - word * 64), lower, upper);
-        mask.set_word((offset >> 6) + word, classes.above);
-        above[chunk] += static_cast<std::size_t>(std::popcount(classes.above));
-        for (std::uint64_t inside = classes.inside; inside != 0; inside &= inside - 1) {
-          const auto j = word * 64 + static_cast<std::size_t>(std::countr_zero(inside));
-          list.push_back({keys[j], chunk_offset + static_cast<std::uint32_t>(j)});
+      at_active_simd_level([&] {
+        for (std::size_t word = 0; word * 64 < count; ++word) {
+          const key_classes classes =
+              classify_keys(keys + word * 64, std::min<std::size_t>(64, count - word * 64), lower, upper);
+          mask.set_word((offset >> 6) + word, classes.above);
+          above[chunk] += static_cast<std::size_t>(std::popcount(classes.above));
+          for (std::uint64_t inside = classes.inside; inside != 0; inside &= inside - 1) {
+            const auto j = word * 64 + static_cast<std::size_t>(std::countr_zero(inside));
+            list.push_back({keys[j], chunk_offset + static_cast<std::uint32_t>(j)});
+          }
         }
-      }
+      });
       if (gathered_total.fetch_add(list.size() - before, std::memory_order_relaxed) + list.size() - before > cap) {
         overflow.store(true, std::memory_order_relaxed);
       }
@@ -422,24 +500,22 @@ std::optional<bit_mask> bracketed_leading_ranks(const cpu_backend& backend, std:
   // ties in index order (the lists are in chunk order, each in index order).
   const std::size_t wanted = position - above_total;
   if (wanted == 0) return mask;
-  std::vector<std::uint32_t> keys;
-  keys.reserve(candidates);
-  for (const auto& list : gathered) {
-    for (const candidate& c : list) keys.push_back(c.key);
-  }
-  const auto nth = keys.begin() + static_cast<std::ptrdiff_t>(wanted - 1);
-  std::nth_element(keys.begin(), nth, keys.end(), std::greater<std::uint32_t>());
-  const std::uint32_t threshold = *nth;
-  const auto greater = static_cast<std::size_t>(
-      std::count_if(keys.begin(), keys.end(), [threshold](std::uint32_t key) { return key > threshold; }));
-  std::size_t ties_left = wanted - greater;
-  for (std::size_t chunk = 0; chunk < chunks; ++chunk) {
+  const threshold_choice choice = choose_among_candidates(backend, gathered, lower, upper, wanted);
+  // Each chunk takes its candidates above the threshold and its share of the ties, given the
+  // ties of the chunks before it; chunks own whole words, so they set bits in parallel.
+  std::vector<std::size_t> ties_before(chunks + 1, 0);
+  for_each_index(backend, chunks, [&](std::size_t chunk) {
+    ties_before[chunk + 1] = static_cast<std::size_t>(std::count_if(
+        gathered[chunk].begin(), gathered[chunk].end(), [&](const candidate& c) { return c.key == choice.threshold; }));
+  });
+  std::partial_sum(ties_before.begin(), ties_before.end(), ties_before.begin());
+  for_each_index(backend, chunks, [&](std::size_t chunk) {
+    std::size_t ties_seen = ties_before[chunk];
     for (const candidate& c : gathered[chunk]) {
-      const bool tie_taken = c.key == threshold && ties_left > 0;
-      if (c.key > threshold || tie_taken) mask.set(chunk * cpu_backend::chunk_elements + c.offset);
-      if (tie_taken) --ties_left;
+      const bool taken = c.key > choice.threshold || (c.key == choice.threshold && ties_seen++ < choice.ties_taken);
+      if (taken) mask.set(chunk * cpu_backend::chunk_elements + c.offset);
     }
-  }
+  });
   return mask;
 }
 
@@ -475,6 +551,34 @@ bit_mask rank_band_mask(const cpu_backend& backend, std::span<const const_tensor
 }
 
 namespace detail {
+// The positions of `values` (non-negative floats, at most 2^32 of them) in ascending order, equal
+// values by position, as std::stable_sort orders them: in the low 32 bits of `order`, the value's
+// bits above. An LSD radix sort of (bits, position) on the value's four bytes, each a stable
+// counting pass (skipped where every value has the same byte): linear in the row, where DELLA's
+// per-row comparison sort was most of its time.
+inline void ascending_positions(std::span<const float> values, std::vector<std::uint64_t>& order,
+                                std::vector<std::uint64_t>& scratch) {
+  const std::size_t n = values.size();
+  order.resize(n);
+  scratch.resize(n);
+  // The four bytes' histograms in one pass over the values.
+  std::array<std::array<std::uint32_t, 256>, 4> counts{};
+  for (std::size_t i = 0; i < n; ++i) {
+    const std::uint32_t bits = std::bit_cast<std::uint32_t>(values[i]);
+    order[i] = (std::uint64_t{bits} << 32) | i;
+    for (std::size_t digit = 0; digit < 4; ++digit) ++counts[digit][(bits >> (8 * digit)) & 255u];
+  }
+  for (std::size_t digit = 0; digit < 4; ++digit) {
+    auto& start = counts[digit];
+    if (std::find(start.begin(), start.end(), static_cast<std::uint32_t>(n)) != start.end()) continue;  // one value: no change
+    std::uint32_t running = 0;
+    for (auto& count : start) running += std::exchange(count, running);
+    const int shift = 32 + 8 * static_cast<int>(digit);
+    for (const std::uint64_t item : order) scratch[start[(item >> shift) & 255u]++] = item;
+    order.swap(scratch);
+  }
+}
+
 // The keep probability of the element of ascending rank `rank` in a row of `length`: it rises
 // linearly from `lowest` to `lowest + spread`. Computed in f64 without fused multiply-adds, so
 // every backend rounds it to the same float.
@@ -500,12 +604,16 @@ bit_mask rank_sampling_mask(const cpu_backend& backend, std::span<const const_te
                             double spread) {
   const std::size_t n = rows * row_length;
   detail::check_inputs(inputs, n);
+  if (row_length > std::size_t{0xffffffffu}) {
+    detail::fail(error_code::invalid_argument, "a row of ", row_length, " elements is more than magnitude sampling ranks (2^32 - 1)");
+  }
   std::vector<std::uint8_t> keep(n);
   for_each_index(backend, rows, [&](std::size_t row) {
     const std::size_t first = row * row_length;
     std::vector<float> loaded(inputs.size() * row_length);
     std::vector<float> magnitude(row_length);
-    std::vector<std::uint32_t> order(row_length);
+    std::vector<std::uint64_t> order(row_length);
+    std::vector<std::uint64_t> scratch(row_length);
     for (std::size_t i = 0; i < inputs.size(); ++i) {
       for (std::size_t at = 0; at < row_length; at += detail::block_elements) {
         const std::size_t count = std::min(detail::block_elements, row_length - at);
@@ -515,11 +623,9 @@ bit_mask rank_sampling_mask(const cpu_backend& backend, std::span<const const_te
     for (std::size_t j = 0; j < row_length; ++j) {
       magnitude[j] = detail::rank_magnitude(value(detail::strided_values{loaded.data() + j, row_length, inputs.size()}, first + j));
     }
-    std::iota(order.begin(), order.end(), 0u);
-    std::stable_sort(order.begin(), order.end(),
-                     [&magnitude](std::uint32_t x, std::uint32_t y) { return magnitude[x] < magnitude[y]; });
+    detail::ascending_positions(magnitude, order, scratch);
     for (std::size_t rank = 0; rank < row_length; ++rank) {
-      const std::size_t index = first + order[rank];
+      const std::size_t index = first + static_cast<std::size_t>(order[rank] & 0xffffffffu);
       keep[index] = uniform01(stream_key, index) < detail::rank_keep_probability(rank, row_length, lowest, spread) ? 1 : 0;
     }
   });

@@ -10,6 +10,9 @@
 //   void read_host(const planned_tensor&, tensor_inputs& out);            // optional: host views,
 //                                                                         // for copies (default read)
 //   void release(const planned_tensor&);                                  // optional: done with it
+//   void prefetch(const planned_tensor&);                                 // optional: read next
+//                                                                         // (called before the
+//                                                                         // tensor before it merges)
 //
 // A sink gives the view a tensor is written into, and hears when it is complete:
 //
@@ -92,7 +95,11 @@ inline void check_copy_agrees(const merge_plan& plan, const planned_tensor& tens
 template <class Backend, class Source, class Sink>
 void execute(const merge_plan& plan, const Backend& backend, Source& source, Sink& sink) {
   tensor_inputs inputs;
-  for (const planned_tensor& tensor : plan.tensors) {
+  for (std::size_t index = 0; index < plan.tensors.size(); ++index) {
+    const planned_tensor& tensor = plan.tensors[index];
+    if constexpr (requires { source.prefetch(tensor); }) {
+      if (index + 1 < plan.tensors.size()) source.prefetch(plan.tensors[index + 1]);
+    }
     if (tensor.merged()) {
       source.read(tensor, inputs);
       detail::crop_to_rows(tensor.dims, inputs);

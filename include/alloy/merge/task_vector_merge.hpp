@@ -75,16 +75,6 @@ struct task_vector_term {
   }
 };
 
-// DARE's draw for one element, as a predicate (select_where): kept with probability p.
-struct random_keep {
-  std::uint64_t key = 0;
-  float probability = 1.0f;
-  template <class Values>
-  ALLOY_HD bool operator()(const Values&, std::size_t index) const {
-    return uniform01(key, index) < probability;
-  }
-};
-
 // The CPU's block form of term.keeps: keep[j] = 1 or 0 for elements [first, first + count).
 inline void expand_keeps(const task_vector_term& term, std::size_t first, std::size_t count, std::uint32_t* keep) {
   switch (term.rule) {
@@ -384,10 +374,8 @@ class task_vector_merge {
           // Each kept entry by 1/density: the task vector is unchanged in expectation.
           term.scale = p.density > 0 ? static_cast<float>(1.0 / p.density) : 0.0f;
         } else if (rescale) {
-          // The norms and the merge both need the draws: drawn once, into a mask.
-          mask = select_where(backend, pair, n, detail::random_keep{term.random_key, term.keep_probability});
-          term.rule = detail::task_vector_term::keep_rule::bits;
-          term.bits = mask.words();
+          // The norms and the merge both need the draws: each pass draws them again (a hash on
+          // vector lanes costs less than a pass that writes them into a mask and one more read).
           term.scale = l1_rescale(backend, pair, n, term);
         }
         return term;

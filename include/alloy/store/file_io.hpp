@@ -192,6 +192,18 @@ class mapped_file {
   [[nodiscard]] std::span<const std::byte> bytes() const noexcept { return {data_, size_}; }
   [[nodiscard]] const std::filesystem::path& path() const noexcept { return path_; }
 
+  // Tells the kernel that a byte range will be read soon: it starts reading the pages from disk
+  // in the background (nothing to do where they are cached), so that a streaming merge reads the
+  // next tensor while it computes this one.
+  void will_need(std::size_t offset, std::size_t length) const noexcept {
+    if (data_ == nullptr || offset >= size_) return;
+    length = std::min(length, size_ - offset);
+    const auto page = static_cast<std::size_t>(::sysconf(_SC_PAGESIZE));
+    const std::size_t first = offset / page * page;
+    // NOLINTNEXTLINE: madvise takes a non-const pointer but does not write through it here.
+    ::madvise(const_cast<std::byte*>(data_) + first, offset + length - first, MADV_WILLNEED);
+  }
+
   // Tells the kernel that a byte range will not be read again soon, so its pages can leave the
   // resident set. Streaming merges call this after each tensor; later reads still work (the pages
   // come back from the file). Only whole pages inside the range are released.
@@ -217,6 +229,49 @@ class mapped_file {
   std::filesystem::path path_;
   const std::byte* data_ = nullptr;
   std::size_t size_ = 0;
+};
+
+// A growable buffer of anonymous memory for one output tensor at a time, asked to be backed by
+// huge pages where the kernel offers them (MADV_HUGEPAGE): a merged tensor of 256 MB then costs
+// 128 page faults where a std::vector costs 65536 and a zero fill. Grows, never shrinks; its
+// contents are undefined after a resize that grows it.
+class page_buffer {
+ public:
+  page_buffer() = default;
+  page_buffer(const page_buffer&) = delete;
+  page_buffer& operator=(const page_buffer&) = delete;
+  ~page_buffer() { unmap(); }
+
+  [[nodiscard]] std::byte* data() noexcept { return data_; }
+  [[nodiscard]] std::size_t size() const noexcept { return size_; }
+
+  void resize(std::size_t size) {
+    if (size > capacity_) {
+      unmap();
+      constexpr std::size_t huge_page = std::size_t{2} << 20;
+      const std::size_t capacity = (size + huge_page - 1) / huge_page * huge_page;
+      void* address = ::mmap(nullptr, capacity, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+      if (address == MAP_FAILED) detail::fail(error_code::io, "cannot allocate ", capacity, " bytes for an output tensor: ", std::strerror(errno));
+#if defined(MADV_HUGEPAGE)
+      ::madvise(address, capacity, MADV_HUGEPAGE);  // a hint: without it, ordinary pages
+#endif
+      data_ = static_cast<std::byte*>(address);
+      capacity_ = capacity;
+    }
+    size_ = size;
+  }
+
+ private:
+  void unmap() noexcept {
+    if (data_ != nullptr) ::munmap(data_, capacity_);
+    data_ = nullptr;
+    capacity_ = 0;
+    size_ = 0;
+  }
+
+  std::byte* data_ = nullptr;
+  std::size_t size_ = 0;
+  std::size_t capacity_ = 0;
 };
 
 }  // namespace alloy

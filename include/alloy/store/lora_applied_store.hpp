@@ -43,6 +43,11 @@ class lora_applied_store : public named_store<lora_applied_store<Base, Backend>>
     return cache_->tensors.emplace(std::string(name), std::move(adapted)).first->second.view(name);
   }
 
+  // Starts reading the base's pages of `name` in the background.
+  void prefetch(std::string_view name) const {
+    if constexpr (requires { base_.prefetch(name); }) base_.prefetch(name);
+  }
+
   // Frees the adapted copy of `name` and lets the pages behind it leave memory.
   void release(std::string_view name) const {
     {

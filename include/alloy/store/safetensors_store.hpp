@@ -103,12 +103,11 @@ class safetensors_store : public named_store<safetensors_store> {
 
   // Lets the pages of a tensor leave memory once it has been consumed (see mapped_file::release).
   void release(std::string_view name) const {
-    const auto position = index_.find(name);
-    if (!position) return;
-    const auto& [shard_index, entry_index] = locations_[*position];
-    const shard& owner = shards_[shard_index];
-    const auto& entry = owner.header.tensors[entry_index];
-    owner.file.release(owner.header.data_offset + entry.begin, entry.end - entry.begin);
+    on_bytes_of(name, [](const mapped_file& file, std::size_t offset, std::size_t length) { file.release(offset, length); });
+  }
+  // Starts reading a tensor's pages in the background (see mapped_file::will_need).
+  void prefetch(std::string_view name) const {
+    on_bytes_of(name, [](const mapped_file& file, std::size_t offset, std::size_t length) { file.will_need(offset, length); });
   }
 
   // The `__metadata__` of the (first) file, e.g. {"format": "pt"}.
@@ -117,6 +116,17 @@ class safetensors_store : public named_store<safetensors_store> {
   [[nodiscard]] const std::string& description() const noexcept { return description_; }
 
  private:
+  // action(file, offset, length) for the bytes of `name`; nothing for a name the store lacks.
+  template <class Action>
+  void on_bytes_of(std::string_view name, const Action& action) const {
+    const auto position = index_.find(name);
+    if (!position) return;
+    const auto& [shard_index, entry_index] = locations_[*position];
+    const shard& owner = shards_[shard_index];
+    const auto& entry = owner.header.tensors[entry_index];
+    action(owner.file, owner.header.data_offset + entry.begin, entry.end - entry.begin);
+  }
+
   safetensors_store() = default;
 
   static std::filesystem::path find_in_folder(const std::filesystem::path& folder) {
