@@ -1,14 +1,15 @@
 """alloy-merge on models of a realistic size: time, peak resident memory, and the I/O floor.
 
   merge_cli_bench.py ALLOY_MERGE WORK_DIR [--gigabytes 1.1] [--dtype BF16] [--methods linear,ties|all]
-                    [--models 2] [--threads N] [--device cpu|cuda] [--python] [--no-floor] [--csv FILE]
+                    [--models 2] [--threads N] [--device cpu|cuda] [--python] [--no-floor] [--repeat 3]
+                    [--csv FILE]
 
 Writes a base and --models fine-tuned variants (two by default), each a sharded folder of about --gigabytes GB shaped
 like a Llama layer stack (4096-wide projections, a 32000 x 4096 embedding), streaming each file to
 disk; then runs alloy-merge on each method (`all`: every method of the registry, configured as
 METHODS says) under /usr/bin/time and prints wall time, peak RSS (largest resident set of the
 process), the ratio of peak RSS to the largest tensor times the number of inputs, and the ratio to
-the I/O floor timed just before it in the same run: `cat` reading the same input files, then the
+the I/O floor timed alternately with it in the same run (medians of --repeat runs, 3 by default): `cat` reading the same input files, then the
 output's bytes written and fsynced (io_floor). With --python it also times the same merge done in
 Python the way mergekit does it (bench/torch_baseline.py's PyTorch eager merge, tensor by tensor,
 reading and writing the same safetensors files). Inputs are read from the page cache when the
@@ -19,6 +20,7 @@ import argparse
 import json
 import os
 import re
+import statistics
 import struct
 import subprocess
 import sys
@@ -190,6 +192,29 @@ def io_floor(work, folders, output_bytes):
     return seconds
 
 
+def time_merge(command):
+    """alloy-merge's wall seconds and peak RSS (kB; 0 where GNU time is missing)."""
+    if os.path.exists("/usr/bin/time"):
+        # GNU time forks the merge from a small process, so its peak RSS is alloy-merge's own.
+        result = subprocess.run(["/usr/bin/time", "-v"] + command, capture_output=True, text=True)
+        if result.returncode != 0:
+            print(result.stderr)
+            sys.exit(1)
+        rss_kb = int(re.search(r"Maximum resident set size \(kbytes\): (\d+)", result.stderr).group(1))
+        wall = re.search(r"Elapsed \(wall clock\) time \(h:mm:ss or m:ss\): ([\d:.]+)", result.stderr).group(1)
+        parts = [float(p) for p in wall.split(":")]
+        return parts[-1] + 60 * parts[-2] + (3600 * parts[-3] if len(parts) > 2 else 0), rss_kb
+    # Without GNU time (GPU images): wall time only; a child forked from this Python process
+    # inherits its resident pages, so wait4's peak RSS would not be alloy-merge's.
+    began = time.time()
+    result = subprocess.run(command, capture_output=True, text=True)
+    seconds = time.time() - began
+    if result.returncode != 0:
+        print(result.stderr)
+        sys.exit(1)
+    return seconds, 0
+
+
 def main():
     parser = argparse.ArgumentParser()
     parser.add_argument("binary")
@@ -203,6 +228,7 @@ def main():
     parser.add_argument("--python", action="store_true")
     parser.add_argument("--models", type=int, default=2, help="fine-tuned models merged with the base")
     parser.add_argument("--no-floor", action="store_true", help="do not time the I/O floor beside each merge")
+    parser.add_argument("--repeat", type=int, default=3, help="runs of the floor and of each merge (medians reported)")
     parser.add_argument("--csv", help="append one line per method: method,models,gigabytes,seconds,peak_rss_mb,floor_seconds,dtype")
     args = parser.parse_args()
     if args.python and (args.dtype != "BF16" or args.models != 2):
@@ -237,36 +263,25 @@ def main():
         config, inputs = write_method_config(args.work, method, fine_tuned)
         out = os.path.join(args.work, "out_" + method)
         subprocess.run(["rm", "-rf", out], check=True)
-        floor = None
-        if not args.no_floor:
-            floor = io_floor(args.work, inputs, total)
         command = [args.binary, config, out, "--quiet", "--device", args.device]
         if args.threads:
             command += ["--threads", args.threads]
-        if os.path.exists("/usr/bin/time"):
-            # GNU time forks the merge from a small process, so its peak RSS is alloy-merge's own.
-            result = subprocess.run(["/usr/bin/time", "-v"] + command, capture_output=True, text=True)
-            if result.returncode != 0:
-                print(result.stderr)
-                sys.exit(1)
-            rss_kb = int(re.search(r"Maximum resident set size \(kbytes\): (\d+)", result.stderr).group(1))
-            wall = re.search(r"Elapsed \(wall clock\) time \(h:mm:ss or m:ss\): ([\d:.]+)", result.stderr).group(1)
-            parts = [float(p) for p in wall.split(":")]
-            seconds = parts[-1] + 60 * parts[-2] + (3600 * parts[-3] if len(parts) > 2 else 0)
-        else:
-            # Without GNU time (GPU images): wall time only; a child forked from this Python process
-            # inherits its resident pages, so wait4's peak RSS would not be alloy-merge's.
-            began = time.time()
-            result = subprocess.run(command, capture_output=True, text=True)
-            seconds = time.time() - began
-            if result.returncode != 0:
-                print(result.stderr)
-                sys.exit(1)
-            rss_kb = 0
+        # Floor and merge alternate, --repeat times each: the disk's writeback makes single runs
+        # vary by 2x here; the medians are reported.
+        floors, runs = [], []
+        for _ in range(args.repeat):
+            if not args.no_floor:
+                floors.append(io_floor(args.work, inputs, total))
+            subprocess.run(["rm", "-rf", out], check=True)
+            runs.append(time_merge(command))
+        floor = statistics.median(floors) if floors else None
+        seconds = statistics.median(r[0] for r in runs)
+        rss_kb = max(r[1] for r in runs)
         alloy_seconds = seconds
         count = len(inputs)
         read = total * count
-        versus = "  %.2fx the I/O floor (%.2f s)" % (seconds / floor, floor) if floor else ""
+        versus = ("  %.2fx the I/O floor (%.2f s; fastest runs %.2f s / %.2f s)" %
+                  (seconds / floor, floor, min(r[0] for r in runs), min(floors)) if floor else "")
         print("%-16s %6.2f s  read %.2f GB + write %.2f GB  %.2f GB/s  peak RSS %.0f MB = %.2f x (largest tensor x %d inputs)%s" %
               (method, seconds, read / 1e9, total / 1e9, (read + total) / 1e9 / seconds, rss_kb / 1e3,
                rss_kb * 1e3 / (largest * count), count, versus))

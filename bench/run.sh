@@ -6,8 +6,10 @@
 #   2. alloy-merge's peak memory and time as models (2-16) and model size grow
 #      (bench/merge_cli_bench.py), docs/data/cli_scaling.csv, and docs/plots/merge_scaling.svg;
 #   3. the 100-task continual sequence (bench/continual_bench), docs/data/continual_sequence.csv and
-#      docs/plots/continual_sequence.svg (its summary is printed for docs/benchmarks.md).
-#   bench/run.sh [merges] [cli] [continual]   # all three by default; build/release must be built
+#      docs/plots/continual_sequence.svg (its summary is printed for docs/benchmarks.md);
+#   4. `floor` (not in the default set: about 40 minutes more): every method of the registry end to
+#      end beside the I/O floor, bf16/f16/f32 models of 0.5 and 2 GB, docs/data/cli_floor.csv.
+#   bench/run.sh [merges] [cli] [continual] [floor]   # the first three by default; build/release must be built
 # About 40 minutes on a 2-core machine; it needs about 12 GB of memory and 25 GB of disk in $TMPDIR.
 set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
@@ -26,7 +28,7 @@ if [[ " $parts " == *" merges "* ]]; then
 fi
 if [[ " $parts " == *" cli "* ]]; then
   cli="$root/docs/data/cli_scaling.csv"
-  echo "method,models,gigabytes,seconds,peak_rss_mb" >"$cli"
+  echo "method,models,gigabytes,seconds,peak_rss_mb,floor_seconds,dtype" >"$cli"
   for models in 2 4 8 16; do
     "$python" "$root/bench/merge_cli_bench.py" "$build/tools/alloy-merge" "$work/cli" --gigabytes 0.6 \
       --models "$models" --methods linear,ties --csv "$cli"
@@ -36,6 +38,17 @@ if [[ " $parts " == *" cli "* ]]; then
     "$python" "$root/bench/merge_cli_bench.py" "$build/tools/alloy-merge" "$work/cli$gigabytes" --gigabytes "$gigabytes" \
       --methods linear,ties --csv "$cli"
     rm -rf "$work/cli$gigabytes"
+  done
+fi
+if [[ " $parts " == *" floor "* ]]; then
+  floor_csv="$root/docs/data/cli_floor.csv"
+  echo "method,models,gigabytes,seconds,peak_rss_mb,floor_seconds,dtype" >"$floor_csv"
+  for dtype in BF16 F16 F32; do
+    for gigabytes in 0.5 2; do
+      "$python" "$root/bench/merge_cli_bench.py" "$build/tools/alloy-merge" "$work/floor$dtype$gigabytes" \
+        --gigabytes "$gigabytes" --dtype "$dtype" --methods all --threads 2 --csv "$floor_csv"
+      rm -rf "$work/floor$dtype$gigabytes"
+    done
   done
 fi
 if [[ -f "$root/docs/data/cpu_merge_grid.csv" && -f "$root/docs/data/cli_scaling.csv" ]]; then
