@@ -265,30 +265,41 @@ struct task_vector_delta {
   }
 };
 
-// The L1 norms of a task vector, whole and as one term keeps it (a mask's bits, or DARE's random
-// draws): sums[0] += |d|, sums[1] += |d| where kept.
+// The L1 norms of the task vectors of models[r] (r < count), whole and as their terms keep them (a
+// mask's bits, or DARE's random draws): sums[2 r] += |d|, sums[2 r + 1] += |d| where kept. One pass
+// over the base and every model gives every model's norms; values[0] is the base, values[1 + i]
+// model i.
 struct kept_l1_norms {
-  task_vector_term term;
+  const task_vector_term* terms = nullptr;  // every model's
+  const std::uint32_t* models = nullptr;
+  std::size_t count = 0;
+
   template <class Values, class Sums>
   ALLOY_HD void operator()(const Values& values, std::size_t index, Sums&& sums) const {
-    const float delta = values[1] - values[0];
-    const double magnitude = delta < 0 ? -static_cast<double>(delta) : static_cast<double>(delta);
-    sums[0] += magnitude;
-    if (term.keeps(index)) sums[1] += magnitude;
+    for (std::size_t r = 0; r < count; ++r) {
+      const std::uint32_t i = models[r];
+      const float delta = values[1 + i] - values[0];
+      const double magnitude = delta < 0 ? -static_cast<double>(delta) : static_cast<double>(delta);
+      sums[2 * r] += magnitude;
+      if (terms[i].keeps(index)) sums[2 * r + 1] += magnitude;
+    }
   }
   // The CPU's block form: the keep decisions expanded first, the sums in lanes without branches.
-  void accumulate_block(const float* const* columns, std::size_t count, std::size_t first, double* sums) const {
+  void accumulate_block(const float* const* columns, std::size_t block, std::size_t first, double* sums) const {
     alignas(64) std::uint32_t keep[block_elements];
-    expand_keeps(term, first, count, keep);
-    const float *base = columns[0], *model = columns[1];
-    const auto magnitude = [&](std::size_t j) {
-      const float delta = model[j] - base[j];
-      return delta < 0 ? -delta : delta;  // |d| in f32 is exact, and widens exactly
-    };
-    sums[0] += sum_in_lanes(count, magnitude);
-    sums[1] += sum_in_lanes(count, [&](std::size_t j) {
-      return std::bit_cast<float>(std::bit_cast<std::uint32_t>(magnitude(j)) & (0u - keep[j]));
-    });
+    for (std::size_t r = 0; r < count; ++r) {
+      const std::uint32_t i = models[r];
+      expand_keeps(terms[i], first, block, keep);
+      const float *base = columns[0], *model = columns[1 + i];
+      const auto magnitude = [&](std::size_t j) {
+        const float delta = model[j] - base[j];
+        return delta < 0 ? -delta : delta;  // |d| in f32 is exact, and widens exactly
+      };
+      sums[2 * r] += sum_in_lanes(block, magnitude);
+      sums[2 * r + 1] += sum_in_lanes(block, [&](std::size_t j) {
+        return std::bit_cast<float>(std::bit_cast<std::uint32_t>(magnitude(j)) & (0u - keep[j]));
+      });
+    }
   }
 };
 
@@ -327,9 +338,13 @@ class task_vector_merge {
     const std::vector<const_tensor_view> inputs = detail::base_and_models(in);
     std::vector<detail::task_vector_term> terms(k);
     std::vector<mask_type_t<Backend>> masks(k);
+    std::vector<std::uint32_t> rescaled;  // models whose kept entries match their task vector's L1 norm
     for (std::size_t i = 0; i < k; ++i) {
-      terms[i] = prepare_term(backend, in, i, masks[i]);
+      bool by_l1_norm = false;
+      terms[i] = prepare_term(backend, in, i, masks[i], by_l1_norm);
+      if (by_l1_norm) rescaled.push_back(static_cast<std::uint32_t>(i));
     }
+    if (!rescaled.empty()) rescale_to_l1_norms(backend, inputs, in.base->numel(), terms, rescaled);
     const bool dense = std::all_of(terms.begin(), terms.end(), [](const detail::task_vector_term& t) {
       return t.rule == detail::task_vector_term::keep_rule::all;
     });
@@ -352,8 +367,11 @@ class task_vector_merge {
   }
 
  private:
+  // The term of one model, its mask drawn where it has one; by_l1_norm says that its scale is
+  // still to be set from the norms (rescale_to_l1_norms, one pass for every such model).
   template <class Backend, class Mask>
-  detail::task_vector_term prepare_term(const Backend& backend, const merge_inputs& in, std::size_t model, Mask& mask) const {
+  detail::task_vector_term prepare_term(const Backend& backend, const merge_inputs& in, std::size_t model, Mask& mask,
+                                        bool& by_l1_norm) const {
     const model_parameters& p = in.parameters[model];
     detail::task_vector_term term;
     term.weight = static_cast<float>(p.weight);
@@ -376,7 +394,7 @@ class task_vector_merge {
         } else if (rescale) {
           // The norms and the merge both need the draws: each pass draws them again (a hash on
           // vector lanes costs less than a pass that writes them into a mask and one more read).
-          term.scale = l1_rescale(backend, pair, n, term);
+          by_l1_norm = true;
         }
         return term;
       case sparsification::magnitude: {
@@ -400,17 +418,24 @@ class task_vector_merge {
     }
     term.rule = detail::task_vector_term::keep_rule::bits;
     term.bits = mask.words();
-    if (rescale) term.scale = l1_rescale(backend, pair, n, term);
+    by_l1_norm = rescale;
     return term;
   }
 
-  // mergekit's rescaled_masked_tensor with the L1 norm: |d|_1 / |kept d|_1, or 1 when either is
-  // below 1e-7.
+  // mergekit's rescaled_masked_tensor with the L1 norm, for each of `rescaled`: scale =
+  // |d|_1 / |kept d|_1, or 1 when either is below 1e-7. Every model's norms in one pass over the
+  // base and the models (each model's sums are what a pass over its pair alone would give).
   template <class Backend>
-  static float l1_rescale(const Backend& backend, std::span<const const_tensor_view> pair, std::size_t n,
-                          const detail::task_vector_term& term) {
-    const auto norms = reduce_sums(backend, pair, n, 2, detail::kept_l1_norms{term});
-    return norms[0] >= 1e-7 && norms[1] >= 1e-7 ? static_cast<float>(norms[0] / norms[1]) : 1.0f;
+  static void rescale_to_l1_norms(const Backend& backend, std::span<const const_tensor_view> inputs, std::size_t n,
+                                  std::vector<detail::task_vector_term>& terms, const std::vector<std::uint32_t>& rescaled) {
+    const detail::task_vector_term* staged_terms = stage_arguments(backend, std::span<const detail::task_vector_term>(terms));
+    const std::uint32_t* staged_models = stage_arguments(backend, std::span<const std::uint32_t>(rescaled));
+    const auto norms = reduce_sums(backend, inputs, n, 2 * rescaled.size(),
+                                   detail::kept_l1_norms{staged_terms, staged_models, rescaled.size()});
+    for (std::size_t r = 0; r < rescaled.size(); ++r) {
+      const double whole = norms[2 * r], kept = norms[2 * r + 1];
+      terms[rescaled[r]].scale = whole >= 1e-7 && kept >= 1e-7 ? static_cast<float>(whole / kept) : 1.0f;
+    }
   }
 
   // DELLA's MAGPRUNE: within each row (the first dimension; a 1-D tensor is one row), rank the
