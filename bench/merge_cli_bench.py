@@ -231,6 +231,8 @@ def main():
     parser.add_argument("--repeat", type=int, default=3, help="runs of the floor and of each merge (medians reported)")
     parser.add_argument("--csv", help="append one line per method: method,models,gigabytes,seconds,peak_rss_mb,floor_seconds,dtype")
     args = parser.parse_args()
+    if args.repeat < 1:
+        parser.error("--repeat must be at least 1")
     if args.python and (args.dtype != "BF16" or args.models != 2):
         parser.error("--python merges two BF16 models only")
     os.makedirs(args.work, exist_ok=True)
@@ -262,7 +264,6 @@ def main():
     for method in methods:
         config, inputs = write_method_config(args.work, method, fine_tuned)
         out = os.path.join(args.work, "out_" + method)
-        subprocess.run(["rm", "-rf", out], check=True)
         command = [args.binary, config, out, "--quiet", "--device", args.device]
         if args.threads:
             command += ["--threads", args.threads]

@@ -753,10 +753,10 @@ class input_source {
   mutable std::vector<std::vector<float>> laid_out_;
 };
 
-// Each merged tensor into one of two host buffers (page_buffer: huge pages where offered), handed to a thread that writes it (the writer
-// shards and aligns it) while the next tensor is merged into the other: the copy into the page
-// cache and the disk's writeback overlap the merge's compute, for the memory of one more output
-// tensor. Writes keep the plan's order; an error of the writing thread is rethrown here, at the
+// Each merged tensor into one of two host buffers (page_buffer: huge pages where offered), handed
+// to a thread that writes it (the writer shards and aligns it) while the next tensor is merged
+// into the other: the copy into the page cache and the disk's writeback overlap the merge's
+// compute, for the memory of one more output tensor. Writes keep the plan's order; an error of the writing thread is rethrown here, at the
 // next commit or at finish.
 class writer_sink {
  public:
@@ -775,7 +775,7 @@ class writer_sink {
 
   tensor_view output(const planned_tensor& tensor) {
     page_buffer& buffer = buffers_[filling_];
-    buffer.resize(tensor.output_bytes());
+    buffer.reserve(tensor.output_bytes());
     return {buffer.data(), tensor.output_dtype, tensor.dims};
   }
   void commit(const planned_tensor& tensor) {

@@ -234,7 +234,7 @@ class mapped_file {
 // A growable buffer of anonymous memory for one output tensor at a time, asked to be backed by
 // huge pages where the kernel offers them (MADV_HUGEPAGE): a merged tensor of 256 MB then costs
 // 128 page faults where a std::vector costs 65536 and a zero fill. Grows, never shrinks; its
-// contents are undefined after a resize that grows it.
+// contents are undefined after a reserve that grows it.
 class page_buffer {
  public:
   page_buffer() = default;
@@ -243,22 +243,23 @@ class page_buffer {
   ~page_buffer() { unmap(); }
 
   [[nodiscard]] std::byte* data() noexcept { return data_; }
-  [[nodiscard]] std::size_t size() const noexcept { return size_; }
 
-  void resize(std::size_t size) {
+  // Room for `size` bytes at data().
+  void reserve(std::size_t size) {
     if (size > capacity_) {
       unmap();
       constexpr std::size_t huge_page = std::size_t{2} << 20;
       const std::size_t capacity = (size + huge_page - 1) / huge_page * huge_page;
       void* address = ::mmap(nullptr, capacity, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
-      if (address == MAP_FAILED) detail::fail(error_code::io, "cannot allocate ", capacity, " bytes for an output tensor: ", std::strerror(errno));
+      if (address == MAP_FAILED) {
+        detail::fail(error_code::io, "cannot allocate ", capacity, " bytes for an output tensor: ", std::strerror(errno));
+      }
 #if defined(MADV_HUGEPAGE)
       ::madvise(address, capacity, MADV_HUGEPAGE);  // a hint: without it, ordinary pages
 #endif
       data_ = static_cast<std::byte*>(address);
       capacity_ = capacity;
     }
-    size_ = size;
   }
 
  private:
@@ -266,11 +267,9 @@ class page_buffer {
     if (data_ != nullptr) ::munmap(data_, capacity_);
     data_ = nullptr;
     capacity_ = 0;
-    size_ = 0;
   }
 
   std::byte* data_ = nullptr;
-  std::size_t size_ = 0;
   std::size_t capacity_ = 0;
 };
 
