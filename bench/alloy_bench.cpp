@@ -177,11 +177,13 @@ void BM_merge(benchmark::State& state, std::string_view method, alloy::simd_leve
   alloy::set_simd_level(previous);
 }
 
-// The dispatch levels side by side: linear, TIES and DARE-TIES at 16 Mi parameters, 4 models,
-// f32, bf16 and f16, 2 threads, at every level the CPU has. Names read
+// The dispatch levels side by side: the linear-type merges and the methods issue 22's goals name
+// (TIES, DARE, breadcrumbs, DELLA) at 16 Mi parameters, 4 models, f32, bf16 and f16, 2 threads,
+// at every level the CPU has. Names read
 // BM_dispatch/<policy>/elements:../models:../dtype:../threads:../level:..
 void register_dispatch() {
-  for (const char* method : {"linear", "ties", "dare_ties"}) {
+  for (const char* method : {"linear", "task_arithmetic", "magmax", "ties", "dare_linear", "dare_ties", "breadcrumbs",
+                             "breadcrumbs_ties", "della"}) {
     auto* b = benchmark::RegisterBenchmark((std::string("BM_dispatch/") + method).c_str(),
                                            [method](benchmark::State& state) {
                                              BM_merge(state, method, static_cast<alloy::simd_level>(state.range(4)));

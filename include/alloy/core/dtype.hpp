@@ -9,6 +9,7 @@
 #include <string_view>
 #include <type_traits>
 
+#include "alloy/core/config.hpp"
 #include "alloy/core/half.hpp"
 
 namespace alloy {
@@ -37,8 +38,8 @@ inline constexpr dtype all_dtypes[] = {
     dtype::u64, dtype::u32, dtype::u16, dtype::u8, dtype::boolean,
 };
 
-// Bytes per element.
-constexpr std::size_t size_of(dtype type) noexcept {
+// Bytes per element (ALLOY_HD: tensor views' byte_size runs on the device too).
+ALLOY_HD constexpr std::size_t size_of(dtype type) noexcept {
   switch (type) {
     case dtype::f64:
     case dtype::i64:
