@@ -1,5 +1,8 @@
 #pragma once
 // Continual learning by merging: the continual merger (one global model, a task copy per task,
-// merged back by a running mean, a fixed weight or any merge policy), used with alloy/align.hpp.
+// merged back by a running mean, a fixed weight or any merge policy), used with alloy/align.hpp;
+// OPCM and DOP, merging each task by projections in singular subspaces (opcm.hpp, dop.hpp).
 
 #include "alloy/continual/continual_merger.hpp"
+#include "alloy/continual/dop.hpp"
+#include "alloy/continual/opcm.hpp"

@@ -47,13 +47,17 @@ TEST_CASE("the methods are the issue's keys, each with its ingredients", "[clip]
   std::vector<std::string> keys;
   for (const auto& m : all_methods()) keys.push_back(m.key);
   CHECK(keys == std::vector<std::string>{"zero_shot", "sequential_finetune", "independent", "merge_avg", "pam", "pam_global_reset",
-                                         "ties_post", "magmax", "l2_regularizer", "sign_regularizer", "pam_ties"});
+                                         "ties_post", "magmax", "l2_regularizer", "sign_regularizer", "pam_ties",
+                                         "opcm", "dop"});
   CHECK(find_method("pam").pam == alloy::pam_reset::to_zero);
   CHECK(find_method("pam_global_reset").pam == alloy::pam_reset::to_global);
   CHECK(find_method("pam_ties").merge == alloy::continual_rule::policy);
   CHECK(find_method("pam_ties").merge_method == "ties");
   CHECK_FALSE(find_method("ties_post").pam);
   CHECK(find_method("sign_regularizer").regularizer == regularizer_kind::sign_agreement);
+  CHECK(find_method("opcm").merger == merger_kind::opcm);
+  CHECK(find_method("dop").merger == merger_kind::dop);
+  CHECK(find_method("merge_avg").merger == merger_kind::continual);
   // Every policy a method names is in alloy's registry.
   for (const auto& method : all_methods()) {
     if (method.merge == alloy::continual_rule::policy) CHECK_NOTHROW(alloy::find_merge_method(method.merge_method));

@@ -8,6 +8,8 @@
 
 #include <nlohmann/json.hpp>
 
+#include "alloy/continual/dop.hpp"
+
 namespace alloy_clip {
 
 struct continual_config {
@@ -28,6 +30,8 @@ struct continual_config {
   std::int64_t align_every = 10;  // PAM every K optimizer steps
   double merge_weight = 0;    // average-merging methods: 0 for the running mean, else G <- (1 - w) G + w T
   double ties_density = 0.2;  // TIES keeps the top 20% of each task vector (Yadav et al.'s default k)
+  double opcm_alpha = 0.5;  // OPCM's protected share of singular mass (fusion_bench's default)
+  alloy::dop_options dop{};  // DOP: fusion_bench's defaults (alpha 0.8, 200 Adam steps at 1e-4, MGDA with EMA 0.999)
   double l2_strength = 1.0;
   double sign_strength = 0.1;
   std::vector<double> p_sweep;  // PAM's p values for the stability-plasticity curve (every order)
@@ -48,6 +52,9 @@ struct continual_config {
             {"pam", {{"p", p}, {"every", align_every}}},
             {"merge_weight", merge_weight},
             {"ties_density", ties_density},
+            {"opcm", {{"alpha", opcm_alpha}}},
+            {"dop", {{"alpha", dop.alpha}, {"steps", dop.steps}, {"learning_rate", dop.learning_rate},
+                     {"svd_epsilon", dop.svd_epsilon}, {"mgda", dop.mgda}, {"ema", dop.ema}, {"ema_beta", dop.ema_beta}}},
             {"l2_strength", l2_strength},
             {"sign_strength", sign_strength},
             {"p_sweep", p_sweep},

@@ -28,6 +28,10 @@ namespace alloy_clip {
 
 enum class method_kind { zero_shot, sequential, independent, merged };
 
+// Which merger keeps G: alloy's continual_merger (running mean, fixed weight or a policy), or one
+// of the field's subspace-projection continual mergers (alloy/continual/opcm.hpp, dop.hpp).
+enum class merger_kind { continual, opcm, dop };
+
 // The soft alignment a merged method adds to its loss, if any (alloy's regularizers).
 enum class regularizer_kind { none, l2_pull, sign_agreement };
 
@@ -43,6 +47,7 @@ struct method_spec {
   std::string_view merge_method{};            // continual_rule::policy: "ties", "magmax"
   std::optional<alloy::pam_reset> pam{};      // PAM during training, resetting to zero or to G
   regularizer_kind regularizer = regularizer_kind::none;
+  merger_kind merger = merger_kind::continual;
 };
 
 inline const std::vector<method_spec>& all_methods() {
@@ -68,6 +73,14 @@ inline const std::vector<method_spec>& all_methods() {
        .regularizer = regularizer_kind::sign_agreement},
       {.key = "pam_ties", .description = "PAM during training, then TIES merging", .merge = continual_rule::policy,
        .merge_method = "ties", .pam = pam_reset::to_zero},
+      {.key = "opcm",
+       .description = "OPCM (Tang et al. 2025): each task vector projected off the merged one's leading singular "
+                      "directions, the merged norm held at the tasks' mean",
+       .merger = merger_kind::opcm},
+      {.key = "dop",
+       .description = "DOP: each matrix optimised to keep both the merged and the new task vector in their own "
+                      "singular subspaces (MGDA-balanced)",
+       .merger = merger_kind::dop},
   };
   return all;
 }

@@ -21,13 +21,14 @@ struct cell_result {
   std::vector<double> train_s, merge_s;      // per task
   std::vector<double> reset_fraction;        // per task: PAM's resets / entries inside G's top-p masks, over its passes
   std::size_t tasks_total = 0;
+  nlohmann::json merger_state;  // what the merger needs besides G to resume (OPCM: the task norms and scale)
 
   [[nodiscard]] bool complete() const { return tasks_total > 0 && matrix.size() == tasks_total; }
 
   [[nodiscard]] nlohmann::json to_json() const {
     return {{"method", method}, {"p", p},           {"order", order},     {"task_order", task_order}, {"matrix", matrix},
             {"heldout", heldout}, {"train_s", train_s}, {"merge_s", merge_s}, {"reset_fraction", reset_fraction},
-            {"tasks_total", tasks_total}};
+            {"tasks_total", tasks_total}, {"merger_state", merger_state}};
   }
   static cell_result from_json(const nlohmann::json& j) {
     cell_result c;
@@ -41,6 +42,7 @@ struct cell_result {
     c.merge_s = j.at("merge_s").get<std::vector<double>>();
     c.reset_fraction = j.value("reset_fraction", std::vector<double>{});
     c.tasks_total = j.at("tasks_total").get<std::size_t>();
+    c.merger_state = j.value("merger_state", nlohmann::json{});
     return c;
   }
 };

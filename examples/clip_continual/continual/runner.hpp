@@ -6,8 +6,8 @@
 // initial factors G0 (A random, B zero). For each task, a copy T of G is fine-tuned on that task
 // alone (AdamW, cross-entropy of the image embedding against the task's class embeddings);
 // PAM, where the method has it, aligns T with G every K steps; the copy is merged back
-// (alloy::continual_merger: running mean, TIES or MagMax); G is then tested on every task and on
-// the held-out one. After each task the cell's state (its accuracy rows and G or T) is saved, so
+// (alloy::continual_merger: running mean, TIES or MagMax; or OPCM or DOP); G is then tested on
+// every task and on the held-out one. After each task the cell's state (its accuracy rows and G or T) is saved, so
 // that an interrupted run resumes at the next task with the same result.
 
 #include <torch/torch.h>
@@ -29,6 +29,7 @@
 #include "alloy/torch.hpp"
 #include "../clip/pretrain.hpp"
 #include "config.hpp"
+#include "global_merger.hpp"
 #include "protocol.hpp"
 #include "results.hpp"
 #include "terminal_status.hpp"
@@ -139,18 +140,13 @@ class continual_runner {
 
     // G0: the order's initial LoRA factors, the same for every method of the order.
     const alloy::memory_store initial = initial_factors(order_index);
-    std::optional<alloy::continual_merger> merger;
+    std::optional<global_merger> merger;
     alloy::memory_store carried = initial;  // sequential: T carried over; independent: unused
     if (method.kind == method_kind::merged) {
-      alloy::continual_options options = merge_options(method);
-      if (cell.matrix.empty()) {
-        merger.emplace(initial, options);
-      } else {
-        merger.emplace(alloy::continual_merger::resume(load_weights(weights_file(cell.matrix.size())), cell.matrix.size(), options,
-                                                       options.merge_rule == alloy::continual_rule::policy
-                                                           ? std::optional<alloy::memory_store>(initial)
-                                                           : std::nullopt));
-      }
+      std::optional<alloy::memory_store> global;
+      if (!cell.matrix.empty()) global = load_weights(weights_file(cell.matrix.size()));
+      merger.emplace(method, config_, merge_options(method), initial, std::move(global), cell.matrix.size(), cell.merger_state,
+                     device_);
     } else if (method.kind == method_kind::sequential && !cell.matrix.empty()) {
       carried = load_weights(weights_file(cell.matrix.size()));
     }
@@ -189,7 +185,8 @@ class continual_runner {
       std::vector<double> row;
       if (method.kind == method_kind::merged) {
         const auto started = clock::now();
-        merger->end_task(alloy::cpu_backend{}, trained);
+        merger->end_task(trained);
+        cell.merger_state = merger->state();
         alloy::torch_adapter::assign(*base_.model, merger->global());
         merge_seconds += seconds_since(started);
         row = evaluate_all(order);

@@ -7,5 +7,6 @@
 #include "alloy/torch/merge.hpp"
 #include "alloy/torch/pam.hpp"
 #include "alloy/torch/regularizers.hpp"
+#include "alloy/torch/svd.hpp"
 #include "alloy/torch/tensor_store.hpp"
 #include "alloy/torch/transfer.hpp"

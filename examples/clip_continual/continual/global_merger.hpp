@@ -1,0 +1,86 @@
+#pragma once
+// The merger that keeps a merged method's global LoRA G: alloy's continual_merger, or OPCM or DOP
+// (their SVDs through torch on the run's device: LAPACK on the CPU, cuSOLVER on CUDA). One type
+// for the runner, so that it reads the same for every merged method.
+
+#include <torch/torch.h>
+
+#include <cstddef>
+#include <optional>
+#include <type_traits>
+#include <utility>
+#include <variant>
+#include <vector>
+
+#include <nlohmann/json.hpp>
+
+#include "alloy/alloy.hpp"
+#include "alloy/torch.hpp"
+#include "config.hpp"
+#include "protocol.hpp"
+
+namespace alloy_clip {
+
+class global_merger {
+ public:
+  // A new run from G0, or (tasks_done > 0) its continuation from G after tasks_done tasks and the
+  // merger's saved state.
+  global_merger(const method_spec& method, const continual_config& config, alloy::continual_options options,
+                const alloy::memory_store& initial, std::optional<alloy::memory_store> global, std::size_t tasks_done,
+                const nlohmann::json& state, ::torch::Device device)
+      : merger_(make(method, config, std::move(options), initial, std::move(global), tasks_done, state)), solver_{device} {}
+
+  [[nodiscard]] const alloy::memory_store& global() const {
+    return std::visit([](const auto& merger) -> const alloy::memory_store& { return merger.global(); }, merger_);
+  }
+
+  void end_task(const alloy::memory_store& trained) {
+    const alloy::cpu_backend backend{};
+    std::visit(
+        [&](auto& merger) {
+          if constexpr (std::is_same_v<std::decay_t<decltype(merger)>, alloy::continual_merger>) {
+            merger.end_task(backend, trained);
+          } else {
+            merger.end_task(backend, solver_, trained);
+          }
+        },
+        merger_);
+  }
+
+  // What resuming needs besides G (saved with each checkpoint).
+  [[nodiscard]] nlohmann::json state() const {
+    if (const auto* opcm = std::get_if<alloy::opcm_merger>(&merger_)) {
+      return {{"task_norms", opcm->task_norms()}, {"scale", opcm->scale()}};
+    }
+    return {};
+  }
+
+ private:
+  using any_merger = std::variant<alloy::continual_merger, alloy::opcm_merger, alloy::dop_merger>;
+
+  static any_merger make(const method_spec& method, const continual_config& config, alloy::continual_options options,
+                         const alloy::memory_store& initial, std::optional<alloy::memory_store> global, std::size_t tasks_done,
+                         const nlohmann::json& state) {
+    const alloy::opcm_options opcm{config.opcm_alpha};
+    switch (method.merger) {
+      case merger_kind::opcm:
+        if (!global) return alloy::opcm_merger(initial, opcm);
+        return alloy::opcm_merger::resume(initial, std::move(*global), state.at("task_norms").get<std::vector<double>>(),
+                                          state.at("scale").get<double>(), opcm);
+      case merger_kind::dop:
+        if (!global) return alloy::dop_merger(initial, config.dop);
+        return alloy::dop_merger::resume(initial, std::move(*global), tasks_done, config.dop);
+      case merger_kind::continual:
+        break;
+    }
+    if (!global) return alloy::continual_merger(initial, std::move(options));
+    const bool policy = options.merge_rule == alloy::continual_rule::policy;
+    return alloy::continual_merger::resume(std::move(*global), tasks_done, std::move(options),
+                                           policy ? std::optional<alloy::memory_store>(initial) : std::nullopt);
+  }
+
+  any_merger merger_;
+  alloy::torch_adapter::svd_solver solver_;
+};
+
+}  // namespace alloy_clip

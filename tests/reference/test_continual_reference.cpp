@@ -1,0 +1,228 @@
+// OPCM and DOP (alloy/continual/opcm.hpp, dop.hpp, with Eigen's SVD) against independent NumPy
+// references of fusion_bench's algorithms (continual_reference.py), five tasks, several
+// settings; and their contracts. The SVDs differ (Eigen's BDCSVD, LAPACK's gesdd) by rounding
+// only, and what the mergers use of them (U P V^T, U diag(s^2) U^T) does not depend on the
+// singular vectors' signs, so G agrees to 1e-5 of the tensor's scale.
+
+#include <algorithm>
+#include <cmath>
+#include <cstdlib>
+#include <filesystem>
+#include <string>
+#include <vector>
+
+#include <catch2/catch.hpp>
+
+#include "alloy/alloy.hpp"
+#include "alloy/eigen/svd.hpp"
+
+using namespace alloy;
+
+namespace {
+
+std::filesystem::path reference_dir() {
+  const char* dir = std::getenv("ALLOY_REFERENCE_DIR");
+  REQUIRE(dir != nullptr);
+  return dir;
+}
+
+const std::vector<std::string> tensor_names = {"encoder.fc.weight", "encoder.proj.weight", "head.weight",
+                                               "encoder.fc.bias", "norm.weight"};
+
+memory_store part(const safetensors_store& file, const std::string& prefix) {
+  memory_store store;
+  for (const auto& name : tensor_names) store.insert(name, file.view(prefix + name));
+  return store;
+}
+
+std::vector<float> floats(const_tensor_view view) {
+  std::vector<float> values(view.numel());
+  convert(view, tensor_view(std::span<float>(values), view.shape()));
+  return values;
+}
+
+// The largest difference between G's tensor and the reference's after task t, against the scale.
+void check_against(const memory_store& global, const safetensors_store& file, int t) {
+  for (const auto& name : tensor_names) {
+    CAPTURE(name);
+    const auto got = floats(global.view(name));
+    const auto want = floats(file.view("expected" + std::to_string(t) + "." + name));
+    REQUIRE(got.size() == want.size());
+    float scale = 0;
+    for (const float w : want) scale = std::max(scale, std::abs(w));
+    float worst = 0;
+    for (std::size_t i = 0; i < got.size(); ++i) worst = std::max(worst, std::abs(got[i] - want[i]));
+    CHECK(worst <= 1e-5f * scale);
+    if (t == 1) CHECK(got == floats(file.view("task1." + name)));  // G = T_1 exactly
+  }
+}
+
+}  // namespace
+
+TEST_CASE("DOP matches the NumPy reference of fusion_bench's algorithm", "[reference][continual][dop]") {
+  struct setting {
+    const char* file;
+    dop_options options;
+  };
+  const setting settings[] = {
+      {"dop_default.safetensors", dop_options{}},
+      {"dop_fixed_u.safetensors", dop_options{0.6, 50, 1e-3, 0.9, false, false, 0.999, dop_subspace::input}},
+      {"dop_mgda_v.safetensors", dop_options{0.5, 80, 5e-4, 0.95, true, false, 0.999, dop_subspace::output}},
+  };
+  for (const auto& [name, options] : settings) {
+    CAPTURE(name);
+    const auto file = safetensors_store::open(reference_dir() / name);
+    dop_merger merger(part(file, "initial."), options);
+    for (int t = 1; t <= 5; ++t) {
+      CAPTURE(t);
+      merger.end_task(cpu_backend{2}, eigen::svd_solver{}, part(file, "task" + std::to_string(t) + "."));
+      CHECK(merger.tasks() == static_cast<std::size_t>(t));
+      check_against(merger.global(), file, t);
+    }
+  }
+}
+
+TEST_CASE("DOP refuses bad settings and tasks, and resumes where it stopped", "[continual][dop]") {
+  memory_store g0;
+  g0.insert("w", dtype::f32, {4, 3});
+  g0.insert("b", dtype::f32, {4});
+  CHECK_THROWS_WITH(dop_merger(g0, dop_options{1.5}), Catch::Contains("alpha = 1.5 must be in [0, 1]"));
+  dop_options no_rate;
+  no_rate.learning_rate = 0;
+  CHECK_THROWS_WITH(dop_merger(g0, no_rate), Catch::Contains("learning_rate = 0 must be positive"));
+  dop_options no_share;
+  no_share.svd_epsilon = 0;
+  CHECK_THROWS_WITH(dop_merger(g0, no_share), Catch::Contains("svd_epsilon = 0 must be in (0, 1]"));
+  const auto task = [&](float value) {
+    memory_store t;
+    auto w = t.insert("w", dtype::f32, {4, 3}).as<float>();
+    for (std::size_t i = 0; i < w.size(); ++i) w[i] = value * static_cast<float>(i % 5) - 0.3f * static_cast<float>(i % 3);
+    auto b = t.insert("b", dtype::f32, {4}).as<float>();
+    for (std::size_t i = 0; i < b.size(); ++i) b[i] = value * static_cast<float>(i);
+    return t;
+  };
+  // MGDA's two-task weight: the ends where one gradient already dominates, else the min-norm point.
+  CHECK(detail::min_norm_weight(1, 2, 5) == 0.999);
+  CHECK(detail::min_norm_weight(5, 2, 1) == 0.001);
+  CHECK(detail::min_norm_weight(1, 0, 1) == 0.5);
+  CHECK(detail::min_norm_weight(4, 1, 2) == Approx(0.25));
+  dop_merger merger(g0);
+  merger.end_task(cpu_backend{2}, eigen::svd_solver{}, task(0.5f));
+  memory_store missing;
+  missing.insert("b", dtype::f32, {4});
+  CHECK_THROWS_WITH(merger.end_task(cpu_backend{2}, eigen::svd_solver{}, missing), Catch::Contains("dop: the task weights lack tensor 'w'"));
+  CHECK(merger.tasks() == 1);
+  dop_merger resumed = dop_merger::resume(g0, merger.global(), merger.tasks());
+  for (float value : {-0.7f, 0.9f}) {
+    merger.end_task(cpu_backend{2}, eigen::svd_solver{}, task(value));
+    resumed.end_task(cpu_backend{1}, eigen::svd_solver{}, task(value));
+  }
+  for (const char* name : {"w", "b"}) CHECK(floats(merger.global().view(name)) == floats(resumed.global().view(name)));
+}
+
+TEST_CASE("OPCM matches the NumPy reference of fusion_bench's algorithm", "[reference][continual][opcm]") {
+  for (const double alpha : {0.5, 0.8}) {
+    CAPTURE(alpha);
+    const auto file = safetensors_store::open(reference_dir() / (alpha == 0.5 ? "opcm_alpha0.5.safetensors" : "opcm_alpha0.8.safetensors"));
+    opcm_merger merger(part(file, "initial."), opcm_options{alpha});
+    const cpu_backend backend{2};
+    for (int t = 1; t <= 5; ++t) {
+      CAPTURE(t);
+      merger.end_task(backend, eigen::svd_solver{}, part(file, "task" + std::to_string(t) + "."));
+      CHECK(merger.tasks() == static_cast<std::size_t>(t));
+      check_against(merger.global(), file, t);
+    }
+    // The task vector's norm is held at the mean of the tasks' norms.
+    double mean = 0;
+    for (const double n : merger.task_norms()) mean += n;
+    mean /= 5;
+    double squared = 0;
+    for (const auto& name : tensor_names) {
+      const auto g = floats(merger.global().view(name));
+      const auto g0 = floats(merger.initial().view(name));
+      for (std::size_t i = 0; i < g.size(); ++i) {
+        const double d = static_cast<double>(g[i]) - static_cast<double>(g0[i]);
+        squared += d * d;
+      }
+    }
+    CHECK(std::sqrt(squared) == Approx(mean).epsilon(1e-5));
+    CHECK(merger.scale() > 1);  // projected task vectors add up to more than one task's norm
+  }
+}
+
+TEST_CASE("OPCM protects the merged task vector's leading directions", "[continual][opcm]") {
+  // G - G0 = diag(3, 1, 0.5) (3 x 3): at alpha 0.5 the first direction (share 3/4.5 > 0.5) is
+  // not protected (r = 0); at alpha 0.7, r = 1. A new task vector e1 e2^T + e2 e1^T + e3 e3^T:
+  // the diagonal of P is always cleared (e3 e3^T goes), P[0][1] and P[1][0] stay at r = 0 and
+  // r = 1 (off the r x r block); at alpha 0.9 (r = 2) both go too.
+  const auto run = [](double alpha) {
+    memory_store g0;
+    g0.insert("w", dtype::f32, {3, 3});
+    opcm_merger merger(g0, opcm_options{alpha});
+    memory_store first;
+    auto w = first.insert("w", dtype::f32, {3, 3});
+    const auto a = w.as<float>();
+    a[0] = 3;
+    a[4] = 1;
+    a[8] = 0.5f;
+    merger.end_task(cpu_backend{1}, eigen::svd_solver{}, first);
+    memory_store second;
+    const auto b = second.insert("w", dtype::f32, {3, 3}).as<float>();
+    b[1] = b[3] = 1;
+    b[8] = 1;
+    merger.end_task(cpu_backend{1}, eigen::svd_solver{}, second);
+    return floats(merger.global().view("w"));
+  };
+  for (const double alpha : {0.5, 0.7}) {
+    const auto g = run(alpha);
+    // W = diag(3, 1, .5) + (e1 e2^T + e2 e1^T), rescaled to the mean norm of the two tasks.
+    const double unscaled = std::sqrt(9 + 1 + 0.25 + 2);
+    const double mean = (std::sqrt(9 + 1 + 0.25) + std::sqrt(3.0)) / 2;
+    CHECK(g[0] == Approx(3 * mean / unscaled).epsilon(1e-6));
+    CHECK(g[1] == Approx(mean / unscaled).epsilon(1e-6));
+    CHECK(g[3] == Approx(mean / unscaled).epsilon(1e-6));
+    CHECK(g[8] == Approx(0.5 * mean / unscaled).epsilon(1e-6));
+    CHECK(std::abs(g[2]) < 1e-7f);
+  }
+  const auto g = run(0.9);
+  CHECK(std::abs(g[1]) < 1e-7f);
+  CHECK(std::abs(g[3]) < 1e-7f);
+}
+
+TEST_CASE("OPCM refuses bad settings and tasks, and resumes where it stopped", "[continual][opcm]") {
+  memory_store g0;
+  g0.insert("w", dtype::f32, {4, 3});
+  g0.insert("b", dtype::bf16, {4});
+  CHECK_THROWS_WITH(opcm_merger(g0, opcm_options{1.0}), Catch::Contains("alpha = 1 must be in [0, 1)"));
+  CHECK_THROWS_WITH(opcm_merger(g0, opcm_options{-0.1}), Catch::Contains("must be in [0, 1)"));
+
+  const auto task = [&](float value) {
+    memory_store t;
+    auto w = t.insert("w", dtype::f32, {4, 3});
+    for (std::size_t i = 0; i < 12; ++i) w.as<float>()[i] = value * static_cast<float>(i % 5) - 0.3f * static_cast<float>(i % 3);
+    auto b = t.insert("b", dtype::f32, {4});
+    for (std::size_t i = 0; i < 4; ++i) b.as<float>()[i] = value * static_cast<float>(i);
+    return t;
+  };
+  opcm_merger merger(g0);
+  const cpu_backend backend{2};
+  merger.end_task(backend, eigen::svd_solver{}, task(0.5f));
+  memory_store missing;
+  missing.insert("w", dtype::f32, {4, 3});
+  CHECK_THROWS_WITH(merger.end_task(backend, eigen::svd_solver{}, missing), Catch::Contains("lack tensor 'b'"));
+  memory_store wrong = task(1.0f);
+  memory_store reshaped;
+  reshaped.insert("w", dtype::f32, {3, 4});
+  reshaped.insert("b", wrong.view("b"));
+  CHECK_THROWS_WITH(merger.end_task(backend, eigen::svd_solver{}, reshaped), Catch::Contains("has shape"));
+  CHECK(merger.tasks() == 1);  // the refused tasks changed nothing
+
+  opcm_merger resumed = opcm_merger::resume(g0, merger.global(), merger.task_norms(), merger.scale());
+  for (float value : {-0.7f, 0.9f}) {
+    merger.end_task(backend, eigen::svd_solver{}, task(value));
+    resumed.end_task(cpu_backend{1}, eigen::svd_solver{}, task(value));
+  }
+  for (const char* name : {"w", "b"}) CHECK(floats(merger.global().view(name)) == floats(resumed.global().view(name)));
+  CHECK(merger.global().view("b").dtype() == dtype::bf16);  // G keeps G0's dtypes
+  CHECK_THROWS_WITH(opcm_merger::resume(g0, merger.global(), merger.task_norms(), 0.0), Catch::Contains("must be positive"));
+}
