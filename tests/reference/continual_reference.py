@@ -2,8 +2,9 @@
 `method/opcm/opcm.py`) and DOP (fusion_bench's `method/dop/dop.py`), used to check alloy's
 opcm_merger and dop_merger (alloy/continual/opcm.hpp, dop.hpp).
 
-  continual_reference.py write DIR   writes DIR/opcm_alpha<alpha>.safetensors for each alpha and
-                                     DIR/dop_<case>.safetensors for each DOP setting:
+  continual_reference.py write DIR   writes DIR/opcm_alpha<alpha>.safetensors for each alpha,
+                                     DIR/dop_<case>.safetensors for each DOP setting and
+                                     DIR/magmax_sequence.safetensors (MagMax over every task seen):
                                      initial.<name>, task<t>.<name> (inputs, F32) and
                                      expected<t>.<name> (G after task t, F32), t = 1..TASKS
 
@@ -135,6 +136,22 @@ def dop(initial, tasks, o):
     return steps
 
 
+def magmax_sequence(initial, tasks, scale):
+    """fusion_bench's magmax_merge over the first t task vectors, for each t (from scratch)."""
+    steps = []
+    for t in range(1, len(tasks) + 1):
+        merged = {}
+        for n, base in initial.items():
+            base = base.astype(np.float64)
+            best = tasks[0][n].astype(np.float64) - base
+            for task in tasks[1:t]:
+                tau = task[n].astype(np.float64) - base
+                best = np.where(np.abs(tau) >= np.abs(best), tau, best)
+            merged[n] = (base + scale * best).astype(np.float32)
+        steps.append(merged)
+    return steps
+
+
 DOP_CASES = {
     "default": {"alpha": 0.8, "steps": 200, "lr": 1e-4, "eps": 0.99999, "mgda": True, "ema": True, "beta": 0.999,
                 "space": "uv"},
@@ -171,6 +188,8 @@ def main():
     for alpha in (0.5, 0.8):
         write_case(os.path.join(out, "opcm_alpha%g.safetensors" % alpha), initial, tasks, opcm(initial, tasks, alpha),
                    {"alpha": str(alpha), "tasks": str(TASKS)})
+    write_case(os.path.join(out, "magmax_sequence.safetensors"), initial, tasks, magmax_sequence(initial, tasks, 0.5),
+               {"scaling_factor": "0.5"})
     for case, o in DOP_CASES.items():
         write_case(os.path.join(out, "dop_%s.safetensors" % case), initial, tasks, dop(initial, tasks, o),
                    {k: str(v) for k, v in o.items()})

@@ -59,6 +59,28 @@ void check_against(const memory_store& global, const safetensors_store& file, in
 
 }  // namespace
 
+TEST_CASE("MagMax over every task seen matches the NumPy reference of fusion_bench's", "[reference][continual][magmax]") {
+  const auto file = safetensors_store::open(reference_dir() / "magmax_sequence.safetensors");
+  magmax_sequence_merger merger(part(file, "initial."), magmax_sequence_options{0.5});
+  for (int t = 1; t <= 5; ++t) {
+    CAPTURE(t);
+    merger.end_task(part(file, "task" + std::to_string(t) + "."));
+    for (const auto& name : tensor_names) {
+      CAPTURE(name);
+      const auto got = floats(merger.global().view(name));
+      const auto want = floats(file.view("expected" + std::to_string(t) + "." + name));
+      CHECK(got == want);  // one f64 computation rounded once, on both sides
+    }
+    if (t == 3) {  // a resumed merger continues as the uninterrupted one
+      magmax_sequence_merger resumed = magmax_sequence_merger::resume(part(file, "initial."), merger.selection(), 3, {0.5});
+      for (const auto& name : tensor_names) CHECK(floats(resumed.global().view(name)) == floats(merger.global().view(name)));
+    }
+  }
+  memory_store missing;
+  CHECK_THROWS_WITH(merger.end_task(missing), Catch::Contains("magmax_sequence: the task weights lack tensor"));
+  CHECK(merger.tasks() == 5);
+}
+
 TEST_CASE("DOP matches the NumPy reference of fusion_bench's algorithm", "[reference][continual][dop]") {
   struct setting {
     const char* file;
