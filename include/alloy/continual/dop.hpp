@@ -175,9 +175,7 @@ class dop_merger {
     if (!(options_.learning_rate > 0.0 && std::isfinite(options_.learning_rate))) {
       fail(error_code::invalid_argument, "dop: learning_rate = ", options_.learning_rate, " must be positive");
     }
-    for (const auto& name : initial_.names()) {
-      detail::check_computable(initial_.view(name), "dop: tensor '" + name + "' of the initial weights");
-    }
+    detail::check_same_tensors(initial_, initial_, "dop: the initial weights");  // (computable dtypes)
   }
 
   // Continues a run from a checkpoint: G after `tasks_done` tasks.

@@ -30,10 +30,8 @@ class magmax_sequence_merger {
     if (!std::isfinite(options_.scaling_factor)) {
       fail(error_code::invalid_argument, "magmax_sequence: scaling_factor = ", options_.scaling_factor, " must be finite");
     }
-    for (const auto& name : initial_.names()) {
-      detail::check_computable(initial_.view(name), "magmax_sequence: tensor '" + name + "' of the initial weights");
-      selected_.push_back(std::vector<double>(initial_.view(name).numel(), 0.0));
-    }
+    detail::check_same_tensors(initial_, initial_, "magmax_sequence: the initial weights");  // (computable dtypes)
+    for (const auto& name : initial_.names()) selected_.push_back(std::vector<double>(initial_.view(name).numel(), 0.0));
   }
 
   // Continues a run: the selection after `tasks_done` tasks (`selection()`), from which G follows.

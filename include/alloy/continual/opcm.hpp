@@ -84,9 +84,7 @@ class opcm_merger {
     if (!(options_.alpha >= 0.0 && options_.alpha < 1.0)) {
       fail(error_code::invalid_argument, "opcm: alpha = ", options_.alpha, " must be in [0, 1)");
     }
-    for (const auto& name : initial_.names()) {
-      detail::check_computable(initial_.view(name), "opcm: tensor '" + name + "' of the initial weights");
-    }
+    detail::check_same_tensors(initial_, initial_, "opcm: the initial weights");  // (computable dtypes)
   }
 
   // Continues a run from a checkpoint: G after `tasks_done` tasks, the task-vector norms seen so
