@@ -2,8 +2,9 @@
 //
 //   clip_continual pretrain  [--data DIR] [--output DIR] [--epochs N] [--images-per-dataset N] [--seed S]
 //                            [--device D] [--force]
-//   clip_continual run       [--name NAME] [--runs DIR] [--full] [--orders N] [--methods a,b,...] [--epochs N]
-//                            [--p-sweep] [--resume] [--model DIR] [--data DIR] [--seed S] [--device D]
+//   clip_continual run       [--name NAME] [--runs DIR] [--full] [--setting novel|broad|long] [--tasks a,b,...]
+//                            [--orders N] [--methods a,b,...] [--epochs N] [--p-sweep] [--resume] [--model DIR]
+//                            [--data DIR] [--seed S] [--device D] [--threads N]
 //   clip_continual zeroshot  [--model DIR] [--data DIR] [--datasets a,b,...] [--image-folder DIR]
 //                            [--image-csv FILE] [--device D] [--batch N]
 //
@@ -40,12 +41,15 @@ struct common_options {
   std::string data = default_data_dir().string();
   std::string device = "cpu";
   std::uint64_t seed = 0;
+  int threads = 0;  // 0: torch's default (one per core)
   bool quiet = false;
 
   void add_to(CLI::App& app) {
     app.add_option("--data", data, "Data folder: datasets/ (prepare_datasets, export_digits.py) and models/ (default $ALLOY_DATA_DIR or ~/.cache/alloy)");
     app.add_option("--device", device, "cpu, cuda or cuda:N (bf16 autocast on CUDA)");
     app.add_option("--seed", seed, "Seed of the data split and of training");
+    app.add_option("--threads", threads, "CPU threads of torch's operations (default: one per core); results depend on it")
+        ->check(CLI::PositiveNumber);
     app.add_flag("--quiet", quiet, "Print results only");
   }
   [[nodiscard]] std::filesystem::path datasets() const { return std::filesystem::path(data) / "datasets"; }
@@ -111,12 +115,12 @@ int run_zero_shot(const common_options& common, const std::string& model_dir, co
 struct run_options {
   std::string name = "quick";
   std::string runs = "runs";
-  std::string model;
+  std::string model, setting = "novel", heldout;
   bool full = false, resume = false, p_sweep = false;
   std::int64_t orders = 0, epochs = 0, max_train = 0, max_test = 0, lora_rank = 0, align_every = 0;
   double learning_rate = 0, p = 0, l2_strength = -1, sign_strength = -1, ties_density = -1,
          merge_weight = -1;
-  std::vector<std::string> methods, lora_targets;
+  std::vector<std::string> methods, lora_targets, tasks;
 };
 
 int run_continual(const common_options& common, const run_options& options) {
@@ -124,10 +128,18 @@ int run_continual(const common_options& common, const run_options& options) {
   const auto device = alloy_clip::parse_device(common.device);
   alloy_clip::continual_config config;
   config.seed = common.seed;
+  const alloy_clip::task_setting& setting = alloy_clip::find_setting(options.setting);  // unknown names fail here
+  config.setting = setting.name;
+  config.tasks = setting.tasks;
+  config.heldout = setting.heldout;
+  if (!options.tasks.empty() || !options.heldout.empty()) config.setting = "custom";
+  if (!options.tasks.empty()) config.tasks = options.tasks;
+  if (!options.heldout.empty()) config.heldout = options.heldout;
+  config.check_tasks();
   if (options.full) {
     config.methods.clear();
     for (const auto& m : alloy_clip::all_methods()) config.methods.push_back(m.key);
-    config.orders = 5;
+    config.orders = 10;
     config.max_test = 2000;
     config.p_sweep = {0.1, 0.3, 0.5, 0.7, 0.9};
   }
@@ -186,6 +198,7 @@ int run_continual(const common_options& common, const run_options& options) {
   summary.zero_shot = runner.zero_shot_accuracy();
   summary.orders = orders;
   summary.device = device.str();
+  summary.threads = torch::get_num_threads();
   const auto run_all = [&](const alloy_clip::method_spec& method, double p) {
     std::vector<alloy_clip::cell_result> cells;
     for (std::size_t k = 0; k < orders.size(); ++k) cells.push_back(runner.run(method, k, orders[k], p));
@@ -196,11 +209,11 @@ int run_continual(const common_options& common, const run_options& options) {
   summary.seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - started).count();
   const auto report = alloy_clip::write_report(summary, dir);
 
-  std::printf("%-20s %13s %14s %13s\n", "method", "ACC (%)", "BWT (points)", "held-out (%)");
+  std::printf("%-20s %-20s %-23s %-20s  (mean [95%% interval] over %zu orders)\n", "method", "ACC (%)", "BWT (points)",
+              "held-out (%)", orders.size());
   for (const auto& m : summary.methods) {
-    std::printf("%-20s %6.1f ± %4.1f %7.1f ± %4.1f %6.1f ± %4.1f\n", m.key.c_str(), 100 * alloy_clip::mean_of(m.acc),
-                100 * alloy_clip::std_of(m.acc), 100 * alloy_clip::mean_of(m.bwt), 100 * alloy_clip::std_of(m.bwt),
-                100 * alloy_clip::mean_of(m.heldout), 100 * alloy_clip::std_of(m.heldout));
+    std::printf("%-20s %-20s %-23s %-20s\n", m.key.c_str(), alloy_clip::detail::pct_ci(m.acc).c_str(),
+                alloy_clip::detail::pct_ci(m.bwt).c_str(), alloy_clip::detail::pct_ci(m.heldout).c_str());
   }
   std::printf("report: %s\n", report.string().c_str());
   return 0;
@@ -241,8 +254,14 @@ int main(int argc, char** argv) {
   run_options run_opts;
   run->add_option("--name", run_opts.name, "Run name: results go to RUNS/NAME (default quick, or full with --full)");
   run->add_option("--runs", run_opts.runs, "Folder of the runs (default runs)");
+  run->add_option("--setting", run_opts.setting,
+                  "Task sequence: novel (variants the base cannot classify; default), broad (distortions it recognises "
+                  "well above chance), long (21 tasks)");
+  run->add_option("--tasks", run_opts.tasks, "Tasks in the given order instead of the setting's (dataset names, as zeroshot takes)")
+      ->delimiter(',');
+  run->add_option("--heldout", run_opts.heldout, "The task never trained on, instead of the setting's");
   run->add_option("--model", run_opts.model, "A Hugging Face CLIP folder as the base (default: the example's small CLIP)");
-  run->add_flag("--full", run_opts.full, "The whole study: every method, 5 orders, 3 epochs, 2000 images per task, PAM's p sweep");
+  run->add_flag("--full", run_opts.full, "The whole study: every method, 10 orders, 3 epochs, 2000 images per task, PAM's p sweep");
   run->add_option("--orders", run_opts.orders, "Task orders (default 3)")->check(CLI::PositiveNumber);
   run->add_option("--epochs", run_opts.epochs, "Epochs per task (default 2)")->check(CLI::PositiveNumber);
   run->add_option("--max-train", run_opts.max_train, "Training images per task")->check(CLI::PositiveNumber);
@@ -270,9 +289,13 @@ int main(int argc, char** argv) {
 
   CLI11_PARSE(app, argc, argv);
   try {
+    if (common.threads > 0) torch::set_num_threads(common.threads);
     if (pretrain->parsed()) return run_pretrain(common, output, epochs, per_dataset, force);
     if (run->parsed()) {
-      if (run_opts.full && run_opts.name == "quick") run_opts.name = "full";
+      if (run_opts.name == "quick") {  // the default name says what ran
+        if (run_opts.full) run_opts.name = "full";
+        if (run_opts.setting != "novel") run_opts.name += "-" + run_opts.setting;
+      }
       return run_continual(common, run_opts);
     }
     return run_zero_shot(common, model_dir, names, image_folder, image_csv, batch);

@@ -137,9 +137,76 @@ TEST_CASE("variants invert or rotate the images and say so in their prompts", "[
   CHECK(rotated.images[0][0][0][0].item<int>() == data.images[0][0][0][3].item<int>());
   CHECK(rotated.images[0][0][1][2].item<int>() == data.images[0][0][2][2].item<int>());
   CHECK(rotated.prompt(1, 0) == "a picture of a class 0, turned sideways.");
-  CHECK_THROWS_WITH(variant_of(data, "blurred"), Catch::Contains("unknown dataset variant"));
+  CHECK_THROWS_WITH(variant_of(data, "sparkly"), Catch::Contains("unknown dataset variant") && Catch::Contains("tilted"));
+  CHECK_THROWS_WITH(load_dataset("mnist-sparkly", "/nonexistent"), Catch::Contains("unknown dataset variant"));
   CHECK_THROWS_WITH(load_dataset("cifar", "."), Catch::Contains("unknown dataset") && Catch::Contains("fashion_mnist"));
   CHECK_THROWS_WITH(load_dataset("mnist", "/nonexistent"), Catch::Contains("no mnist dataset at"));
+}
+
+namespace {
+
+// One image of size x size, 0 but for `value` at (row, column).
+image_dataset one_pixel(std::int64_t size, std::int64_t row, std::int64_t column, int value) {
+  image_dataset data = counting_dataset(1, 1);
+  data.images = ::torch::zeros({1, 1, size, size}, ::torch::kUInt8);
+  data.images[0][0][row][column] = value;
+  return data;
+}
+
+int pixel(const image_dataset& d, std::int64_t row, std::int64_t column) { return d.images[0][0][row][column].item<int>(); }
+std::int64_t total(const image_dataset& d) { return d.images.to(::torch::kInt64).sum().item<std::int64_t>(); }
+
+}  // namespace
+
+TEST_CASE("distortions keep the prompts and move pixels as computed by hand", "[clip][data]") {
+  const image_dataset data = one_pixel(7, 2, 1, 90);
+  const image_dataset flipped = variant_of(data, "flipped");
+  CHECK(flipped.name == "counting-flipped");
+  CHECK(flipped.templates == data.templates);  // what the image shows is unchanged, and so is the prompt
+  CHECK(pixel(flipped, 2, 5) == 90);
+  CHECK(total(flipped) == 90);
+
+  const image_dataset bold = variant_of(data, "bold");  // the 3x3 maximum: a 3x3 block
+  for (std::int64_t r = 0; r < 7; ++r) {
+    for (std::int64_t c = 0; c < 7; ++c) CHECK(pixel(bold, r, c) == (r >= 1 && r <= 3 && c <= 2 ? 90 : 0));
+  }
+  const image_dataset blurred = variant_of(data, "blurred");  // the 3x3 mean, edges averaged over what is inside
+  CHECK(pixel(blurred, 2, 2) == 10);                             // 90 / 9
+  CHECK(pixel(blurred, 2, 0) == 15);                             // 90 / 6 at the left edge
+  CHECK(pixel(blurred, 2, 3) == 0);
+  const image_dataset shifted = variant_of(data, "shifted");  // 7 / 7 = 1 pixel right and down
+  CHECK(pixel(shifted, 3, 2) == 90);
+  CHECK(total(shifted) == 90);
+  CHECK(total(variant_of(one_pixel(7, 6, 6, 90), "shifted")) == 0);  // pushed out of the frame
+
+  const image_dataset centre = one_pixel(7, 3, 3, 200);
+  const image_dataset tilted = variant_of(centre, "tilted");  // the centre of an odd-sized image stays
+  CHECK(pixel(tilted, 3, 3) == 200);
+  image_dataset bar = one_pixel(7, 3, 3, 200);  // a horizontal bar through the centre leaves its row
+  bar.images[0][0][3] = 200;
+  CHECK(variant_of(bar, "tilted").images[0][0][3].to(::torch::kInt64).sum().item<std::int64_t>() < 7 * 200 / 2);
+
+  image_dataset white = counting_dataset(1, 1);
+  white.images = ::torch::full({1, 1, 9, 9}, 255, ::torch::kUInt8);
+  const image_dataset small = variant_of(white, "small");  // 6x6 at rows and columns 1..6
+  CHECK(pixel(small, 0, 0) == 0);
+  CHECK(pixel(small, 1, 1) == 255);
+  CHECK(pixel(small, 6, 6) == 255);
+  CHECK(pixel(small, 7, 7) == 0);
+  CHECK(total(small) == 36 * 255);
+
+  image_dataset grey = counting_dataset(64, 2);
+  grey.images = ::torch::full({64, 1, 8, 8}, 128, ::torch::kUInt8);
+  const image_dataset noisy = variant_of(grey, "noisy");
+  CHECK(::torch::equal(noisy.images, variant_of(grey, "noisy").images));  // seeded: the same every time
+  const double spread = (noisy.images.to(::torch::kFloat64) - 128).abs().mean().item<double>();
+  CHECK(spread == Approx(48 * std::sqrt(2 / 3.14159265358979)).epsilon(0.05));  // E|N(0, 48)|
+
+  const image_dataset chained = variant_of(variant_of(data, "flipped"), "bold");
+  CHECK(chained.name == "counting-flipped-bold");
+  CHECK(pixel(chained, 1, 6) == 90);
+  CHECK(total(chained) == 9 * 90);
+  CHECK_THROWS_WITH(load_dataset("mnist-flipped-bold", "/nonexistent"), Catch::Contains("no mnist dataset at"));
 }
 
 TEST_CASE("class embeddings are the renormalised mean over templates", "[clip][zero-shot]") {

@@ -1,7 +1,8 @@
 #!/usr/bin/env python3
 """Checks the results.json of `clip_continual run` against the issue's schema, recomputes its
-metrics from the accuracy matrices with NumPy, and (given a second file) checks that two runs,
-one of them interrupted and resumed, gave the same accuracies.
+metrics from the accuracy matrices with NumPy and its 95% intervals (each method's, and the paired
+differences of methods on the same orders) with SciPy's Student t, and (given a second file)
+checks that two runs, one of them interrupted and resumed, gave the same accuracies.
 
     check_continual_results.py RUN_DIR [OTHER_RUN_DIR]
 """
@@ -10,8 +11,29 @@ import pathlib
 import sys
 
 import numpy as np
+from scipy import stats
 
-KEYS = ["acc", "acc_std", "bwt", "bwt_std", "fwt", "heldout", "matrix", "train_s", "merge_s"]
+KEYS = ["acc", "acc_std", "acc_ci95", "bwt", "bwt_std", "bwt_ci95", "fwt", "heldout", "heldout_ci95",
+        "acc_after_each_task", "matrix", "train_s", "merge_s"]
+
+
+def interval(values):
+    """The mean and 95% interval of Student's t, None without an interval (one value)."""
+    values = np.asarray(values, dtype=float)
+    if len(values) < 2:
+        return None
+    half = stats.t.ppf(0.975, len(values) - 1) * np.std(values, ddof=1) / np.sqrt(len(values))
+    return values.mean() - half, values.mean() + half
+
+
+def check_interval(name, got, values):
+    expected = interval(values)
+    if expected is None:
+        if got is not None:
+            sys.exit(f"{name}: an interval {got} from one order")
+        return
+    if got is None or abs(got[0] - expected[0]) > 1e-9 or abs(got[1] - expected[1]) > 1e-9:
+        sys.exit(f"{name}: interval {got}, SciPy's t gives {expected} for {list(values)}")
 
 
 def check(run_dir):
@@ -41,6 +63,15 @@ def check(run_dir):
         std = np.std(per_order, ddof=1) if len(per_order) > 1 else 0.0
         if abs(std - m["acc_std"]) > 1e-9:
             sys.exit(f"method {key}: acc_std {m['acc_std']} is not the standard deviation {std} of {per_order}")
+        for metric in ["acc", "bwt", "heldout"]:
+            check_interval(f"method {key} {metric}", m[f"{metric}_ci95"], m["per_order"][metric])
+        curves = np.array(m["per_order"]["acc_after_each_task"])
+        if curves.shape != (len(per_order), n) or not np.allclose(curves[:, -1], per_order):
+            sys.exit(f"method {key}: ACC after the last task is not the ACC of each order")
+        for t in range(n):
+            c = m["acc_after_each_task"][t]
+            low_high = None if c["low"] is None else (c["low"], c["high"])
+            check_interval(f"method {key} ACC after task {t + 1}", low_high, curves[:, t])
         # FWT: each task's accuracy just before it is learned, less the base model's, per order.
         if key == "zero_shot" and (abs(m["fwt"]) > 1e-12 or abs(m["bwt"]) > 1e-12):
             sys.exit("zero_shot has non-zero transfer")
@@ -51,6 +82,19 @@ def check(run_dir):
         expected = np.mean([[zero[t] for t in order] for order in orders], axis=0)
         if not np.allclose(r[-1], expected):
             sys.exit("zero_shot's matrix is not the base model's accuracy per task")
+    for pair in results.get("paired", []):
+        a, b = results["methods"][pair["method"]], results["methods"][pair["baseline"]]
+        for metric in ["acc", "bwt"]:
+            difference = np.subtract(a["per_order"][metric], b["per_order"][metric])
+            d = pair[f"{metric}_difference"]
+            if abs(d["mean"] - difference.mean()) > 1e-9:
+                sys.exit(f"{pair['method']} - {pair['baseline']}: {metric} difference {d['mean']}, not {difference.mean()}")
+            check_interval(f"{pair['method']} - {pair['baseline']} {metric}", None if d["low"] is None else (d["low"], d["high"]),
+                           difference)
+            expected = interval(difference)
+            resolved = expected is not None and (expected[0] > 0 or expected[1] < 0)
+            if pair[f"{metric}_resolved"] != resolved:
+                sys.exit(f"{pair['method']} - {pair['baseline']}: {metric} called resolved={pair[f'{metric}_resolved']}")
     if not (run_dir / "report.md").exists():
         sys.exit(f"{run_dir}/report.md is missing")
     return results

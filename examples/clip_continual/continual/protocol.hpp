@@ -23,6 +23,7 @@
 #include "alloy/core/error.hpp"
 #include "alloy/core/lookup.hpp"
 #include "../data/datasets.hpp"
+#include "statistics.hpp"
 
 namespace alloy_clip {
 
@@ -48,6 +49,7 @@ struct method_spec {
   std::optional<alloy::pam_reset> pam{};      // PAM during training, resetting to zero or to G
   regularizer_kind regularizer = regularizer_kind::none;
   merger_kind merger = merger_kind::continual;
+  std::string_view compared_with{};  // the method that differs from this one by one ingredient (the report pairs them)
 };
 
 inline const std::vector<method_spec>& all_methods() {
@@ -59,28 +61,30 @@ inline const std::vector<method_spec>& all_methods() {
        .kind = method_kind::sequential},
       {.key = "independent", .description = "a fresh LoRA per task, each task tested with its own (upper bound)",
        .kind = method_kind::independent},
-      {.key = "merge_avg", .description = "a copy of the global LoRA per task, merged back by running mean, no alignment"},
-      {.key = "pam", .description = "merge_avg with PAM during training (reset to zero)", .pam = pam_reset::to_zero},
+      {.key = "merge_avg", .description = "a copy of the global LoRA per task, merged back by running mean, no alignment",
+       .compared_with = "sequential_finetune"},
+      {.key = "pam", .description = "merge_avg with PAM during training (reset to zero)", .pam = pam_reset::to_zero,
+       .compared_with = "merge_avg"},
       {.key = "pam_global_reset", .description = "merge_avg with PAM during training (reset to G)",
-       .pam = pam_reset::to_global},
+       .pam = pam_reset::to_global, .compared_with = "merge_avg"},
       {.key = "ties_post", .description = "TIES instead of averaging, no alignment", .merge = continual_rule::policy,
-       .merge_method = "ties"},
+       .merge_method = "ties", .compared_with = "merge_avg"},
       {.key = "magmax", .description = "MagMax instead of averaging, no alignment", .merge = continual_rule::policy,
-       .merge_method = "magmax"},
+       .merge_method = "magmax", .compared_with = "merge_avg"},
       {.key = "l2_regularizer", .description = "merge_avg with an L2 pull towards G in the loss",
-       .regularizer = regularizer_kind::l2_pull},
+       .regularizer = regularizer_kind::l2_pull, .compared_with = "merge_avg"},
       {.key = "sign_regularizer", .description = "merge_avg with a sign-agreement penalty on G's top-p entries",
-       .regularizer = regularizer_kind::sign_agreement},
+       .regularizer = regularizer_kind::sign_agreement, .compared_with = "merge_avg"},
       {.key = "pam_ties", .description = "PAM during training, then TIES merging", .merge = continual_rule::policy,
-       .merge_method = "ties", .pam = pam_reset::to_zero},
+       .merge_method = "ties", .pam = pam_reset::to_zero, .compared_with = "ties_post"},
       {.key = "opcm",
        .description = "OPCM (Tang et al. 2025): each task vector projected off the merged one's leading singular "
                       "directions, the merged norm held at the tasks' mean",
-       .merger = merger_kind::opcm},
+       .merger = merger_kind::opcm, .compared_with = "merge_avg"},
       {.key = "dop",
        .description = "DOP: each matrix optimised to keep both the merged and the new task vector in their own "
                       "singular subspaces (MGDA-balanced)",
-       .merger = merger_kind::dop},
+       .merger = merger_kind::dop, .compared_with = "merge_avg"},
   };
   return all;
 }
@@ -131,21 +135,6 @@ inline sequence_metrics metrics_of(const std::vector<std::vector<double>>& r, co
     for (std::size_t i = 1; i < n; ++i) m.fwt += (r[i - 1][i] - baseline[i]) / static_cast<double>(n - 1);
   }
   return m;
-}
-
-inline double mean_of(const std::vector<double>& v) {
-  double s = 0;
-  for (const double x : v) s += x;
-  return v.empty() ? 0.0 : s / static_cast<double>(v.size());
-}
-
-// The sample standard deviation (n - 1), 0 for fewer than two values.
-inline double std_of(const std::vector<double>& v) {
-  if (v.size() < 2) return 0.0;
-  const double m = mean_of(v);
-  double s = 0;
-  for (const double x : v) s += (x - m) * (x - m);
-  return std::sqrt(s / static_cast<double>(v.size() - 1));
 }
 
 }  // namespace alloy_clip

