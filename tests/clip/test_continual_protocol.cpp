@@ -31,6 +31,15 @@ TEST_CASE("ACC, BWT, FWT and plasticity of a hand-made accuracy matrix", "[clip]
   CHECK(m.bwt == Approx(((0.5 - 0.8) + (0.7 - 0.9)) / 2));
   CHECK(m.fwt == Approx(((0.3 - 0.2) + (0.25 - 0.3)) / 2));
   CHECK(m.plasticity == Approx((0.8 + 0.9 + 0.95) / 3));
+  // After each task: ACC over the tasks seen, BWT over the tasks before; the last are ACC and BWT.
+  const auto acc = method_summary::seen_accuracy_curve(r), bwt = method_summary::seen_backward_transfer_curve(r);
+  REQUIRE(acc.size() == 3);
+  CHECK(acc[0] == Approx(0.8));
+  CHECK(acc[1] == Approx(0.75));
+  CHECK(acc[2] == Approx(m.acc));
+  CHECK(bwt[0] == 0);
+  CHECK(bwt[1] == Approx(-0.2));
+  CHECK(bwt[2] == Approx(m.bwt));
   CHECK_THROWS_WITH(metrics_of({{0.1}, {0.2}}, {0.1}), Catch::Contains("disagree"));
   CHECK_THROWS_WITH(metrics_of({{0.1, 0.2}}, {0.1}), Catch::Contains("not square"));
   CHECK(mean_of({1, 2, 3, 6}) == Approx(3));
@@ -162,7 +171,7 @@ TEST_CASE("the report pairs each method with its one-ingredient baseline and say
   std::stringstream text;
   text << in.rdbuf();
   const std::string report = text.str();
-  const auto resolved = report.find("**Resolved**"), unresolved = report.find("**Not resolved**");
+  const auto resolved = report.find("**ACC, resolved**"), unresolved = report.find("**ACC, not resolved**");
   REQUIRE(resolved != std::string::npos);
   REQUIRE(unresolved != std::string::npos);
   const auto pam_line = report.find("`pam` - `merge_avg` +2.0 [", resolved);
@@ -170,6 +179,9 @@ TEST_CASE("the report pairs each method with its one-ingredient baseline and say
   CHECK(report.find("(higher)", resolved) < unresolved);
   CHECK(report.find("`opcm` - `merge_avg` +0.0 [", unresolved) != std::string::npos);
   CHECK(report.find("Student's t with 2 degrees of freedom") != std::string::npos);
+  CHECK(report.find("**BWT, resolved**") != std::string::npos);  // every BWT is 0 here: none resolved
+  CHECK(report.find("**BWT, resolved** (the 95% interval of the paired difference excludes zero): none.") != std::string::npos);
+  CHECK(report.find("## Memory after each task") != std::string::npos);
   CHECK(std::filesystem::exists(folder / "results.json"));
   CHECK(std::filesystem::exists(folder / "plots" / "paired.gp"));
 }

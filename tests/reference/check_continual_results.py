@@ -68,6 +68,11 @@ def check(run_dir):
         curves = np.array(m["per_order"]["acc_after_each_task"])
         if curves.shape != (len(per_order), n) or not np.allclose(curves[:, -1], per_order):
             sys.exit(f"method {key}: ACC after the last task is not the ACC of each order")
+        bwt_curves = np.array(m["per_order"]["bwt_after_each_task"])
+        if not np.allclose(bwt_curves[:, -1], m["per_order"]["bwt"]) or not np.allclose(bwt_curves[:, 0], 0):
+            sys.exit(f"method {key}: BWT after each task does not end at each order's BWT")
+        if len(m["seconds_per_task"]) != n or len(m["resident_mb_after_each_task"]) != n:
+            sys.exit(f"method {key}: no time or memory for every task")
         for t in range(n):
             c = m["acc_after_each_task"][t]
             low_high = None if c["low"] is None else (c["low"], c["high"])

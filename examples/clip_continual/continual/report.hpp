@@ -32,6 +32,9 @@ struct method_summary {
   double p = 0;
   std::vector<double> acc, bwt, fwt, plasticity, heldout;  // one per order
   std::vector<std::vector<double>> acc_curve;               // per order: ACC over the tasks seen, after each task
+  std::vector<std::vector<double>> bwt_curve;               // per order: BWT over the tasks seen, after each task
+  std::vector<double> seconds_per_task;                     // mean over orders: training + merge and alignment, by position
+  std::vector<double> resident_mb;                          // the largest over orders, after the task at each position
   std::vector<std::vector<double>> matrix;                  // mean over orders, by position
   double train_s = 0, merge_s = 0;                          // mean per task
   double reset_fraction = 0;                                // PAM: mean share of G's top-p entries reset per pass
@@ -42,6 +45,8 @@ struct method_summary {
     s.p = cells.front().p;
     const std::size_t n = cells.front().task_order.size();
     s.matrix.assign(n, std::vector<double>(n, 0.0));
+    s.seconds_per_task.assign(n, 0.0);
+    s.resident_mb.assign(n, 0.0);
     double train = 0, merge = 0, resets = 0;
     std::size_t reset_count = 0;
     for (const auto& c : cells) {
@@ -54,6 +59,7 @@ struct method_summary {
       s.plasticity.push_back(m.plasticity);
       s.heldout.push_back(c.heldout.back());
       s.acc_curve.push_back(seen_accuracy_curve(c.matrix));
+      s.bwt_curve.push_back(seen_backward_transfer_curve(c.matrix));
       for (const double r : c.reset_fraction) {
         resets += r;
         ++reset_count;
@@ -62,6 +68,8 @@ struct method_summary {
         for (std::size_t i = 0; i < n; ++i) s.matrix[t][i] += c.matrix[t][i] / static_cast<double>(cells.size());
         train += c.train_s[t];
         merge += c.merge_s[t];
+        s.seconds_per_task[t] += (c.train_s[t] + c.merge_s[t]) / static_cast<double>(cells.size());
+        if (t < c.resident_mb.size()) s.resident_mb[t] = std::max(s.resident_mb[t], c.resident_mb[t]);
       }
     }
     s.train_s = train / static_cast<double>(n * cells.size());
@@ -70,16 +78,21 @@ struct method_summary {
     return s;
   }
 
-  // ACC after task t over the orders: the mean of acc_curve[k][t] with its interval.
-  [[nodiscard]] interval curve_at(std::size_t t) const {
+  // ACC (or BWT) after task t over the orders: the mean of acc_curve[k][t] with its interval.
+  [[nodiscard]] interval curve_at(std::size_t t) const { return at_position(acc_curve, t); }
+  [[nodiscard]] interval bwt_at(std::size_t t) const { return at_position(bwt_curve, t); }
+  static interval at_position(const std::vector<std::vector<double>>& curves, std::size_t t) {
     std::vector<double> values;
-    for (const auto& curve : acc_curve) values.push_back(curve[t]);
+    for (const auto& curve : curves) values.push_back(curve[t]);
     return mean_interval(values);
   }
 
   [[nodiscard]] nlohmann::json to_json() const {
-    nlohmann::json curve = nlohmann::json::array();
-    for (std::size_t t = 0; t < matrix.size(); ++t) curve.push_back(interval_json(curve_at(t)));
+    nlohmann::json curve = nlohmann::json::array(), bwt_after = nlohmann::json::array();
+    for (std::size_t t = 0; t < matrix.size(); ++t) {
+      curve.push_back(interval_json(curve_at(t)));
+      bwt_after.push_back(interval_json(bwt_at(t)));
+    }
     return {{"acc", mean_of(acc)},
             {"acc_std", std_of(acc)},
             {"acc_ci95", ci_json(acc)},
@@ -95,11 +108,15 @@ struct method_summary {
             {"heldout_std", std_of(heldout)},
             {"heldout_ci95", ci_json(heldout)},
             {"acc_after_each_task", curve},
+            {"bwt_after_each_task", bwt_after},
+            {"seconds_per_task", seconds_per_task},
+            {"resident_mb_after_each_task", resident_mb},
             {"matrix", matrix},
             {"train_s", train_s},
             {"merge_s", merge_s},
             {"reset_fraction", reset_fraction},
-            {"per_order", {{"acc", acc}, {"bwt", bwt}, {"fwt", fwt}, {"heldout", heldout}, {"acc_after_each_task", acc_curve}}}};
+            {"per_order", {{"acc", acc}, {"bwt", bwt}, {"fwt", fwt}, {"heldout", heldout}, {"acc_after_each_task", acc_curve},
+                           {"bwt_after_each_task", bwt_curve}}}};
   }
 
   // ACC after each task t of one order: the mean accuracy over the tasks learned so far, R[t][0..t].
@@ -109,6 +126,16 @@ struct method_summary {
       double sum = 0;
       for (std::size_t i = 0; i <= t; ++i) sum += r[t][i];
       curve.push_back(sum / static_cast<double>(t + 1));
+    }
+    return curve;
+  }
+  // BWT after each task t of one order: the mean over i < t of R[t][i] - R[i][i] (0 after the first).
+  static std::vector<double> seen_backward_transfer_curve(const std::vector<std::vector<double>>& r) {
+    std::vector<double> curve;
+    for (std::size_t t = 0; t < r.size(); ++t) {
+      double sum = 0;
+      for (std::size_t i = 0; i < t; ++i) sum += r[t][i] - r[i][i];
+      curve.push_back(t == 0 ? 0.0 : sum / static_cast<double>(t));
     }
     return curve;
   }
@@ -396,26 +423,32 @@ inline std::vector<std::string> draw_plots(const run_summary& run, const std::ve
   return drawn;
 }
 
-// The paired differences in words: which are resolved at 95%, which are not.
+// The paired differences in words: which are resolved at 95%, which are not, for ACC and BWT.
 inline std::string resolved_in_words(const std::vector<paired_comparison>& pairs) {
-  std::ostringstream resolved, unresolved;
-  std::size_t resolved_count = 0, unresolved_count = 0;
-  for (const auto& p : pairs) {
-    if (!p.acc.defined()) continue;
-    const std::string name = "`" + p.method + "` - `" + p.baseline + "` " + pct_ci(p.acc, true);
-    if (p.acc.excludes_zero()) {
-      resolved << (resolved_count++ ? "; " : "") << name << (p.acc.mean > 0 ? " (higher)" : " (lower)");
-    } else {
-      unresolved << (unresolved_count++ ? "; " : "") << name;
+  const auto sentences = [&](interval paired_comparison::*metric, const char* name, const char* up, const char* down) {
+    std::ostringstream resolved, unresolved;
+    std::size_t resolved_count = 0, unresolved_count = 0;
+    for (const auto& p : pairs) {
+      const interval& d = p.*metric;
+      if (!d.defined()) continue;
+      const std::string pair = "`" + p.method + "` - `" + p.baseline + "` " + pct_ci(d, true);
+      if (d.excludes_zero()) {
+        resolved << (resolved_count++ ? "; " : "") << pair << (d.mean > 0 ? up : down);
+      } else {
+        unresolved << (unresolved_count++ ? "; " : "") << pair;
+      }
     }
-  }
-  std::ostringstream text;
-  if (resolved_count + unresolved_count == 0) return "With one order there are no intervals: run with `--orders 2` or more to compare methods.\n";
-  text << "**Resolved** (the 95% interval of the paired ACC difference excludes zero): "
-       << (resolved_count ? resolved.str() : std::string("none")) << ".\n\n"
-       << "**Not resolved** (the interval contains zero: these runs cannot tell the two apart): "
-       << (unresolved_count ? unresolved.str() : std::string("none")) << ".\n";
-  return text.str();
+    std::ostringstream text;
+    if (resolved_count + unresolved_count == 0) return text.str();
+    text << "**" << name << ", resolved** (the 95% interval of the paired difference excludes zero): "
+         << (resolved_count ? resolved.str() : std::string("none")) << ".\n\n"
+         << "**" << name << ", not resolved** (the interval contains zero: these runs cannot tell the two apart): "
+         << (unresolved_count ? unresolved.str() : std::string("none")) << ".\n\n";
+    return text.str();
+  };
+  const std::string text = sentences(&paired_comparison::acc, "ACC", " (higher)", " (lower)") +
+                           sentences(&paired_comparison::bwt, "BWT", " (less forgetting)", " (more forgetting)");
+  return text.empty() ? "With one order there are no intervals: run with `--orders 2` or more to compare methods.\n" : text;
 }
 
 }  // namespace detail
@@ -474,7 +507,7 @@ inline std::filesystem::path write_report(const run_summary& run, const std::fil
       md << "| `" << p.method << "` - `" << p.baseline << "` | " << detail::pct_ci(p.acc, true) << (p.acc.excludes_zero() ? " **resolved**" : "")
          << " | " << detail::pct_ci(p.bwt, true) << (p.bwt.excludes_zero() ? " **resolved**" : "") << " |\n";
     }
-    md << "\n" << detail::resolved_in_words(pairs) << "\n";
+    md << "\n" << detail::resolved_in_words(pairs);
   }
   if (!run.p_sweep.empty()) {
     const method_summary* plain = run.find("merge_avg");
@@ -489,18 +522,37 @@ inline std::filesystem::path write_report(const run_summary& run, const std::fil
     md << "\nPlasticity: mean accuracy on a task right after learning it. Entries reset: the share of G's top-p "
           "entries whose sign T had turned, per alignment pass.\n\n";
   }
-  md << "## ACC after each task\n\nThe mean accuracy over the tasks learned so far, after each task (mean over orders).\n\n"
-     << "| method |";
-  for (std::size_t t = 0; t < n; ++t) md << ' ' << t + 1 << " |";
-  md << "\n| --- |";
-  for (std::size_t t = 0; t < n; ++t) md << " --- |";
-  md << "\n";
-  for (const auto& m : run.methods) {
-    md << "| `" << m.key << "` |";
-    for (std::size_t t = 0; t < n; ++t) md << ' ' << detail::pct(m.curve_at(t).mean) << " |";
+  // After each task: ACC, BWT, time and memory, a column per position in the order.
+  const auto per_task_table = [&](const std::string& title, const std::string& what, auto&& cell_of) {
+    md << "## " << title << "\n\n" << what << "\n\n| method |";
+    for (std::size_t t = 0; t < n; ++t) md << ' ' << t + 1 << " |";
+    md << "\n| --- |";
+    for (std::size_t t = 0; t < n; ++t) md << " --- |";
     md << "\n";
-  }
-  md << "\n## Accuracy matrices (mean over orders; row: after task t, column: the task learned i-th)\n\n";
+    for (const auto& m : run.methods) {
+      md << "| `" << m.key << "` |";
+      for (std::size_t t = 0; t < n; ++t) md << ' ' << cell_of(m, t) << " |";
+      md << "\n";
+    }
+    md << "\n";
+  };
+  const auto fixed = [](double value, const char* format) {
+    char text[32];
+    std::snprintf(text, sizeof text, format, value);
+    return std::string(text);
+  };
+  per_task_table("ACC after each task", "The mean accuracy over the tasks learned so far (%, mean over orders).",
+                 [&](const method_summary& m, std::size_t t) { return detail::pct(m.curve_at(t).mean); });
+  per_task_table("BWT after each task",
+                 "The mean change of each earlier task's accuracy since it was learned (points, mean over orders).",
+                 [&](const method_summary& m, std::size_t t) { return detail::pct(m.bwt_at(t).mean); });
+  per_task_table("Seconds per task", "Training, merge and alignment of the task at each position (mean over orders).",
+                 [&](const method_summary& m, std::size_t t) { return fixed(m.seconds_per_task[t], "%.1f"); });
+  per_task_table("Memory after each task",
+                 "The process's resident memory after the task at each position (MB, the largest over orders; it "
+                 "includes every task's images, loaded once at the start).",
+                 [&](const method_summary& m, std::size_t t) { return fixed(m.resident_mb[t], "%.0f"); });
+  md << "## Accuracy matrices (mean over orders; row: after task t, column: the task learned i-th)\n\n";
   for (const auto& m : run.methods) {
     md << "`" << m.key << "`\n\n| after \\ task |";
     for (std::size_t i = 0; i < n; ++i) md << ' ' << i + 1 << " |";

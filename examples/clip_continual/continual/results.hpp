@@ -1,8 +1,11 @@
 #pragma once
 // What a run records per method and task order (a "cell"), as checkpoints and results.json hold it.
 
+#include <unistd.h>
+
 #include <cstddef>
 #include <cstdio>
+#include <fstream>
 #include <string>
 #include <vector>
 
@@ -20,6 +23,7 @@ struct cell_result {
   std::vector<double> heldout;               // after each task
   std::vector<double> train_s, merge_s;      // per task
   std::vector<double> reset_fraction;        // per task: PAM's resets / entries inside G's top-p masks, over its passes
+  std::vector<double> resident_mb;           // per task: the process's resident memory after it (0 where unknown)
   std::size_t tasks_total = 0;
   nlohmann::json merger_state;  // what the merger needs besides G to resume (OPCM: the task norms and scale)
 
@@ -28,7 +32,7 @@ struct cell_result {
   [[nodiscard]] nlohmann::json to_json() const {
     return {{"method", method}, {"p", p},           {"order", order},     {"task_order", task_order}, {"matrix", matrix},
             {"heldout", heldout}, {"train_s", train_s}, {"merge_s", merge_s}, {"reset_fraction", reset_fraction},
-            {"tasks_total", tasks_total}, {"merger_state", merger_state}};
+            {"resident_mb", resident_mb}, {"tasks_total", tasks_total}, {"merger_state", merger_state}};
   }
   static cell_result from_json(const nlohmann::json& j) {
     cell_result c;
@@ -41,11 +45,20 @@ struct cell_result {
     c.train_s = j.at("train_s").get<std::vector<double>>();
     c.merge_s = j.at("merge_s").get<std::vector<double>>();
     c.reset_fraction = j.value("reset_fraction", std::vector<double>{});
+    c.resident_mb = j.value("resident_mb", std::vector<double>(c.train_s.size(), 0.0));
     c.tasks_total = j.at("tasks_total").get<std::size_t>();
     c.merger_state = j.value("merger_state", nlohmann::json{});
     return c;
   }
 };
+
+// The process's resident memory now, in MB (Linux: /proc/self/statm; 0 elsewhere).
+inline double resident_megabytes() {
+  std::ifstream statm("/proc/self/statm");
+  double pages_total = 0, pages_resident = 0;
+  if (!(statm >> pages_total >> pages_resident)) return 0;
+  return pages_resident * static_cast<double>(::sysconf(_SC_PAGESIZE)) / (1024.0 * 1024.0);
+}
 
 // PAM's p as it appears in checkpoint names and the report ("0.5").
 inline std::string format_p(double p) {

@@ -134,6 +134,7 @@ class continual_runner {
       cell.train_s.assign(order.size(), 0.0);
       cell.merge_s.assign(order.size(), 0.0);
       cell.reset_fraction.assign(order.size(), 0.0);
+      cell.resident_mb.assign(order.size(), resident_megabytes());
       save(cell, state_file, weights_file(order.size()), nullptr);
       return cell;
     }
@@ -208,6 +209,7 @@ class continual_runner {
       cell.train_s.push_back(train_seconds);
       cell.merge_s.push_back(merge_seconds);
       cell.reset_fraction.push_back(reset_fraction);
+      cell.resident_mb.push_back(resident_megabytes());
       const alloy::memory_store* weights = method.kind == method_kind::merged ? &merger->global()
                                            : method.kind == method_kind::sequential ? &carried
                                                                                     : nullptr;
