@@ -41,14 +41,14 @@ struct common_options {
   std::string data = default_data_dir().string();
   std::string device = "cpu";
   std::uint64_t seed = 0;
-  int threads = 0;  // 0: torch's default (one per core)
+  int threads = 0;  // 0: torch's default
   bool quiet = false;
 
   void add_to(CLI::App& app) {
     app.add_option("--data", data, "Data folder: datasets/ (prepare_datasets, export_digits.py) and models/ (default $ALLOY_DATA_DIR or ~/.cache/alloy)");
     app.add_option("--device", device, "cpu, cuda or cuda:N (bf16 autocast on CUDA)");
     app.add_option("--seed", seed, "Seed of the data split and of training");
-    app.add_option("--threads", threads, "CPU threads of torch's operations (default: one per core); results depend on it")
+    app.add_option("--threads", threads, "CPU threads of torch's operations (default: torch's own, OMP_NUM_THREADS); figures depend on it")
         ->check(CLI::PositiveNumber);
     app.add_flag("--quiet", quiet, "Print results only");
   }
@@ -263,7 +263,7 @@ int main(int argc, char** argv) {
   run->add_option("--model", run_opts.model, "A Hugging Face CLIP folder as the base (default: the example's small CLIP)");
   run->add_flag("--full", run_opts.full, "The whole study: every method, 10 orders, 3 epochs, 2000 images per task, PAM's p sweep");
   run->add_option("--orders", run_opts.orders, "Task orders (default 3)")->check(CLI::PositiveNumber);
-  run->add_option("--epochs", run_opts.epochs, "Epochs per task (default 2)")->check(CLI::PositiveNumber);
+  run->add_option("--epochs", run_opts.epochs, "Epochs per task (default 3)")->check(CLI::PositiveNumber);
   run->add_option("--max-train", run_opts.max_train, "Training images per task")->check(CLI::PositiveNumber);
   run->add_option("--max-test", run_opts.max_test, "Test images per task")->check(CLI::PositiveNumber);
   run->add_option("--learning-rate", run_opts.learning_rate, "AdamW's learning rate for the LoRA factors")->check(CLI::PositiveNumber);

@@ -65,7 +65,7 @@ TEST_CASE("the methods are the issue's keys, each with its ingredients", "[clip]
   for (const auto& m : all_methods()) keys.push_back(m.key);
   CHECK(keys == std::vector<std::string>{"zero_shot", "sequential_finetune", "independent", "merge_avg", "pam", "pam_global_reset",
                                          "ties_post", "magmax", "l2_regularizer", "sign_regularizer", "pam_ties",
-                                         "opcm", "dop"});
+                                         "opcm", "dop", "magmax_sequence"});
   CHECK(find_method("pam").pam == alloy::pam_reset::to_zero);
   CHECK(find_method("pam_global_reset").pam == alloy::pam_reset::to_global);
   CHECK(find_method("pam_ties").merge == alloy::continual_rule::policy);
@@ -74,6 +74,8 @@ TEST_CASE("the methods are the issue's keys, each with its ingredients", "[clip]
   CHECK(find_method("sign_regularizer").regularizer == regularizer_kind::sign_agreement);
   CHECK(find_method("opcm").merger == merger_kind::opcm);
   CHECK(find_method("dop").merger == merger_kind::dop);
+  CHECK(find_method("magmax_sequence").merger == merger_kind::magmax_sequence);
+  CHECK(find_method("magmax_sequence").compared_with == "magmax");
   CHECK(find_method("merge_avg").merger == merger_kind::continual);
   // Every policy a method names is in alloy's registry.
   for (const auto& method : all_methods()) {

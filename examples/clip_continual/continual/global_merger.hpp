@@ -1,6 +1,7 @@
 #pragma once
-// The merger that keeps a merged method's global LoRA G: alloy's continual_merger, or OPCM or DOP
-// (their SVDs through torch on the run's device: LAPACK on the CPU, cuSOLVER on CUDA). One type
+// The merger that keeps a merged method's global LoRA G: alloy's continual_merger, OPCM or DOP
+// (their SVDs through torch on the run's device: LAPACK on the CPU, cuSOLVER on CUDA), or MagMax
+// over every task vector seen. One type
 // for the runner, so that it reads the same for every merged method.
 
 #include <torch/torch.h>
@@ -38,8 +39,11 @@ class global_merger {
     const alloy::cpu_backend backend{};
     std::visit(
         [&](auto& merger) {
-          if constexpr (std::is_same_v<std::decay_t<decltype(merger)>, alloy::continual_merger>) {
+          using merger_type = std::decay_t<decltype(merger)>;
+          if constexpr (std::is_same_v<merger_type, alloy::continual_merger>) {
             merger.end_task(backend, trained);
+          } else if constexpr (std::is_same_v<merger_type, alloy::magmax_sequence_merger>) {
+            merger.end_task(trained);
           } else {
             merger.end_task(backend, solver_, trained);
           }
@@ -52,11 +56,14 @@ class global_merger {
     if (const auto* opcm = std::get_if<alloy::opcm_merger>(&merger_)) {
       return {{"task_norms", opcm->task_norms()}, {"scale", opcm->scale()}};
     }
+    // The selection tau_max (one double per LoRA entry: 43k for the example's LoRA); JSON writes
+    // doubles with 17 digits, so it reads back bit for bit.
+    if (const auto* magmax = std::get_if<alloy::magmax_sequence_merger>(&merger_)) return {{"selection", magmax->selection()}};
     return {};
   }
 
  private:
-  using any_merger = std::variant<alloy::continual_merger, alloy::opcm_merger, alloy::dop_merger>;
+  using any_merger = std::variant<alloy::continual_merger, alloy::opcm_merger, alloy::dop_merger, alloy::magmax_sequence_merger>;
 
   static any_merger make(const method_spec& method, const continual_config& config, alloy::continual_options options,
                          const alloy::memory_store& initial, std::optional<alloy::memory_store> global, std::size_t tasks_done,
@@ -70,6 +77,9 @@ class global_merger {
       case merger_kind::dop:
         if (!global) return alloy::dop_merger(initial, config.dop);
         return alloy::dop_merger::resume(initial, std::move(*global), tasks_done, config.dop);
+      case merger_kind::magmax_sequence:
+        if (!global) return alloy::magmax_sequence_merger(initial);
+        return alloy::magmax_sequence_merger::resume(initial, state.at("selection").get<std::vector<std::vector<double>>>(), tasks_done);
       case merger_kind::continual:
         break;
     }

@@ -29,9 +29,10 @@ namespace alloy_clip {
 
 enum class method_kind { zero_shot, sequential, independent, merged };
 
-// Which merger keeps G: alloy's continual_merger (running mean, fixed weight or a policy), or one
-// of the field's subspace-projection continual mergers (alloy/continual/opcm.hpp, dop.hpp).
-enum class merger_kind { continual, opcm, dop };
+// Which merger keeps G: alloy's continual_merger (running mean, fixed weight or a policy), one
+// of the field's subspace-projection continual mergers (alloy/continual/opcm.hpp, dop.hpp), or
+// MagMax over every task vector seen (alloy/continual/magmax_sequence.hpp).
+enum class merger_kind { continual, opcm, dop, magmax_sequence };
 
 // The soft alignment a merged method adds to its loss, if any (alloy's regularizers).
 enum class regularizer_kind { none, l2_pull, sign_agreement };
@@ -85,6 +86,10 @@ inline const std::vector<method_spec>& all_methods() {
        .description = "DOP: each matrix optimised to keep both the merged and the new task vector in their own "
                       "singular subspaces (MGDA-balanced)",
        .merger = merger_kind::dop, .compared_with = "merge_avg"},
+      {.key = "magmax_sequence",
+       .description = "MagMax as its paper runs it: G = G0 + 0.5 tau_max, the largest-magnitude entry over every "
+                      "task vector seen",
+       .merger = merger_kind::magmax_sequence, .compared_with = "magmax"},
   };
   return all;
 }
