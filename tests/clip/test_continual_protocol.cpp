@@ -32,7 +32,7 @@ TEST_CASE("ACC, BWT, FWT and plasticity of a hand-made accuracy matrix", "[clip]
   CHECK(m.fwt == Approx(((0.3 - 0.2) + (0.25 - 0.3)) / 2));
   CHECK(m.plasticity == Approx((0.8 + 0.9 + 0.95) / 3));
   // After each task: ACC over the tasks seen, BWT over the tasks before; the last are ACC and BWT.
-  const auto acc = method_summary::seen_accuracy_curve(r), bwt = method_summary::seen_backward_transfer_curve(r);
+  const auto acc = acc_after_each_task(r), bwt = bwt_after_each_task(r);
   REQUIRE(acc.size() == 3);
   CHECK(acc[0] == Approx(0.8));
   CHECK(acc[1] == Approx(0.75));

@@ -142,4 +142,25 @@ inline sequence_metrics metrics_of(const std::vector<std::vector<double>>& r, co
   return m;
 }
 
+// ACC after each task t of one order: the mean accuracy over the tasks learned so far, R[t][0..t].
+inline std::vector<double> acc_after_each_task(const std::vector<std::vector<double>>& r) {
+  std::vector<double> curve;
+  for (std::size_t t = 0; t < r.size(); ++t) {
+    double sum = 0;
+    for (std::size_t i = 0; i <= t; ++i) sum += r[t][i];
+    curve.push_back(sum / static_cast<double>(t + 1));
+  }
+  return curve;
+}
+// BWT after each task t of one order: the mean over i < t of R[t][i] - R[i][i] (0 after the first).
+inline std::vector<double> bwt_after_each_task(const std::vector<std::vector<double>>& r) {
+  std::vector<double> curve;
+  for (std::size_t t = 0; t < r.size(); ++t) {
+    double sum = 0;
+    for (std::size_t i = 0; i < t; ++i) sum += r[t][i] - r[i][i];
+    curve.push_back(t == 0 ? 0.0 : sum / static_cast<double>(t));
+  }
+  return curve;
+}
+
 }  // namespace alloy_clip

@@ -58,8 +58,8 @@ struct method_summary {
       s.fwt.push_back(m.fwt);
       s.plasticity.push_back(m.plasticity);
       s.heldout.push_back(c.heldout.back());
-      s.acc_curve.push_back(seen_accuracy_curve(c.matrix));
-      s.bwt_curve.push_back(seen_backward_transfer_curve(c.matrix));
+      s.acc_curve.push_back(acc_after_each_task(c.matrix));
+      s.bwt_curve.push_back(bwt_after_each_task(c.matrix));
       for (const double r : c.reset_fraction) {
         resets += r;
         ++reset_count;
@@ -119,26 +119,6 @@ struct method_summary {
                            {"bwt_after_each_task", bwt_curve}}}};
   }
 
-  // ACC after each task t of one order: the mean accuracy over the tasks learned so far, R[t][0..t].
-  static std::vector<double> seen_accuracy_curve(const std::vector<std::vector<double>>& r) {
-    std::vector<double> curve;
-    for (std::size_t t = 0; t < r.size(); ++t) {
-      double sum = 0;
-      for (std::size_t i = 0; i <= t; ++i) sum += r[t][i];
-      curve.push_back(sum / static_cast<double>(t + 1));
-    }
-    return curve;
-  }
-  // BWT after each task t of one order: the mean over i < t of R[t][i] - R[i][i] (0 after the first).
-  static std::vector<double> seen_backward_transfer_curve(const std::vector<std::vector<double>>& r) {
-    std::vector<double> curve;
-    for (std::size_t t = 0; t < r.size(); ++t) {
-      double sum = 0;
-      for (std::size_t i = 0; i < t; ++i) sum += r[t][i] - r[i][i];
-      curve.push_back(t == 0 ? 0.0 : sum / static_cast<double>(t));
-    }
-    return curve;
-  }
   static nlohmann::json interval_json(const interval& i) {
     nlohmann::json j = {{"mean", i.mean}, {"low", nullptr}, {"high", nullptr}};
     if (i.defined()) j["low"] = i.low, j["high"] = i.high;

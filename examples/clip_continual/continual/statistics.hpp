@@ -45,22 +45,19 @@ inline double incomplete_beta_fraction(double a, double b, double x) {
   if (std::abs(d) < tiny) d = tiny;
   d = 1.0 / d;
   double h = d;
+  // One Lentz update with the fraction's next coefficient; returns the factor it applies to h.
+  const auto update = [&](double coefficient) {
+    d = 1.0 + coefficient * d;
+    if (std::abs(d) < tiny) d = tiny;
+    c = 1.0 + coefficient / c;
+    if (std::abs(c) < tiny) c = tiny;
+    d = 1.0 / d;
+    return d * c;
+  };
   for (int m = 1; m <= 1000; ++m) {
     const double md = m;
-    const double even = md * (b - md) * x / ((a + 2 * md - 1) * (a + 2 * md));
-    d = 1.0 + even * d;
-    if (std::abs(d) < tiny) d = tiny;
-    c = 1.0 + even / c;
-    if (std::abs(c) < tiny) c = tiny;
-    d = 1.0 / d;
-    h *= d * c;
-    const double odd = -(a + md) * (a + b + md) * x / ((a + 2 * md) * (a + 2 * md + 1));
-    d = 1.0 + odd * d;
-    if (std::abs(d) < tiny) d = tiny;
-    c = 1.0 + odd / c;
-    if (std::abs(c) < tiny) c = tiny;
-    d = 1.0 / d;
-    const double step = d * c;
+    h *= update(md * (b - md) * x / ((a + 2 * md - 1) * (a + 2 * md)));
+    const double step = update(-(a + md) * (a + b + md) * x / ((a + 2 * md) * (a + 2 * md + 1)));
     h *= step;
     if (std::abs(step - 1.0) < epsilon) break;
   }
