@@ -101,52 +101,36 @@ class bit_mask {
 namespace detail {
 
 // Bits [first, first + count) of a mask's words as one 0/1 word each (first a multiple of 64), so
-// that a loop over them can select without branches. Four bits per table lookup.
+// that a loop over them can select without branches. Each 32-bit half-word is shifted by its
+// lanes' positions at once: a broadcast and a variable shift per vector where the CPU has one.
 inline void unpack_bits(const std::uint64_t* words, std::size_t first, std::size_t count, std::uint32_t* out) noexcept {
-  static constexpr auto nibbles = [] {
-    std::array<std::array<std::uint32_t, 4>, 16> table{};
-    for (std::uint32_t n = 0; n < 16; ++n) {
-      for (std::uint32_t b = 0; b < 4; ++b) table[n][b] = (n >> b) & 1u;
-    }
-    return table;
-  }();
-  const std::size_t whole = count - count % 4;
-  for (std::size_t j = 0; j < whole; j += 4) {
-    const auto nibble = (words[(first + j) >> 6] >> ((first + j) & 63)) & 15u;
-    std::memcpy(out + j, nibbles[nibble].data(), sizeof(nibbles[nibble]));
+  const std::size_t whole = count - count % 32;
+  for (std::size_t j = 0; j < whole; j += 32) {
+    const auto half = static_cast<std::uint32_t>(words[(first + j) >> 6] >> ((first + j) & 32));
+    for (std::uint32_t lane = 0; lane < 32; ++lane) out[j + lane] = (half >> lane) & 1u;
   }
   for (std::size_t j = whole; j < count; ++j) out[j] = (words[(first + j) >> 6] >> ((first + j) & 63)) & 1u;
 }
 
-// For up to 64 keys (magnitudes' bit patterns, at most 0x7f800000): the bits of the keys above
-// `upper` and of those in [lower, upper].
+// For the first `count` (at most 64) of 64 readable keys (magnitudes' bit patterns): the bits of
+// the keys above `upper` and of those in [lower, upper], lower <= upper.
 struct key_classes {
   std::uint64_t above = 0;
   std::uint64_t inside = 0;
 };
 inline key_classes classify_keys(const std::uint32_t* keys, std::size_t count, std::uint32_t lower,
                                  std::uint32_t upper) noexcept {
-  key_classes classes;
-  upper = std::min<std::uint32_t>(upper, 0x7fffffffu);  // keys compare as signed 32-bit below
-  std::size_t j = 0;
-#if defined(__SSE2__)
-  const __m128i upper4 = _mm_set1_epi32(static_cast<int>(upper));
-  const __m128i lower4 = _mm_set1_epi32(static_cast<int>(lower));
-  for (; j + 4 <= count; j += 4) {
-    const __m128i key = _mm_loadu_si128(reinterpret_cast<const __m128i*>(keys + j));
-    const __m128i above = _mm_cmpgt_epi32(key, upper4);
-    const __m128i below = _mm_cmpgt_epi32(lower4, key);
-    const auto above_bits = static_cast<std::uint64_t>(_mm_movemask_ps(_mm_castsi128_ps(above)));
-    const auto outside_bits = static_cast<std::uint64_t>(_mm_movemask_ps(_mm_castsi128_ps(_mm_or_si128(above, below))));
-    classes.above |= above_bits << j;
-    classes.inside |= (~outside_bits & 15u) << j;
+  // 0/1 bytes first, then packed eight at a time: a loop the compiler vectorises at every
+  // dispatch level, the range test as one unsigned compare (key - lower <= upper - lower).
+  alignas(64) std::uint8_t above[64];
+  alignas(64) std::uint8_t inside[64];
+  const std::uint32_t width = upper - lower;
+  for (std::size_t j = 0; j < 64; ++j) {
+    above[j] = keys[j] > upper ? 1 : 0;
+    inside[j] = keys[j] - lower <= width ? 1 : 0;
   }
-#endif
-  for (; j < count; ++j) {
-    classes.above |= std::uint64_t{keys[j] > upper} << j;
-    classes.inside |= std::uint64_t{keys[j] >= lower && keys[j] <= upper} << j;
-  }
-  return classes;
+  const std::uint64_t valid = count >= 64 ? ~std::uint64_t{0} : (std::uint64_t{1} << count) - 1;
+  return {pack_flags(above) & valid, pack_flags(inside) & valid};
 }
 
 // |value| with the sign bit cleared (so -0 ranks as 0), and NaN as +infinity.
@@ -463,30 +447,38 @@ std::optional<bit_mask> bracketed_leading_ranks(const cpu_backend& backend, std:
   for_each_block(backend, inputs, elements, [&](std::size_t chunk) {
     return [&, chunk](const float* const* columns, std::size_t count, std::size_t offset) {
       if (overflow.load(std::memory_order_relaxed)) return;
+      // Everything a block finds stays in locals until its end: the per-chunk counters and lists
+      // of neighbouring chunks share cache lines, and writing them per element (as this pass
+      // once did) made the two threads fight over those lines.
       alignas(64) std::uint32_t keys[block_elements];
+      alignas(64) candidate found[block_elements];
+      std::uint64_t above_words[block_elements / 64];
+      std::size_t found_count = 0;
+      std::size_t above_count = 0;
+      const auto chunk_offset = static_cast<std::uint32_t>(offset - chunk * cpu_backend::chunk_elements);
+      const std::uint32_t low = lower, high = upper;
       at_active_simd_level([&] {
         for (std::size_t j = 0; j < count; ++j) {
           keys[j] = std::bit_cast<std::uint32_t>(rank_magnitude(value(block_values{columns, j, k}, offset + j)));
         }
-      });
-      // Blocks start on a word (block_elements is a multiple of 64); the words are this chunk's.
-      auto& list = gathered[chunk];
-      if (list.capacity() == 0) list.reserve(expected_per_chunk);
-      const std::size_t before = list.size();
-      const auto chunk_offset = static_cast<std::uint32_t>(offset - chunk * cpu_backend::chunk_elements);
-      at_active_simd_level([&] {
+        for (std::size_t j = count; j % 64 != 0; ++j) keys[j] = 0;  // classify_keys reads whole words
         for (std::size_t word = 0; word * 64 < count; ++word) {
-          const key_classes classes =
-              classify_keys(keys + word * 64, std::min<std::size_t>(64, count - word * 64), lower, upper);
-          mask.set_word((offset >> 6) + word, classes.above);
-          above[chunk] += static_cast<std::size_t>(std::popcount(classes.above));
+          const key_classes classes = classify_keys(keys + word * 64, std::min<std::size_t>(64, count - word * 64), low, high);
+          above_words[word] = classes.above;
+          above_count += static_cast<std::size_t>(std::popcount(classes.above));
           for (std::uint64_t inside = classes.inside; inside != 0; inside &= inside - 1) {
             const auto j = word * 64 + static_cast<std::size_t>(std::countr_zero(inside));
-            list.push_back({keys[j], chunk_offset + static_cast<std::uint32_t>(j)});
+            found[found_count++] = {keys[j], chunk_offset + static_cast<std::uint32_t>(j)};
           }
         }
       });
-      if (gathered_total.fetch_add(list.size() - before, std::memory_order_relaxed) + list.size() - before > cap) {
+      // Blocks start on a word (block_elements is a multiple of 64); the words are this chunk's.
+      for (std::size_t word = 0; word * 64 < count; ++word) mask.set_word((offset >> 6) + word, above_words[word]);
+      above[chunk] += above_count;
+      auto& list = gathered[chunk];
+      if (list.capacity() == 0) list.reserve(expected_per_chunk);
+      list.insert(list.end(), found, found + found_count);
+      if (gathered_total.fetch_add(found_count, std::memory_order_relaxed) + found_count > cap) {
         overflow.store(true, std::memory_order_relaxed);
       }
     };
