@@ -13,6 +13,8 @@ packages=(
   # LibTorch on CPU. Without OpenBLAS, Debian's LibTorch falls back to the reference BLAS and
   # trains about ten times slower.
   libtorch-dev libopenblas0-pthread
+  # Data-parallel training: the headers of Gloo, which LibTorch's c10d process group includes.
+  libgloo-dev
   # References for tests and data preparation (called as /usr/bin/python3).
   python3 python3-numpy python3-torch python3-sklearn python3-regex
   gnuplot-nox npm
