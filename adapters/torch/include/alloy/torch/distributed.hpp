@@ -27,6 +27,8 @@
 #include <torch/csrc/distributed/c10d/TCPStore.hpp>
 #endif
 
+#include <algorithm>
+#include <cerrno>
 #include <chrono>
 #include <cstdint>
 #include <cstdlib>
@@ -195,7 +197,7 @@ class data_parallel {
     for (const auto& p : parameters) {
       const ::torch::Tensor summed = flat[0].narrow(0, offset, p.numel()).view(p.sizes());
       offset += p.numel();
-      auto& g = const_cast<::torch::Tensor&>(p).mutable_grad();
+      ::torch::Tensor& g = p.mutable_grad();  // (the handle is const, its gradient not)
       if (g.defined()) {
         g.copy_(summed);
       } else {
@@ -206,27 +208,27 @@ class data_parallel {
   }
 
   // Tensors (the same shapes and dtypes on every rank) set to rank root's values, in place.
-  void broadcast([[maybe_unused]] const std::vector<::torch::Tensor>& tensors, [[maybe_unused]] int root = 0) const {
+  void broadcast([[maybe_unused]] const std::vector<::torch::Tensor>& tensors, int root = 0) const {
+    check_root(root);
     if (size_ == 1) return;
 #ifdef USE_C10D_GLOO
-    check_root(root);
     ::torch::NoGradGuard no_grad;
     for (const auto& tensor : tensors) {
       std::vector<at::Tensor> host{tensor.detach().to(::torch::kCPU).contiguous().clone()};
       c10d::BroadcastOptions options;
       options.rootRank = root;
       group_->broadcast(host, options)->wait();
-      const_cast<::torch::Tensor&>(tensor).copy_(host[0]);
+      tensor.copy_(host[0]);
     }
 #endif
   }
 
   // A store's values set to rank root's, in one broadcast of its bytes. Every rank must hold the
   // same names, dtypes and shapes (checked: a mismatch fails on every rank, naming the store).
-  void broadcast([[maybe_unused]] alloy::memory_store& store, [[maybe_unused]] int root = 0) const {
+  void broadcast([[maybe_unused]] alloy::memory_store& store, int root = 0) const {
+    check_root(root);
     if (size_ == 1) return;
 #ifdef USE_C10D_GLOO
-    check_root(root);
     std::uint64_t layout = 0x9e3779b97f4a7c15ull;
     std::int64_t bytes = 0;
     for (const auto& name : store.names()) {
