@@ -4,7 +4,7 @@
 //                            [--device D] [--force]
 //   clip_continual run       [--name NAME] [--runs DIR] [--full] [--setting novel|broad|long] [--tasks a,b,...]
 //                            [--orders N] [--methods a,b,...] [--epochs N] [--p-sweep] [--resume] [--model DIR]
-//                            [--data DIR] [--seed S] [--device D] [--threads N]
+//                            [--data DIR] [--seed S] [--device D] [--threads N] [--nproc N]
 //   clip_continual zeroshot  [--model DIR] [--data DIR] [--datasets a,b,...] [--image-folder DIR]
 //                            [--image-csv FILE] [--device D] [--batch N]
 //
@@ -12,6 +12,9 @@
 // the first time (minutes on 2 CPU cores) and reused after. --model takes any Hugging Face CLIP
 // folder (config.json, model.safetensors, vocab.json, merges.txt, and preprocessor_config.json for
 // its image normalisation).
+//
+// `run` trains data parallel over N processes with --nproc N (this machine, Gloo over loopback), or
+// over the ranks a launcher starts (torchrun: RANK, WORLD_SIZE, MASTER_ADDR, MASTER_PORT).
 
 #include <CLI/CLI.hpp>
 
@@ -24,6 +27,7 @@
 #include <vector>
 
 #include "clip/pretrain.hpp"
+#include "continual/launcher.hpp"
 #include "continual/report.hpp"
 #include "continual/runner.hpp"
 #include "data/image_files.hpp"
@@ -117,11 +121,34 @@ struct run_options {
   std::string runs = "runs";
   std::string model, setting = "novel", heldout;
   bool full = false, resume = false, p_sweep = false;
+  int processes = 1;
   std::int64_t orders = 0, epochs = 0, max_train = 0, max_test = 0, lora_rank = 0, align_every = 0;
   double learning_rate = 0, p = 0, l2_strength = -1, sign_strength = -1, ties_density = -1,
          merge_weight = -1;
   std::vector<std::string> methods, lora_targets, tasks;
 };
+
+// The run's folder: its checkpoints removed unless resuming, and the settings that made them.
+void prepare_run_folder(const alloy_clip::continual_config& config, const run_options& options, const std::filesystem::path& dir,
+                        const std::filesystem::path& checkpoints) {
+  if (!options.resume && std::filesystem::exists(checkpoints)) std::filesystem::remove_all(checkpoints);
+  std::filesystem::create_directories(checkpoints);
+  if (options.resume) {
+    // The checkpoints are only valid for the settings that made them.
+    const auto settings = checkpoints / "config.json";
+    if (std::filesystem::exists(settings)) {
+      std::ifstream in(settings);
+      if (nlohmann::json::parse(in) != config.to_json()) {
+        alloy::fail(alloy::error_code::invalid_argument, dir.string(),
+                            " was made with other settings: run with those, or without --resume to start again");
+      }
+    }
+  }
+  {
+    std::ofstream out(checkpoints / "config.json");
+    out << config.to_json().dump(2) << "\n";
+  }
+}
 
 int run_continual(const common_options& common, const run_options& options) {
   const auto started = std::chrono::steady_clock::now();
@@ -161,33 +188,23 @@ int run_continual(const common_options& common, const run_options& options) {
   std::vector<const alloy_clip::method_spec*> methods;
   for (const auto& key : config.methods) methods.push_back(&alloy_clip::find_method(key));  // unknown keys fail here
 
+  // The processes training together: one, or the ranks of a launcher's environment. Rank 0 alone
+  // writes the run's folder; the others wait for it where they need what it wrote.
+  const auto group = alloy::torch_adapter::data_parallel::from_environment();
+  const bool root = group.is_root();
   const std::filesystem::path dir = std::filesystem::path(options.runs) / options.name;
   const std::filesystem::path checkpoints = dir / "checkpoints";
-  if (!options.resume && std::filesystem::exists(checkpoints)) std::filesystem::remove_all(checkpoints);
-  std::filesystem::create_directories(checkpoints);
-  if (options.resume) {
-    // The checkpoints are only valid for the settings that made them.
-    const auto settings = checkpoints / "config.json";
-    if (std::filesystem::exists(settings)) {
-      std::ifstream in(settings);
-      if (nlohmann::json::parse(in) != config.to_json()) {
-        alloy::fail(alloy::error_code::invalid_argument, dir.string(),
-                            " was made with other settings: run with those, or without --resume to start again");
-      }
-    }
-  }
-  {
-    std::ofstream out(checkpoints / "config.json");
-    out << config.to_json().dump(2) << "\n";
-  }
-
+  if (root) prepare_run_folder(config, options, dir, checkpoints);
   const auto log = [&](const std::string& line) {
-    if (!common.quiet) std::cerr << line << std::endl;
+    if (!common.quiet && root) std::cerr << line << std::endl;
   };
+  // Rank 0 first: it may pretrain the base, which the others then read.
+  if (!root) group.barrier();
   alloy_clip::clip_bundle clip = options.model.empty()
                                      ? alloy_clip::small_clip(common.base_folder(), common.datasets(), common.pretraining(), device)
                                      : alloy_clip::load_clip_folder(options.model);
-  alloy_clip::continual_runner runner(clip, config, common.datasets(), device, checkpoints, log, !common.quiet);
+  if (root) group.barrier();
+  alloy_clip::continual_runner runner(clip, config, common.datasets(), device, checkpoints, log, !common.quiet && root, group);
   const auto orders = alloy_clip::task_orders(config.tasks.size(), static_cast<std::size_t>(config.orders), config.seed);
 
   alloy_clip::run_summary summary;
@@ -199,6 +216,7 @@ int run_continual(const common_options& common, const run_options& options) {
   summary.orders = orders;
   summary.device = device.str();
   summary.threads = torch::get_num_threads();
+  summary.processes = group.size();
   const auto run_all = [&](const alloy_clip::method_spec& method, double p) {
     std::vector<alloy_clip::cell_result> cells;
     for (std::size_t k = 0; k < orders.size(); ++k) cells.push_back(runner.run(method, k, orders[k], p));
@@ -207,6 +225,7 @@ int run_continual(const common_options& common, const run_options& options) {
   for (const auto* method : methods) summary.methods.push_back(run_all(*method, config.p));
   for (const double p : config.p_sweep) summary.p_sweep.push_back(run_all(alloy_clip::find_method("pam"), p));
   summary.seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - started).count();
+  if (!root) return 0;
   const auto report = alloy_clip::write_report(summary, dir);
 
   std::printf("%-20s %-20s %-23s %-20s  (mean [95%% interval] over %zu orders)\n", "method", "ACC (%)", "BWT (points)",
@@ -285,7 +304,11 @@ int main(int argc, char** argv) {
   run->add_option("--p", run_opts.p, "PAM's top-p fraction of G")->check(CLI::Range(0.0, 1.0));
   run->add_option("--methods", run_opts.methods, "Methods to run (keys of results.json)")->delimiter(',');
   run->add_flag("--p-sweep", run_opts.p_sweep, "Also run PAM at p = 0.1, 0.3, 0.5, 0.7, 0.9");
-  run->add_flag("--resume", run_opts.resume, "Continue an interrupted run from its checkpoints");
+  run->add_flag("--resume", run_opts.resume, "Continue an interrupted run from its checkpoints (with any number of processes)");
+  run->add_option("--nproc", run_opts.processes,
+                  "Train data parallel over N processes on this machine (Gloo over loopback; each with cores / N threads "
+                  "unless --threads or OMP_NUM_THREADS say otherwise); torchrun's ranks need no --nproc")
+      ->check(CLI::Range(1, 256));
 
   CLI11_PARSE(app, argc, argv);
   try {
@@ -296,11 +319,23 @@ int main(int argc, char** argv) {
         if (run_opts.full) run_opts.name = "full";
         if (run_opts.setting != "novel") run_opts.name += "-" + run_opts.setting;
       }
+      if (run_opts.processes > 1) {
+        const char* world = std::getenv("WORLD_SIZE");
+        if (world == nullptr) return alloy_clip::launch_local_ranks(argv, run_opts.processes, common.threads > 0);
+        if (std::string(world) != std::to_string(run_opts.processes)) {
+          alloy::fail(alloy::error_code::invalid_argument, "--nproc ", run_opts.processes, " but a launcher set WORLD_SIZE=", world);
+        }
+      }
       return run_continual(common, run_opts);
     }
     return run_zero_shot(common, model_dir, names, image_folder, image_csv, batch);
   } catch (const std::exception& e) {
-    std::fprintf(stderr, "clip_continual: %s\n", e.what());
+    const char* rank = std::getenv("WORLD_SIZE") != nullptr ? std::getenv("RANK") : nullptr;
+    if (rank != nullptr) {
+      std::fprintf(stderr, "clip_continual (rank %s): %s\n", rank, e.what());
+    } else {
+      std::fprintf(stderr, "clip_continual: %s\n", e.what());
+    }
     return 1;
   }
 }

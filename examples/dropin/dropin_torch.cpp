@@ -10,11 +10,19 @@
 //
 //   dropin_torch [DATASETS_DIR] [--protocol split|permuted] [--tasks N] [--epochs N] [--seed N]
 //                [--optimizer sgd|adam]
+//
+// Data parallel as PyTorch users run it (built with alloy::torch_distributed): started by torchrun,
+// or with RANK, WORLD_SIZE, MASTER_ADDR and MASTER_PORT set by hand, each rank trains on its shard
+// of every batch (the lines marked "data parallel"); rank 0 prints.
+//
+//   torchrun --nproc-per-node 2 --no-python dropin_torch DATASETS_DIR
 
 #include <torch/torch.h>
 
 #include <cstdio>
+#include <exception>
 #include <memory>
+#include <vector>
 
 #include "alloy/torch.hpp"
 #include "dropin_common.hpp"
@@ -41,8 +49,15 @@ std::unique_ptr<::torch::optim::Optimizer> make_optimizer(const std::string& nam
   return std::make_unique<::torch::optim::SGD>(model->parameters(), ::torch::optim::SGDOptions(0.01).momentum(0.9));
 }
 
+// data parallel: one process, or the ranks of the launcher's environment.
+const alloy::torch_adapter::data_parallel& ranks() {
+  static const auto group = alloy::torch_adapter::data_parallel::from_environment();
+  return group;
+}
+
 accuracy_rows run(const task_sequence& tasks, const dropin_options& options, method how) {
-  ::torch::manual_seed(options.seed);
+  const auto& group = ranks();
+  ::torch::manual_seed(options.seed);  // (the same initial weights and batch orders on every rank)
   ::torch::nn::Sequential model(::torch::nn::Linear(784, 128), ::torch::nn::ReLU(), ::torch::nn::Linear(128, 10));
   const bool merge = how != method::fine_tuning;
   const bool align = how == method::merging_with_pam;
@@ -60,14 +75,22 @@ accuracy_rows run(const task_sequence& tasks, const dropin_options& options, met
     for (int epoch = 0; epoch < options.epochs; ++epoch) {
       const ::torch::Tensor order = ::torch::randperm(x.size(0));
       for (std::int64_t start = 0; start < x.size(0); start += batch) {
-        const ::torch::Tensor pick = order.slice(0, start, std::min(start + batch, x.size(0)));
+        const std::int64_t count = std::min(batch, x.size(0) - start);
+        const auto [begin, end] = group.shard(count);                         // data parallel: this rank's part
+        const ::torch::Tensor pick = order.slice(0, start + begin, start + end);
         optimizer->zero_grad();
-        ::torch::nn::functional::cross_entropy(model->forward(x.index_select(0, pick)), y.index_select(0, pick))
-            .backward();
+        if (end > begin) {
+          const double share = static_cast<double>(end - begin) / static_cast<double>(count);  // data parallel
+          (::torch::nn::functional::cross_entropy(model->forward(x.index_select(0, pick)), y.index_select(0, pick)) * share)
+              .backward();
+        }
+        group.sum_gradients(model->parameters());  // data parallel: the whole batch's gradient on every rank
         optimizer->step();
         if (align) aligner.step(*model, *optimizer);  // alloy: every 10th step, align T with G
       }
     }
+    // data parallel: every rank holds the same bits, so each merges them as one process would.
+    group.check_same(alloy::torch_adapter::fingerprint(model->parameters()), "the weights trained on a task");
     if (merge) {
       merger.end_task(alloy::cpu_backend{}, alloy::torch_adapter::tensor_store::from_module(*model));  // alloy: G <- mean of the tasks
       alloy::torch_adapter::assign(*model, merger.global());                   // alloy: evaluate G
@@ -82,6 +105,12 @@ accuracy_rows run(const task_sequence& tasks, const dropin_options& options, met
 }  // namespace
 
 int main(int argc, char** argv) {
+  try {
+    if (!ranks().is_root() && std::freopen("/dev/null", "w", stdout) == nullptr) return 1;  // data parallel: rank 0 prints
+  } catch (const std::exception& e) {
+    std::fprintf(stderr, "dropin_torch: %s\n", e.what());
+    return 1;
+  }
   return run_dropin("dropin_torch", argc, argv, [](const dropin_options& o) {
         return std::string("MLP 784-128-10, ") + (o.optimizer == "adam" ? "Adam 1e-3" : "SGD 0.01 momentum 0.9");
       }, run);

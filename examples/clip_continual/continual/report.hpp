@@ -157,6 +157,7 @@ struct run_summary {
   std::vector<method_summary> p_sweep;  // PAM at each p of the sweep
   std::string device;
   int threads = 0;  // torch's intra-op threads: floating-point sums, and so the figures, depend on it
+  int processes = 1;  // data-parallel ranks (each with `threads`): the batches' split, and so the sums, depend on it
   double seconds = 0;
 
   [[nodiscard]] const method_summary* find(std::string_view key) const {
@@ -210,6 +211,7 @@ struct run_summary {
     nlohmann::json c = config;
     c["device"] = device;
     c["threads"] = threads;
+    c["processes"] = processes;
     c["task_orders"] = order_names;
     c["zero_shot_per_task"] = zs;
     c["seconds"] = seconds;
@@ -446,7 +448,8 @@ inline std::filesystem::path write_report(const run_summary& run, const std::fil
   md << "# CLIP continual learning with alloy\n\n";
   md << "Tasks (learned in " << orders << " orders): ";
   for (std::size_t i = 0; i + 1 < run.task_names.size(); ++i) md << (i ? ", " : "") << '`' << run.task_names[i] << '`';
-  md << ". Held out (never trained on): `" << run.task_names.back() << "`. Device: " << run.device << ", " << run.threads
+  md << ". Held out (never trained on): `" << run.task_names.back() << "`. Device: " << run.device << ", "
+     << (run.processes > 1 ? std::to_string(run.processes) + " data-parallel processes of " : std::string()) << run.threads
      << " threads; the run took " << static_cast<long>(run.seconds) << " s. The settings are in `results.json` (`config`).\n\n";
   md << "Every figure is the mean over the orders with its 95% confidence interval in brackets (Student's t with "
      << (orders > 1 ? orders - 1 : 0) << " degrees of freedom"

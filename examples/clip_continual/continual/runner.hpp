@@ -9,6 +9,16 @@
 // (alloy::continual_merger: running mean, TIES or MagMax; or OPCM or DOP); G is then tested on
 // every task and on the held-out one. After each task the cell's state (its accuracy rows and G or T) is saved, so
 // that an interrupted run resumes at the next task with the same result.
+//
+// Data parallel over N processes (alloy::torch_adapter::data_parallel): every rank trains on its
+// shard of each global batch and the gradients are summed, so that every rank takes the same
+// optimizer step; PAM's masks and resets are then computed on every rank from identical bits (the
+// same G, the same T: cheaper than a broadcast per alignment, and checked by a fingerprint of T at
+// each task's end). What is not a pure function of those bits is done once, on rank 0, and
+// broadcast: G0, the merge at each task's end, and what is read back from the checkpoints, which
+// rank 0 alone writes (so a run resumes with any number of processes). Test sets are split by
+// whole batches, so each image's embedding is what one process computes, and the correct counts
+// summed.
 
 #include <torch/torch.h>
 
@@ -20,6 +30,7 @@
 #include <functional>
 #include <map>
 #include <optional>
+#include <sstream>
 #include <string>
 #include <vector>
 
@@ -66,11 +77,15 @@ class continual_runner {
  public:
   using log_function = std::function<void(const std::string&)>;
 
+  // `group`: the processes training together (one by default); `log` and `show_progress` are for
+  // the caller to enable on one rank only.
   continual_runner(clip_bundle& base, continual_config config, const std::filesystem::path& datasets_dir, ::torch::Device device,
-                   std::filesystem::path checkpoint_dir, log_function log, bool show_progress)
+                   std::filesystem::path checkpoint_dir, log_function log, bool show_progress,
+                   const alloy::torch_adapter::data_parallel& group)
       : base_(base),
         config_(std::move(config)),
         device_(device),
+        group_(group),
         checkpoints_(std::move(checkpoint_dir)),
         log_(std::move(log)),
         progress_(show_progress) {
@@ -111,15 +126,22 @@ class continual_runner {
     // G (or T) after k tasks: a file per k, so that a state file never names weights written later.
     const auto weights_file = [&](std::size_t k) { return checkpoints_ / (id + "-after" + std::to_string(k) + ".safetensors"); };
     cell_result cell;
-    if (std::filesystem::exists(state_file)) {
+    std::string saved;  // the state file, which only rank 0 reads
+    if (group_.is_root() && std::filesystem::exists(state_file)) {
       std::ifstream in(state_file);
-      cell = cell_result::from_json(nlohmann::json::parse(in));
+      std::ostringstream text;
+      text << in.rdbuf();
+      saved = text.str();
+    }
+    group_.broadcast(saved);
+    if (!saved.empty()) {
+      cell = cell_result::from_json(nlohmann::json::parse(saved));
       if (cell.task_order != order) {
         alloy::fail(alloy::error_code::invalid_argument, state_file.string(),
                             ": a checkpoint of another task order (the run's settings changed; remove the run folder)");
       }
       if (cell.complete()) return cell;
-      std::fprintf(stderr, "%s: resuming after task %zu\n", id.c_str(), cell.matrix.size());  // (even with --quiet)
+      if (group_.is_root()) std::fprintf(stderr, "%s: resuming after task %zu\n", id.c_str(), cell.matrix.size());  // (even with --quiet)
     } else {
       cell.method = method.key;
       cell.p = p;
@@ -141,15 +163,21 @@ class continual_runner {
 
     // G0: the order's initial LoRA factors, the same for every method of the order.
     const alloy::memory_store initial = initial_factors(order_index);
-    std::optional<global_merger> merger;
+    std::optional<global_merger> merger;  // rank 0's: the merge is done once
+    alloy::memory_store global = initial;  // merged: G on every rank, a copy of the merger's
     alloy::memory_store carried = initial;  // sequential: T carried over; independent: unused
     if (method.kind == method_kind::merged) {
-      std::optional<alloy::memory_store> global;
-      if (!cell.matrix.empty()) global = load_weights(weights_file(cell.matrix.size()));
-      merger.emplace(method, config_, merge_options(method), initial, std::move(global), cell.matrix.size(), cell.merger_state,
-                     device_);
+      if (group_.is_root()) {
+        std::optional<alloy::memory_store> resumed;
+        if (!cell.matrix.empty()) resumed = load_weights(weights_file(cell.matrix.size()));
+        merger.emplace(method, config_, merge_options(method), initial, std::move(resumed), cell.matrix.size(), cell.merger_state,
+                       device_);
+        global = merger->global();
+      }
+      group_.broadcast(global);
     } else if (method.kind == method_kind::sequential && !cell.matrix.empty()) {
-      carried = load_weights(weights_file(cell.matrix.size()));
+      if (group_.is_root()) carried = load_weights(weights_file(cell.matrix.size()));
+      group_.broadcast(carried);
     }
 
     std::vector<double> own;  // independent: each task's accuracy with its own LoRA
@@ -159,7 +187,7 @@ class continual_runner {
       continual_task& task = tasks_[order[t]];
       double merge_seconds = 0;
       // Where training starts.
-      const alloy::memory_store& start = method.kind == method_kind::merged ? merger->global()
+      const alloy::memory_store& start = method.kind == method_kind::merged ? global
                                          : method.kind == method_kind::sequential ? carried
                                                                                   : initial;
       alloy::torch_adapter::assign(*base_.model, start);
@@ -169,9 +197,9 @@ class continual_runner {
         const auto started = clock::now();
         if (method.pam) {
           aligner.emplace(alloy::pam_options{p, static_cast<std::size_t>(config_.align_every), *method.pam});
-          aligner->set_global(merger->global(), device_);
+          aligner->set_global(global, device_);
         }
-        if (method.regularizer != regularizer_kind::none) target.emplace(merger->global(), config_.p, device_);
+        if (method.regularizer != regularizer_kind::none) target.emplace(global, config_.p, device_);
         merge_seconds += seconds_since(started);
       }
       const std::string label = id + "  task " + std::to_string(t + 1) + "/" + std::to_string(order.size()) + " " + task.name;
@@ -183,12 +211,17 @@ class continual_runner {
 
       // (A host copy: the merger reads host memory, and the LoRA factors are small on any device.)
       const alloy::memory_store trained = alloy::torch_adapter::snapshot(model().trainable_parameters());
+      group_.check_same(alloy::torch_adapter::fingerprint(trainable_tensors()), "the LoRA factors trained on " + task.name);
       std::vector<double> row;
       if (method.kind == method_kind::merged) {
         const auto started = clock::now();
-        merger->end_task(trained);
-        cell.merger_state = merger->state();
-        alloy::torch_adapter::assign(*base_.model, merger->global());
+        if (group_.is_root()) {
+          merger->end_task(trained);
+          cell.merger_state = merger->state();
+          global = merger->global();
+        }
+        group_.broadcast(global);
+        alloy::torch_adapter::assign(*base_.model, global);
         merge_seconds += seconds_since(started);
         row = evaluate_all(order);
       } else if (method.kind == method_kind::sequential) {
@@ -210,12 +243,12 @@ class continual_runner {
       cell.merge_s.push_back(merge_seconds);
       cell.reset_fraction.push_back(reset_fraction);
       cell.resident_mb.push_back(resident_megabytes());
-      const alloy::memory_store* weights = method.kind == method_kind::merged ? &merger->global()
+      const alloy::memory_store* weights = method.kind == method_kind::merged ? &global
                                            : method.kind == method_kind::sequential ? &carried
                                                                                     : nullptr;
       save(cell, state_file, weights_file(t + 1), weights);
       interruption_point();
-      std::filesystem::remove(weights_file(t));  // (the state now names the newer weights)
+      if (group_.is_root()) std::filesystem::remove(weights_file(t));  // (the state now names the newer weights)
       char line[256];
       std::snprintf(line, sizeof line, "%s  task %zu/%zu %-24s acc %5.1f%% on it, mean %5.1f%% on the tasks so far (%.1f s + %.3f s merge and alignment)",
                     id.c_str(), t + 1, order.size(), task.name.c_str(), 100.0 * row[t], 100.0 * mean_prefix(row, t + 1),
@@ -235,6 +268,11 @@ class continual_runner {
   }
 
   clip_model_impl& model() { return *base_.model; }
+  std::vector<::torch::Tensor> trainable_tensors() {
+    std::vector<::torch::Tensor> tensors;
+    for (auto& item : model().trainable_parameters()) tensors.push_back(item.second);
+    return tensors;
+  }
 
   std::vector<double> baseline_for(const std::vector<std::size_t>& order) const {
     std::vector<double> b;
@@ -270,15 +308,16 @@ class continual_runner {
         tensor.zero_();
       }
     }
-    return alloy::torch_adapter::snapshot(model().trainable_parameters());
+    alloy::memory_store factors = alloy::torch_adapter::snapshot(model().trainable_parameters());
+    group_.broadcast(factors);  // (rank 0's draw: the same on every rank whatever their generators)
+    return factors;
   }
 
   // Trains the model's LoRA on one task; returns the seconds spent in alignment and regularizers.
   double train(continual_task& task, const std::string& label, alloy::torch_adapter::pam_aligner* aligner,
                const alloy::torch_adapter::alignment_target* target, regularizer_kind regularizer, double& reset_fraction) {
     std::size_t reset = 0, considered = 0;
-    std::vector<::torch::Tensor> parameters;
-    for (auto& item : model().trainable_parameters()) parameters.push_back(item.second);
+    const std::vector<::torch::Tensor> parameters = trainable_tensors();
     ::torch::optim::AdamW optimizer(parameters, ::torch::optim::AdamWOptions(config_.learning_rate).weight_decay(0.0));
     model().train();
     double overhead = 0;
@@ -292,28 +331,40 @@ class continual_runner {
       std::int64_t seen = 0;
       for (std::int64_t from = 0; from < n; from += config_.batch) {
         const std::int64_t to = std::min(n, from + config_.batch);
-        const ::torch::Tensor index =
-            ::torch::tensor(std::vector<std::int64_t>(order.begin() + from, order.begin() + to), ::torch::kInt64);
-        const ::torch::Tensor pixels = task.transform(task.train.images.index_select(0, index), device_);
-        const ::torch::Tensor labels = task.train.labels.index_select(0, index).to(device_);
-        ::torch::Tensor loss;
-        {
-          autocast_scope autocast(device_);
-          namespace F = ::torch::nn::functional;
-          const ::torch::Tensor features = F::normalize(model().image_features(pixels).to(::torch::kFloat32), F::NormalizeFuncOptions().dim(-1));
-          const ::torch::Tensor logits = model().logit_scale.exp().detach() * ::torch::matmul(features, task.classes.t());
-          loss = F::cross_entropy(logits, labels);
+        // This rank's shard of the global batch; its mean loss weighted by the shard's share, so
+        // that the gradients summed over the ranks are the whole batch's (the regularizer, the
+        // same on every rank, divided by their number for the same reason).
+        const auto [begin, end] = group_.shard(to - from);
+        ::torch::Tensor total;
+        double loss_value = 0;
+        if (end > begin) {
+          const ::torch::Tensor index = ::torch::tensor(
+              std::vector<std::int64_t>(order.begin() + from + begin, order.begin() + from + end), ::torch::kInt64);
+          const ::torch::Tensor pixels = task.transform(task.train.images.index_select(0, index), device_);
+          const ::torch::Tensor labels = task.train.labels.index_select(0, index).to(device_);
+          ::torch::Tensor loss;
+          {
+            autocast_scope autocast(device_);
+            namespace F = ::torch::nn::functional;
+            const ::torch::Tensor features = F::normalize(model().image_features(pixels).to(::torch::kFloat32), F::NormalizeFuncOptions().dim(-1));
+            const ::torch::Tensor logits = model().logit_scale.exp().detach() * ::torch::matmul(features, task.classes.t());
+            loss = F::cross_entropy(logits, labels);
+          }
+          total = loss * (static_cast<double>(end - begin) / static_cast<double>(to - from));
+          loss_value = loss.item<double>();
         }
-        ::torch::Tensor total = loss;
         if (target != nullptr) {
           const auto started = clock::now();
-          total = total + (regularizer == regularizer_kind::l2_pull
-                               ? alloy::torch_adapter::l2_pull(model(), *target, config_.l2_strength)
-                               : alloy::torch_adapter::sign_agreement(model(), *target, config_.sign_strength));
+          ::torch::Tensor penalty = regularizer == regularizer_kind::l2_pull
+                                        ? alloy::torch_adapter::l2_pull(model(), *target, config_.l2_strength)
+                                        : alloy::torch_adapter::sign_agreement(model(), *target, config_.sign_strength);
+          if (group_.size() > 1) penalty = penalty / static_cast<double>(group_.size());
+          total = total.defined() ? total + penalty : penalty;
           overhead += seconds_since(started);
         }
         optimizer.zero_grad();
-        total.backward();
+        if (total.defined()) total.backward();
+        group_.sum_gradients(parameters);
         optimizer.step();
         if (aligner != nullptr) {
           const auto started = clock::now();
@@ -322,11 +373,11 @@ class continual_runner {
           considered += report.total_considered;
           overhead += seconds_since(started);
         }
-        loss_sum += loss.item<double>() * static_cast<double>(to - from);
-        seen += to - from;
+        loss_sum += loss_value * static_cast<double>(end - begin);  // (this rank's shards: the progress shown)
+        seen += end - begin;
         ++step;
         progress_.update(label + "  epoch " + std::to_string(epoch + 1) + "/" + std::to_string(config_.epochs), step, steps,
-                         loss_sum / static_cast<double>(seen));
+                         seen > 0 ? loss_sum / static_cast<double>(seen) : 0.0);
       }
     }
     progress_.finish();
@@ -334,10 +385,21 @@ class continual_runner {
     return overhead;
   }
 
+  // The share of the task's test images classified right; each rank embeds its whole batches.
   double accuracy(continual_task& task) {
-    const ::torch::Tensor images = image_embeddings(base_.model, task.test, task.transform, device_, 512);
-    const ::torch::Tensor predicted = ::torch::matmul(images, task.classes.t()).argmax(1).cpu();
-    return predicted.eq(task.test.labels).to(::torch::kFloat64).mean().item<double>();
+    constexpr std::int64_t batch = 512;
+    const std::int64_t n = task.test.size();
+    const auto [first, last] = group_.shard((n + batch - 1) / batch);
+    const std::int64_t from = std::min(n, first * batch), to = std::min(n, last * batch);
+    std::int64_t correct = 0;
+    if (to > from) {
+      const image_dataset part = from == 0 && to == n ? task.test : task.test.subset(::torch::arange(from, to));
+      const ::torch::Tensor images = image_embeddings(base_.model, part, task.transform, device_, batch);
+      const ::torch::Tensor predicted = ::torch::matmul(images, task.classes.t()).argmax(1).cpu();
+      correct = predicted.eq(part.labels).sum().item<std::int64_t>();
+    }
+    correct = group_.sum({correct})[0];
+    return static_cast<double>(correct) / static_cast<double>(n);
   }
 
   // Accuracy on the tasks in `order`, then on the held-out task.
@@ -350,10 +412,12 @@ class continual_runner {
 
   // For the resume test: ALLOY_CLIP_STOP_AFTER_TASKS=N stops the process after N trained tasks, as
   // an interruption would (after a checkpoint).
+  // Every rank stops, once rank 0's checkpoint is written.
   void interruption_point() {
     static const char* limit = std::getenv("ALLOY_CLIP_STOP_AFTER_TASKS");
     if (limit != nullptr && ++tasks_trained_ >= std::strtol(limit, nullptr, 10)) {
-      std::fprintf(stderr, "clip_continual: stopped after %ld tasks (ALLOY_CLIP_STOP_AFTER_TASKS)\n", tasks_trained_);
+      group_.barrier();
+      if (group_.is_root()) std::fprintf(stderr, "clip_continual: stopped after %ld tasks (ALLOY_CLIP_STOP_AFTER_TASKS)\n", tasks_trained_);
       std::exit(75);
     }
   }
@@ -362,8 +426,10 @@ class continual_runner {
     return alloy::copy_store(alloy::safetensors_store::open(file));
   }
 
-  static void save(const cell_result& cell, const std::filesystem::path& state_file, const std::filesystem::path& weights_file,
-                   const alloy::memory_store* weights) {
+  // Rank 0 writes the checkpoints.
+  void save(const cell_result& cell, const std::filesystem::path& state_file, const std::filesystem::path& weights_file,
+            const alloy::memory_store* weights) const {
+    if (!group_.is_root()) return;
     std::filesystem::create_directories(state_file.parent_path());
     // The weights first: a state that names task t always has the weights after task t beside it.
     if (weights != nullptr) alloy::save_safetensors(weights_file, *weights, {}, /*replace=*/true);
@@ -373,6 +439,7 @@ class continual_runner {
   clip_bundle& base_;
   continual_config config_;
   ::torch::Device device_;
+  const alloy::torch_adapter::data_parallel& group_;
   std::filesystem::path checkpoints_;
   log_function log_;
   progress_bar progress_;

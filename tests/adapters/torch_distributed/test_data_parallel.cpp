@@ -96,7 +96,7 @@ TEST_CASE("data_parallel: gradients are summed over the ranks into the same bits
   CHECK(results[0] == results[1]);
 }
 
-TEST_CASE("data_parallel: a store and tensors broadcast from the root; a store of another layout is refused on every rank") {
+TEST_CASE("data_parallel: a store, tensors and text broadcast from the root; a store of another layout is refused on every rank") {
   on_ranks(2, [](const data_parallel& group) {
     alloy::memory_store store;
     const float value = group.rank() == 1 ? 7.5f : -1.0f;
@@ -111,6 +111,13 @@ TEST_CASE("data_parallel: a store and tensors broadcast from the root; a store o
     ::torch::Tensor t = ::torch::full({4}, static_cast<float>(group.rank()));
     group.broadcast({t}, /*root=*/0);
     CHECK(t.equal(::torch::zeros({4})));
+
+    std::string text = group.rank() == 1 ? std::string("{\"tasks\": [1, 2]}\n\0binary", 25) : std::string("stale");
+    group.broadcast(text, /*root=*/1);
+    CHECK(text == std::string("{\"tasks\": [1, 2]}\n\0binary", 25));
+    std::string nothing = group.is_root() ? std::string() : std::string("left over");
+    group.broadcast(nothing);
+    CHECK(nothing.empty());
 
     alloy::memory_store other;
     other.insert("w", alloy::dtype::f32, group.rank() == 0 ? alloy::shape{2, 3} : alloy::shape{3, 2});

@@ -262,6 +262,28 @@ class data_parallel {
 #endif
   }
 
+  // Text (a state file, a configuration) set to rank root's, for instance what only the root could
+  // read from its disk.
+  void broadcast([[maybe_unused]] std::string& text, int root = 0) const {
+    check_root(root);
+    if (size_ == 1) return;
+#ifdef USE_C10D_GLOO
+    c10d::BroadcastOptions options;
+    options.rootRank = root;
+    std::vector<at::Tensor> length{::torch::tensor(std::vector<std::int64_t>{static_cast<std::int64_t>(text.size())}, ::torch::kInt64)};
+    group_->broadcast(length, options)->wait();
+    const std::int64_t bytes = length[0].item<std::int64_t>();
+    if (bytes == 0) {
+      text.clear();
+      return;
+    }
+    std::vector<at::Tensor> buffer{::torch::empty({bytes}, ::torch::kUInt8)};
+    if (rank_ == root) std::memcpy(buffer[0].data_ptr(), text.data(), text.size());
+    group_->broadcast(buffer, options)->wait();
+    if (rank_ != root) text.assign(static_cast<const char*>(buffer[0].data_ptr()), static_cast<std::size_t>(bytes));
+#endif
+  }
+
   // The sum over the ranks of integer counts (exact; for instance correct predictions).
   [[nodiscard]] std::vector<std::int64_t> sum(std::vector<std::int64_t> values) const {
     if (size_ == 1 || values.empty()) return values;
