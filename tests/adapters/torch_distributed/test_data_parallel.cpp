@@ -144,8 +144,12 @@ TEST_CASE("data_parallel: two ranks on halves of each batch train what one proce
   ::torch::manual_seed(11);
   const ::torch::Tensor x = ::torch::randn({192, 12});
   const ::torch::Tensor y = ::torch::randint(0, 4, {192});
+  // The initial weights drawn once: ranks are threads here, and two of them seeding and drawing
+  // from torch's one global generator at the same time would interleave their draws.
+  const alloy::memory_store initial = alloy::torch_adapter::snapshot(*make_model());
   const auto train = [&](const data_parallel& group) {
     auto model = make_model();
+    alloy::torch_adapter::assign(*model, initial);
     alloy::memory_store global = alloy::torch_adapter::snapshot(*model);
     for (const auto& name : global.names()) {  // G: the start with every third sign turned, so that PAM resets
       auto values = global.mutable_view(name).as<float>();
