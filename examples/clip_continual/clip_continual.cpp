@@ -190,7 +190,9 @@ int run_continual(const common_options& common, const run_options& options) {
 
   // The processes training together: one, or the ranks of a launcher's environment. Rank 0 alone
   // writes the run's folder; the others wait for it where they need what it wrote.
-  const auto group = alloy::torch_adapter::data_parallel::from_environment();
+  // (A long timeout: the others wait at a barrier while rank 0 pretrains the base, minutes on a
+  // CPU; a rank that fails does not leave them waiting, the launcher stops them.)
+  const auto group = alloy::torch_adapter::data_parallel::from_environment(std::chrono::minutes(30));
   const bool root = group.is_root();
   const std::filesystem::path dir = std::filesystem::path(options.runs) / options.name;
   const std::filesystem::path checkpoints = dir / "checkpoints";
