@@ -65,7 +65,7 @@ TEST_CASE("the methods are the issue's keys, each with its ingredients", "[clip]
   for (const auto& m : all_methods()) keys.push_back(m.key);
   CHECK(keys == std::vector<std::string>{"zero_shot", "sequential_finetune", "independent", "merge_avg", "pam", "pam_global_reset",
                                          "ties_post", "magmax", "l2_regularizer", "sign_regularizer", "pam_ties",
-                                         "opcm", "dop", "magmax_sequence"});
+                                         "opcm", "dop", "magmax_sequence", "merge_avg_ba", "pam_ba", "ties_ba", "opcm_ba"});
   CHECK(find_method("pam").pam == alloy::pam_reset::to_zero);
   CHECK(find_method("pam_global_reset").pam == alloy::pam_reset::to_global);
   CHECK(find_method("pam_ties").merge == alloy::continual_rule::policy);
@@ -77,6 +77,20 @@ TEST_CASE("the methods are the issue's keys, each with its ingredients", "[clip]
   CHECK(find_method("magmax_sequence").merger == merger_kind::magmax_sequence);
   CHECK(find_method("magmax_sequence").compared_with == "magmax");
   CHECK(find_method("merge_avg").merger == merger_kind::continual);
+  // Each method merging the products B A differs from the one it is compared with by that alone.
+  for (const auto& method : all_methods()) {
+    CAPTURE(method.key);
+    CHECK(method.merge_products == method.key.ends_with("_ba"));
+    if (!method.merge_products) continue;
+    const method_spec& factors = find_method(std::string(method.compared_with));
+    CHECK_FALSE(factors.merge_products);
+    CHECK(factors.kind == method.kind);
+    CHECK(factors.merge == method.merge);
+    CHECK(factors.merge_method == method.merge_method);
+    CHECK(factors.pam == method.pam);
+    CHECK(factors.regularizer == method.regularizer);
+    CHECK(factors.merger == method.merger);
+  }
   // Every policy a method names is in alloy's registry.
   for (const auto& method : all_methods()) {
     if (method.merge == alloy::continual_rule::policy) CHECK_NOTHROW(alloy::find_merge_method(method.merge_method));

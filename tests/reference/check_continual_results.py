@@ -17,7 +17,7 @@ import numpy as np
 from scipy import stats
 
 KEYS = ["acc", "acc_std", "acc_ci95", "bwt", "bwt_std", "bwt_ci95", "fwt", "heldout", "heldout_ci95",
-        "acc_after_each_task", "matrix", "train_s", "merge_s"]
+        "acc_after_each_task", "matrix", "train_s", "merge_s", "rank_kept_after_each_task"]
 
 
 def interval(values):
@@ -85,6 +85,12 @@ def check(run_dir):
             sys.exit("zero_shot has non-zero transfer")
         if m["train_s"] < 0 or m["merge_s"] < 0:
             sys.exit(f"method {key}: negative times")
+        # Methods merging the LoRA's products B A: the share of the merged update G's factors keep.
+        kept = m["rank_kept_after_each_task"]
+        if key.endswith("_ba") != bool(kept):
+            sys.exit(f"method {key}: rank_kept_after_each_task is {kept}")
+        if kept and (len(kept) != n or not all(0 < k <= 1 + 1e-9 for k in kept)):
+            sys.exit(f"method {key}: rank_kept_after_each_task {kept} is not a share for every task")
     if "zero_shot" in results["methods"]:
         r = np.array(results["methods"]["zero_shot"]["matrix"])
         expected = np.mean([[zero[t] for t in order] for order in orders], axis=0)
@@ -122,7 +128,8 @@ def main():
         if tolerance is None:
             for key, m in first["methods"].items():
                 a, b = np.array(m["matrix"]), np.array(second["methods"][key]["matrix"])
-                if not np.array_equal(a, b) or m["per_order"] != second["methods"][key]["per_order"]:
+                if (not np.array_equal(a, b) or m["per_order"] != second["methods"][key]["per_order"]
+                        or m["rank_kept_after_each_task"] != second["methods"][key]["rank_kept_after_each_task"]):
                     sys.exit(f"method {key}: the resumed run's accuracies differ\n{a}\n{b}")
             print("the interrupted and resumed run gave the same accuracies as the uninterrupted one")
             return

@@ -6,7 +6,12 @@ opcm_merger and dop_merger (alloy/continual/opcm.hpp, dop.hpp).
                                      DIR/dop_<case>.safetensors for each DOP setting and
                                      DIR/magmax_sequence.safetensors (MagMax over every task seen):
                                      initial.<name>, task<t>.<name> (inputs, F32) and
-                                     expected<t>.<name> (G after task t, F32), t = 1..TASKS
+                                     expected<t>.<name> (G after task t, F32), t = 1..TASKS;
+                                     and DIR/lora_product.safetensors (LoRA factors merged by their
+                                     products, alloy/continual/lora_product.hpp): see lora_case
+
+LoRA products: each pair's update scale B A; the mean of several LoRAs' products taken back to
+rank r by the truncated SVD, U_r S_r V_r^T (Eckart-Young), and the share of sum S^2 it keeps.
 
 fusion_bench's step for task t >= 2: for every linear weight, U S V^T = svd(W - W0) (full),
 r = argmax(cumsum(S) / sum(S) > alpha), P = U^T (W_t - W0) V with its diagonal and P[:r, :r]
@@ -162,6 +167,37 @@ DOP_CASES = {
 }
 
 
+LORA_SHAPES = {"layer.q_proj": (2, 8, 6), "layer.fc1": (4, 3, 7)}  # module: (rank, in, out); fc1 has rank > min(in, out)
+LORA_SCALE = 2.0
+LORA_TASKS = 3
+
+
+def lora_case(path, rng):
+    """factors<t>.<module>.lora_A/B.weight (F32, t = 1..LORA_TASKS); product<t>.<module>.weight, each
+    one's scale B A (F32); merged.<module>.weight, the mean of the products (F64 then F32), and
+    truncated.<module>.weight, its best rank-r approximation (F32); metadata kept: the share of the
+    merged products' sum of squared singular values the truncation keeps."""
+    tensors, merged = [], {m: 0.0 for m in LORA_SHAPES}
+    for t in range(1, LORA_TASKS + 1):
+        for m, (r, i, o) in LORA_SHAPES.items():
+            a = rng.standard_normal((r, i)).astype(np.float32)
+            b = (0.5 * rng.standard_normal((o, r))).astype(np.float32)
+            product = LORA_SCALE * (b.astype(np.float64) @ a.astype(np.float64))
+            tensors += [("factors%d.%s.lora_A.weight" % (t, m), "F32", a), ("factors%d.%s.lora_B.weight" % (t, m), "F32", b),
+                        ("product%d.%s.weight" % (t, m), "F32", product.astype(np.float32))]
+            merged[m] = merged[m] + product.astype(np.float32).astype(np.float64) / LORA_TASKS
+    kept = total = 0.0
+    for m, (r, i, o) in LORA_SHAPES.items():
+        u, s, vt = np.linalg.svd(merged[m])
+        k = min(r, len(s))
+        truncated = (u[:, :k] * s[:k]) @ vt[:k]
+        kept += float(np.sum(s[:k] ** 2))
+        total += float(np.sum(s ** 2))
+        tensors += [("merged.%s.weight" % m, "F32", merged[m].astype(np.float32)),
+                    ("truncated.%s.weight" % m, "F32", truncated.astype(np.float32))]
+    st.write(path, tensors, {"scale": str(LORA_SCALE), "kept": repr(kept / total)})
+
+
 def write_case(path, initial, tasks, steps, metadata):
     tensors = [("initial." + n, "F32", initial[n]) for n in SHAPES]
     for t in range(TASKS):
@@ -190,6 +226,7 @@ def main():
                    {"alpha": str(alpha), "tasks": str(TASKS)})
     write_case(os.path.join(out, "magmax_sequence.safetensors"), initial, tasks, magmax_sequence(initial, tasks, 0.5),
                {"scaling_factor": "0.5"})
+    lora_case(os.path.join(out, "lora_product.safetensors"), np.random.default_rng(11))
     for case, o in DOP_CASES.items():
         write_case(os.path.join(out, "dop_%s.safetensors" % case), initial, tasks, dop(initial, tasks, o),
                    {k: str(v) for k, v in o.items()})

@@ -248,3 +248,98 @@ TEST_CASE("OPCM refuses bad settings and tasks, and resumes where it stopped", "
   CHECK(merger.global().view("b").dtype() == dtype::bf16);  // G keeps G0's dtypes
   CHECK_THROWS_WITH(opcm_merger::resume(g0, merger.global(), merger.task_norms(), 0.0), Catch::Contains("must be positive"));
 }
+
+namespace {
+
+// The tensors of `file` whose names start with `prefix`, the prefix removed.
+memory_store with_prefix(const safetensors_store& file, const std::string& prefix) {
+  memory_store store;
+  for (const auto& name : file.names()) {
+    if (name.starts_with(prefix)) store.insert(std::string(name.substr(prefix.size())), file.view(name));
+  }
+  return store;
+}
+
+// The largest difference between two stores' tensors of the same names, against the second's largest value.
+double relative_difference(const memory_store& got, const memory_store& want) {
+  double worst = 0;
+  REQUIRE(got.names().size() == want.names().size());
+  for (const auto& name : want.names()) {
+    CAPTURE(name);
+    REQUIRE(got.find(name));
+    const auto g = floats(got.view(name)), w = floats(want.view(name));
+    REQUIRE(g.size() == w.size());
+    float scale = 0;
+    for (const float x : w) scale = std::max(scale, std::abs(x));
+    for (std::size_t i = 0; i < g.size(); ++i) worst = std::max(worst, static_cast<double>(std::abs(g[i] - w[i]) / scale));
+  }
+  return worst;
+}
+
+}  // namespace
+
+TEST_CASE("LoRA factors merged by their products match NumPy's products and truncated SVD", "[reference][continual][lora]") {
+  const auto file = safetensors_store::open(reference_dir() / "lora_product.safetensors");
+  const double scale = std::stod(file.metadata().at("scale"));
+  const cpu_backend backend{2};
+  const eigen::svd_solver solver{};
+  for (int t = 1; t <= 3; ++t) {
+    CAPTURE(t);
+    const memory_store factors = with_prefix(file, "factors" + std::to_string(t) + ".");
+    const auto pairs = lora_factor_pairs(factors);
+    REQUIRE(pairs.size() == 2);
+    const memory_store products = lora_products(backend, factors, scale);
+    CHECK(relative_difference(products, with_prefix(file, "product" + std::to_string(t) + ".")) <= 1e-6);
+    // One LoRA's product has its rank: its factors give it back whole.
+    const lora_factorization again = lora_factors_of(solver, products, factors, scale);
+    CHECK(again.kept == Approx(1.0).epsilon(1e-12));
+    CHECK(relative_difference(lora_products(backend, again.factors, scale), products) <= 1e-5);
+  }
+  // The mean of three products has a higher rank: its rank-r factors give NumPy's truncated SVD.
+  const memory_store like = with_prefix(file, "factors1.");
+  const lora_factorization merged = lora_factors_of(solver, with_prefix(file, "merged."), like, scale);
+  CHECK(merged.kept == Approx(std::stod(file.metadata().at("kept"))).epsilon(1e-9));
+  CHECK(merged.kept < 0.9);  // (q_proj: three rank-2 updates of a 6 x 8 weight)
+  CHECK(relative_difference(lora_products(backend, merged.factors, scale), with_prefix(file, "truncated.")) <= 1e-5);
+  for (const auto& pair : lora_factor_pairs(merged.factors)) {
+    CAPTURE(pair.module);
+    CHECK(merged.factors.view(pair.a).shape() == like.view(pair.a).shape());
+    CHECK(merged.factors.view(pair.b).dtype() == like.view(pair.b).dtype());
+    const auto a = floats(merged.factors.view(pair.a)), b = floats(merged.factors.view(pair.b));
+    for (std::size_t k = 0; k < pair.rank; ++k) {  // the update split evenly: |B e_k| = |e_k^T A| = sqrt(s_k / scale)
+      double a_norm = 0, b_norm = 0;
+      for (std::size_t j = 0; j < pair.cols; ++j) a_norm += std::pow(static_cast<double>(a[k * pair.cols + j]), 2);
+      for (std::size_t i = 0; i < pair.rows; ++i) b_norm += std::pow(static_cast<double>(b[i * pair.rank + k]), 2);
+      CHECK(std::sqrt(a_norm) == Approx(std::sqrt(b_norm)).epsilon(1e-5).margin(1e-7));
+      if (k >= std::min(pair.rows, pair.cols)) CHECK(a_norm == 0);  // fc1: rank 4 > min(out 7, in 3)
+    }
+  }
+}
+
+TEST_CASE("LoRA products refuse what is not a factor pair", "[continual][lora]") {
+  const cpu_backend backend{};
+  memory_store factors;
+  const std::vector<float> a(2 * 3, 1.0f), b(4 * 2, 1.0f), odd(5, 1.0f);
+  factors.insert("m.lora_A.weight", const_tensor_view(std::span<const float>(a), shape{2, 3}));
+  factors.insert("m.lora_B.weight", const_tensor_view(std::span<const float>(b), shape{4, 2}));
+  CHECK(lora_products(backend, factors, 2.0).view("m.weight").shape() == shape{4, 3});
+
+  memory_store lonely = factors;
+  lonely.insert("n.lora_A.weight", const_tensor_view(std::span<const float>(a), shape{2, 3}));
+  CHECK_THROWS_WITH(lora_products(backend, lonely, 2.0), Catch::Contains("'n.lora_A.weight' has no partner 'n.lora_B.weight'"));
+  memory_store stranger = factors;
+  stranger.insert("m.bias", const_tensor_view(std::span<const float>(odd), shape{5}));
+  CHECK_THROWS_WITH(lora_products(backend, stranger, 2.0), Catch::Contains("tensor 'm.bias' is not a LoRA factor"));
+  memory_store mismatched;
+  mismatched.insert("m.lora_A.weight", const_tensor_view(std::span<const float>(a), shape{3, 2}));
+  mismatched.insert("m.lora_B.weight", const_tensor_view(std::span<const float>(b), shape{4, 2}));
+  CHECK_THROWS_WITH(lora_products(backend, mismatched, 2.0), Catch::Contains("A must be rank x in and B out x rank"));
+
+  const eigen::svd_solver solver{};
+  memory_store products = lora_products(backend, factors, 2.0);
+  CHECK_THROWS_WITH(lora_factors_of(solver, products, factors, 0.0), Catch::Contains("scale = 0 must be positive"));
+  CHECK_THROWS_WITH(lora_factors_of(solver, memory_store{}, factors, 2.0), Catch::Contains("the merged products lack 'm.weight'"));
+  memory_store wrong;
+  wrong.insert("m.weight", const_tensor_view(std::span<const float>(b), shape{2, 4}));
+  CHECK_THROWS_WITH(lora_factors_of(solver, wrong, factors, 2.0), Catch::Contains("has shape [2, 4] but the factors of 'm' make [4, 3]"));
+}

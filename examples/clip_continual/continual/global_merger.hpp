@@ -3,6 +3,11 @@
 // (their SVDs through torch on the run's device: LAPACK on the CPU, cuSOLVER on CUDA), or MagMax
 // over every task vector seen. One type
 // for the runner, so that it reads the same for every merged method.
+//
+// A method that merges the LoRA's products (method_spec::merge_products) gives its merger the
+// updates scale B A of every weight instead of the factors: the merger keeps the dense merged
+// update, and G is its truncated SVD at the LoRA's rank (alloy/continual/lora_product.hpp), which
+// is what the model is tested with and the next task starts from. Its checkpoints hold both.
 
 #include <torch/torch.h>
 
@@ -27,38 +32,72 @@ class global_merger {
   // A new run from G0, or (tasks_done > 0) its continuation from G after tasks_done tasks and the
   // merger's saved state.
   global_merger(const method_spec& method, const continual_config& config, alloy::continual_options options,
-                const alloy::memory_store& initial, std::optional<alloy::memory_store> global, std::size_t tasks_done,
+                const alloy::memory_store& initial, std::optional<alloy::memory_store> checkpoint, std::size_t tasks_done,
                 const nlohmann::json& state, ::torch::Device device)
-      : merger_(make(method, config, std::move(options), initial, std::move(global), tasks_done, state)), solver_{device} {}
-
-  [[nodiscard]] const alloy::memory_store& global() const {
-    return std::visit([](const auto& merger) -> const alloy::memory_store& { return merger.global(); }, merger_);
+      : products_(method.merge_products), scale_(config.lora_alpha / static_cast<double>(config.lora_rank)), solver_{device} {
+    if (!products_) {
+      merger_.emplace(make(method, config, std::move(options), initial, std::move(checkpoint), tasks_done, state));
+      return;
+    }
+    std::optional<alloy::memory_store> merged;  // the checkpoint's dense update; its factors are G
+    if (!checkpoint) {
+      factors_ = initial;
+    } else {
+      merged.emplace();
+      for (const auto& name : checkpoint->names()) {
+        (initial.find(name) ? factors_ : *merged).insert(std::string(name), checkpoint->view(name));
+      }
+    }
+    merger_.emplace(make(method, config, std::move(options), alloy::lora_products(alloy::cpu_backend{}, initial, scale_),
+                         std::move(merged), tasks_done, state));
   }
+
+  // G: the merged LoRA factors.
+  [[nodiscard]] const alloy::memory_store& global() const { return products_ ? factors_ : merged(); }
+
+  // What a checkpoint keeps to resume: G, and for a merge of products the dense update too.
+  [[nodiscard]] alloy::memory_store checkpoint() const {
+    alloy::memory_store weights = global();
+    if (products_) {
+      for (const auto& name : merged().names()) weights.insert(std::string(name), merged().view(name));
+    }
+    return weights;
+  }
+
+  // Merging products: the share of the merged update that G's factors kept after the last task.
+  [[nodiscard]] double rank_kept() const { return rank_kept_; }
 
   void end_task(const alloy::memory_store& trained) {
     const alloy::cpu_backend backend{};
+    const alloy::memory_store products = products_ ? alloy::lora_products(backend, trained, scale_) : alloy::memory_store{};
+    const alloy::memory_store& input = products_ ? products : trained;
     std::visit(
         [&](auto& merger) {
           using merger_type = std::decay_t<decltype(merger)>;
           if constexpr (std::is_same_v<merger_type, alloy::continual_merger>) {
-            merger.end_task(backend, trained);
+            merger.end_task(backend, input);
           } else if constexpr (std::is_same_v<merger_type, alloy::magmax_sequence_merger>) {
-            merger.end_task(trained);
+            merger.end_task(input);
           } else {
-            merger.end_task(backend, solver_, trained);
+            merger.end_task(backend, solver_, input);
           }
         },
-        merger_);
+        *merger_);
+    if (products_) {
+      alloy::lora_factorization factorization = alloy::lora_factors_of(solver_, merged(), trained, scale_);
+      factors_ = std::move(factorization.factors);
+      rank_kept_ = factorization.kept;
+    }
   }
 
   // What resuming needs besides G (saved with each checkpoint).
   [[nodiscard]] nlohmann::json state() const {
-    if (const auto* opcm = std::get_if<alloy::opcm_merger>(&merger_)) {
+    if (const auto* opcm = std::get_if<alloy::opcm_merger>(&*merger_)) {
       return {{"task_norms", opcm->task_norms()}, {"scale", opcm->scale()}};
     }
     // The selection tau_max (one double per LoRA entry: 43k for the example's LoRA); JSON writes
     // doubles with 17 digits, so it reads back bit for bit.
-    if (const auto* magmax = std::get_if<alloy::magmax_sequence_merger>(&merger_)) return {{"selection", magmax->selection()}};
+    if (const auto* magmax = std::get_if<alloy::magmax_sequence_merger>(&*merger_)) return {{"selection", magmax->selection()}};
     return {};
   }
 
@@ -89,7 +128,16 @@ class global_merger {
                                            policy ? std::optional<alloy::memory_store>(initial) : std::nullopt);
   }
 
-  any_merger merger_;
+  // The merger's G: the factors, or for a merge of products the dense update.
+  [[nodiscard]] const alloy::memory_store& merged() const {
+    return std::visit([](const auto& merger) -> const alloy::memory_store& { return merger.global(); }, *merger_);
+  }
+
+  bool products_;
+  double scale_;  // the LoRA's alpha / rank
+  std::optional<any_merger> merger_;  // (optional only to be built after the products)
+  alloy::memory_store factors_;        // merging products: G, the merged update's rank-r factors
+  double rank_kept_ = 1;
   alloy::torch_adapter::svd_solver solver_;
 };
 

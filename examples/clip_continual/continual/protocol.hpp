@@ -50,6 +50,9 @@ struct method_spec {
   std::optional<alloy::pam_reset> pam{};      // PAM during training, resetting to zero or to G
   regularizer_kind regularizer = regularizer_kind::none;
   merger_kind merger = merger_kind::continual;
+  // The merger merges the LoRA's products B A (each weight's update) instead of A and B, and G
+  // is taken back to the LoRA's rank by their truncated SVD (alloy/continual/lora_product.hpp).
+  bool merge_products = false;
   std::string_view compared_with{};  // the method that differs from this one by one ingredient (the report pairs them)
 };
 
@@ -90,6 +93,17 @@ inline const std::vector<method_spec>& all_methods() {
        .description = "MagMax as its paper runs it: G = G0 + 0.5 tau_max, the largest-magnitude entry over every "
                       "task vector seen",
        .merger = merger_kind::magmax_sequence, .compared_with = "magmax"},
+      // The question the paper leaves open: merging A and B separately (every method above)
+      // against merging their product B A into a low-rank global update.
+      {.key = "merge_avg_ba",
+       .description = "merge_avg on the LoRA's products B A (running mean of the updates), G taken back to rank r by SVD",
+       .merge_products = true, .compared_with = "merge_avg"},
+      {.key = "pam_ba", .description = "pam, merging the products B A (G taken back to rank r by SVD)",
+       .pam = pam_reset::to_zero, .merge_products = true, .compared_with = "pam"},
+      {.key = "ties_ba", .description = "ties_post on the products B A (G taken back to rank r by SVD)",
+       .merge = continual_rule::policy, .merge_method = "ties", .merge_products = true, .compared_with = "ties_post"},
+      {.key = "opcm_ba", .description = "opcm on the products B A, the weight updates OPCM is defined on (G taken back to rank r by SVD)",
+       .merger = merger_kind::opcm, .merge_products = true, .compared_with = "opcm"},
   };
   return all;
 }

@@ -38,6 +38,7 @@ struct method_summary {
   std::vector<std::vector<double>> matrix;                  // mean over orders, by position
   double train_s = 0, merge_s = 0;                          // mean per task
   double reset_fraction = 0;                                // PAM: mean share of G's top-p entries reset per pass
+  std::vector<double> rank_kept;                            // merging B A: mean over orders, after the task at each position
 
   static method_summary of(const std::vector<cell_result>& cells, const std::vector<double>& zero_shot) {
     method_summary s;
@@ -63,6 +64,10 @@ struct method_summary {
       for (const double r : c.reset_fraction) {
         resets += r;
         ++reset_count;
+      }
+      if (c.rank_kept.size() == n) {
+        s.rank_kept.resize(n, 0.0);
+        for (std::size_t t = 0; t < n; ++t) s.rank_kept[t] += c.rank_kept[t] / static_cast<double>(cells.size());
       }
       for (std::size_t t = 0; t < n; ++t) {
         for (std::size_t i = 0; i < n; ++i) s.matrix[t][i] += c.matrix[t][i] / static_cast<double>(cells.size());
@@ -115,6 +120,7 @@ struct method_summary {
             {"train_s", train_s},
             {"merge_s", merge_s},
             {"reset_fraction", reset_fraction},
+            {"rank_kept_after_each_task", rank_kept},
             {"per_order", {{"acc", acc}, {"bwt", bwt}, {"fwt", fwt}, {"heldout", heldout}, {"acc_after_each_task", acc_curve},
                            {"bwt_after_each_task", bwt_curve}}}};
   }
@@ -468,6 +474,10 @@ inline std::filesystem::path write_report(const run_summary& run, const std::fil
   for (const auto& m : run.methods) {
     if (m.reset_fraction > 0) {
       md << "\n`" << m.key << "` reset " << detail::pct(m.reset_fraction) << "% of G's top-p entries per alignment pass.";
+    }
+    if (!m.rank_kept.empty()) {
+      md << "\n`" << m.key << "`: G's factors, at the LoRA's rank, kept " << detail::pct(m.rank_kept.back())
+         << "% of the merged update's squared norm after the last task (the rest was truncated; after each task in results.json).";
     }
   }
   md << "\n";

@@ -24,6 +24,7 @@ struct cell_result {
   std::vector<double> train_s, merge_s;      // per task
   std::vector<double> reset_fraction;        // per task: PAM's resets / entries inside G's top-p masks, over its passes
   std::vector<double> resident_mb;           // per task: the process's resident memory after it (0 where unknown)
+  std::vector<double> rank_kept;             // per task, methods merging B A: the share of the merged update G's rank-r factors keep
   std::size_t tasks_total = 0;
   nlohmann::json merger_state;  // what the merger needs besides G to resume (OPCM: the task norms and scale)
 
@@ -32,7 +33,7 @@ struct cell_result {
   [[nodiscard]] nlohmann::json to_json() const {
     return {{"method", method}, {"p", p},           {"order", order},     {"task_order", task_order}, {"matrix", matrix},
             {"heldout", heldout}, {"train_s", train_s}, {"merge_s", merge_s}, {"reset_fraction", reset_fraction},
-            {"resident_mb", resident_mb}, {"tasks_total", tasks_total}, {"merger_state", merger_state}};
+            {"resident_mb", resident_mb}, {"rank_kept", rank_kept}, {"tasks_total", tasks_total}, {"merger_state", merger_state}};
   }
   static cell_result from_json(const nlohmann::json& j) {
     cell_result c;
@@ -46,6 +47,7 @@ struct cell_result {
     c.merge_s = j.at("merge_s").get<std::vector<double>>();
     c.reset_fraction = j.value("reset_fraction", std::vector<double>{});
     c.resident_mb = j.value("resident_mb", std::vector<double>(c.train_s.size(), 0.0));
+    c.rank_kept = j.value("rank_kept", std::vector<double>{});
     c.tasks_total = j.at("tasks_total").get<std::size_t>();
     c.merger_state = j.value("merger_state", nlohmann::json{});
     return c;

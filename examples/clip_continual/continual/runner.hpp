@@ -6,7 +6,8 @@
 // initial factors G0 (A random, B zero). For each task, a copy T of G is fine-tuned on that task
 // alone (AdamW, cross-entropy of the image embedding against the task's class embeddings);
 // PAM, where the method has it, aligns T with G every K steps; the copy is merged back
-// (alloy::continual_merger: running mean, TIES or MagMax; or OPCM or DOP); G is then tested on
+// (alloy::continual_merger: running mean, TIES or MagMax; or OPCM or DOP; the factors A and B, or
+// their products B A taken back to the LoRA's rank); G is then tested on
 // every task and on the held-out one. After each task the cell's state (its accuracy rows and G or T) is saved, so
 // that an interrupted run resumes at the next task with the same result.
 //
@@ -218,6 +219,7 @@ class continual_runner {
         if (group_.is_root()) {
           merger->end_task(trained);
           cell.merger_state = merger->state();
+          if (method.merge_products) cell.rank_kept.push_back(merger->rank_kept());
           global = merger->global();
         }
         group_.broadcast(global);
@@ -243,7 +245,9 @@ class continual_runner {
       cell.merge_s.push_back(merge_seconds);
       cell.reset_fraction.push_back(reset_fraction);
       cell.resident_mb.push_back(resident_megabytes());
-      const alloy::memory_store* weights = method.kind == method_kind::merged ? &global
+      // (Merged: the merger's checkpoint, G and what else it needs to resume; rank 0 writes it.)
+      const alloy::memory_store merged_checkpoint = merger ? merger->checkpoint() : alloy::memory_store{};
+      const alloy::memory_store* weights = method.kind == method_kind::merged ? &merged_checkpoint
                                            : method.kind == method_kind::sequential ? &carried
                                                                                     : nullptr;
       save(cell, state_file, weights_file(t + 1), weights);
