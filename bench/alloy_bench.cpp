@@ -115,6 +115,10 @@ float bench_value(std::uint32_t i, unsigned seed) {
 
 // The inputs of the merges: a base and up to 16 fine-tuned models of one size and dtype, made
 // once and kept while consecutive benchmarks use them (the grid is registered size by size).
+// Each is a matrix of rows of 4096, as a transformer's linear layers are: the methods that work
+// per row (DELLA, Arcee Fusion, the spherical ones, Model Stock) see rows of a real length.
+constexpr std::int64_t row_length = 4096;  // every benchmarked size is a multiple
+
 struct bench_inputs {
   std::int64_t count = 0;
   alloy::dtype type = alloy::dtype::f32;
@@ -130,19 +134,20 @@ bench_inputs& inputs_for(std::int64_t count, alloy::dtype type, std::size_t mode
     cached.type = type;
     cached.models = std::max<std::size_t>(models, count <= (std::int64_t{1} << 24) ? 16 : 8);
     std::vector<float> values(static_cast<std::size_t>(count));
+    const alloy::shape matrix{count / row_length, row_length};
     for (std::size_t seed = 0; seed <= cached.models; ++seed) {
       for (std::size_t i = 0; i < values.size(); ++i) values[i] = bench_value(static_cast<std::uint32_t>(i), static_cast<unsigned>(seed));
-      alloy::convert(alloy::const_tensor_view(std::span<const float>(values), alloy::shape{count}),
-                     cached.store.insert(seed == 0 ? "base" : std::to_string(seed - 1), type, {count}));
+      alloy::convert(alloy::const_tensor_view(std::span<const float>(values), matrix),
+                     cached.store.insert(seed == 0 ? "base" : std::to_string(seed - 1), type, matrix));
     }
-    cached.store.insert("out", type, {count});
+    cached.store.insert("out", type, matrix);
   }
   return cached;
 }
 
 // args: elements, models, dtype (0 f32, 1 bf16, 2 f16), threads; `level` caps the dispatch level
 // (the widest the CPU has by default). Each row's label says the level it ran at.
-void BM_merge(benchmark::State& state, std::string_view method, alloy::simd_level level = alloy::simd_level::avx512) {
+void BM_merge(benchmark::State& state, std::string_view method, alloy::simd_level level = alloy::detected_simd_level()) {
   const auto count = static_cast<std::int64_t>(state.range(0));
   const auto models = static_cast<std::size_t>(state.range(1));
   const alloy::dtype type = state.range(2) == 0 ? alloy::dtype::f32 : state.range(2) == 1 ? alloy::dtype::bf16 : alloy::dtype::f16;

@@ -50,6 +50,21 @@ TEST_CASE("nth_largest is the order statistic of a derived value", "[exec][selec
     CHECK(nth_largest(cpu_backend{1}, inputs, n, distance, position) == sorted[position]);
   }
   CHECK_THROWS_AS(nth_largest(cpu_backend{}, inputs, n, distance, n), error);
+
+  // Several positions in the same passes: each the order statistic, whatever the thread count,
+  // positions repeated or out of order, prefixes shared or not.
+  const std::vector<std::size_t> positions{n / 2, 0, n - 1, n / 4, n / 2, 3 * n / 4, 1, n / 4 + 1};
+  for (const int threads : {0, 1, 3}) {
+    const std::vector<float> each = nth_largest_each(cpu_backend{threads}, inputs, n, distance, positions);
+    REQUIRE(each.size() == positions.size());
+    for (std::size_t t = 0; t < positions.size(); ++t) {
+      INFO("threads " << threads << ", position " << positions[t]);
+      CHECK(each[t] == sorted[positions[t]]);
+    }
+  }
+  CHECK(nth_largest_each(cpu_backend{}, inputs, n, distance, std::span<const std::size_t>{}).empty());
+  const std::size_t beyond[] = {0, n};
+  CHECK_THROWS_AS(nth_largest_each(cpu_backend{}, inputs, n, distance, beyond), error);
 }
 
 TEST_CASE("a band mask keeps exactly its ranks, ties by position", "[exec][select]") {

@@ -12,8 +12,13 @@
 
 #include "alloy/align/pam.hpp"
 #include "alloy/align/regularizers.hpp"
+#include "alloy/exec/draws.hpp"
+#include "alloy/merge/arcee_fusion_merge.hpp"
+#include "alloy/merge/combination.hpp"
 #include "alloy/merge/linear_merge.hpp"
 #include "alloy/merge/magmax_merge.hpp"
+#include "alloy/merge/model_stock_merge.hpp"
+#include "alloy/merge/sce_merge.hpp"
 #include "alloy/merge/task_vector_merge.hpp"
 
 using namespace alloy;
@@ -105,6 +110,68 @@ TEST_CASE("task-vector kernel: the block form gives the per-element bits", "[mer
           CHECK(differing_elements(detail::task_vector_kernel{terms.data(), consensus, normalize, 0.9f}, columns, first) == 0);
         }
       }
+    }
+  }
+}
+
+TEST_CASE("uniform draws in blocks give the per-element draws at every dispatch level", "[exec][block][random]") {
+  for (int level = 0; level <= static_cast<int>(detected_simd_level()); ++level) {
+    const simd_level previous = set_simd_level(static_cast<simd_level>(level));
+    for (const std::uint64_t key : {std::uint64_t{0}, random_stream_key(3, "layers.0.w", 2), ~std::uint64_t{0}}) {
+      for (const std::uint64_t first : {std::uint64_t{0}, std::uint64_t{64 * 1001}, ~std::uint64_t{0} - 600}) {
+        for (const std::size_t count : {std::size_t{0}, std::size_t{1}, std::size_t{7}, std::size_t{8}, std::size_t{13}, block}) {
+          std::vector<float> draws(count);
+          detail::at_active_simd_level([&] { detail::uniform_draws(key, first, count, draws.data()); });
+          std::size_t differing = 0;
+          for (std::size_t j = 0; j < count; ++j) {
+            differing += std::bit_cast<std::uint32_t>(draws[j]) != std::bit_cast<std::uint32_t>(uniform01(key, first + j)) ? 1u : 0u;
+          }
+          INFO(to_string(static_cast<simd_level>(level)) << ", " << count << " draws from " << first);
+          CHECK(differing == 0);
+        }
+      }
+    }
+    set_simd_level(previous);
+  }
+}
+
+TEST_CASE("SCE: the block form gives the per-element bits, with and without a selection", "[merge][block]") {
+  const std::size_t first = 5 * block;
+  std::vector<std::uint64_t> bits((first + block) / 64);
+  std::uint64_t z = 0x2545f4914f6cdd1dull;
+  for (auto& word : bits) word = z = mix64(z);
+  for (std::size_t models : {1u, 2u, 3u, 8u, 9u, 12u}) {
+    const auto columns = block_columns(models + 1, static_cast<unsigned>(models * 3));
+    std::vector<float> weights(models);
+    for (std::size_t i = 0; i < models; ++i) weights[i] = i == 1 ? 0.0f : 0.05f + 0.3f * static_cast<float>(i % 4);
+    for (const std::uint64_t* kept : {static_cast<const std::uint64_t*>(nullptr), static_cast<const std::uint64_t*>(bits.data())}) {
+      INFO(models << " models, " << (kept == nullptr ? "no selection" : "a selection"));
+      CHECK(differing_elements(detail::sce_kernel{weights.data(), kept}, columns, first) == 0);
+    }
+  }
+}
+
+TEST_CASE("per-row kernels: the block form finds each element's row as the per-element form does", "[merge][block]") {
+  // Rows shorter than a block, longer than one, and strided, with the block starting mid-row.
+  const std::size_t first = 7 * block;
+  const std::size_t elements = first + 3 * block;
+  const tensor_rows layouts[] = {tensor_rows::last_axis(shape{static_cast<std::int64_t>(elements / 96), 96}),
+                                 tensor_rows::last_axis(shape{static_cast<std::int64_t>(elements / 1536), 1536}),
+                                 tensor_rows::first_axis(shape{static_cast<std::int64_t>(elements / 24), 24}),
+                                 tensor_rows::whole(elements)};
+  for (const tensor_rows& rows : layouts) {
+    std::vector<float> per_row(rows.count * 12);  // up to 12 coefficients per row
+    for (std::size_t r = 0; r < per_row.size(); ++r) per_row[r] = 0.25f + 0.01f * static_cast<float>(r % 97);
+    INFO(rows.count << " rows of " << rows.length << (rows.strided ? ", strided" : ""));
+    const auto two = block_columns(2, 41);
+    const detail::fusion_importance importance{per_row.data(), rows};
+    CHECK(differing_elements(importance, two, first) == 0);
+    CHECK(differing_elements(detail::fusion_kernel{importance, 0.0004f}, two, first) == 0);
+    for (std::size_t inputs : {2u, 4u, 11u}) {
+      const auto columns = block_columns(inputs, static_cast<unsigned>(inputs + 50));
+      CHECK(differing_elements(detail::row_weighted_sum_kernel{per_row.data(), inputs, rows}, columns, first) == 0);
+      CHECK(differing_elements(detail::interpolate_mean_kernel{per_row.data(), 1.0f / static_cast<float>(inputs - 1), rows},
+                               columns, first) == 0);
     }
   }
 }

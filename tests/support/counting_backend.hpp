@@ -64,6 +64,13 @@ float nth_largest(const counting_backend& b, std::span<const const_tensor_view> 
 }
 
 template <class Value>
+std::vector<float> nth_largest_each(const counting_backend& b, std::span<const const_tensor_view> inputs,
+                                   std::size_t elements, const Value& value, std::span<const std::size_t> positions) {
+  ++b.calls->nth_largest;
+  return alloy::nth_largest_each(b.cpu, inputs, elements, value, positions);
+}
+
+template <class Value>
 bit_mask rank_band_mask(const counting_backend& b, std::span<const const_tensor_view> inputs, std::size_t elements,
                         const Value& value, std::size_t first, std::size_t last) {
   ++b.calls->rank_band_mask;

@@ -82,6 +82,18 @@ class first_exception {
 };
 }  // namespace detail
 
+// The index of the thread running the caller among the threads of the enclosing parallel loop
+// (0 outside one): below backend.thread_count() inside for_each_chunk and for_each_index, so that
+// a loop may give each thread scratch of its own (for results that do not depend on which thread
+// did what, as integer counts).
+[[nodiscard]] inline std::size_t worker_index() noexcept {
+#if defined(_OPENMP)
+  return static_cast<std::size_t>(omp_get_thread_num());
+#else
+  return 0;
+#endif
+}
+
 // Calls body(chunk_index, begin, end) for every chunk of [0, elements), in parallel. An exception
 // from any chunk is rethrown once all chunks have finished.
 template <class Body>

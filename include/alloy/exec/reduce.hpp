@@ -109,10 +109,52 @@ struct tensor_rows {
   }
 };
 
+namespace detail {
+// Calls body(row, begin, end) for each run [begin, end) of a block's elements (offsets from
+// `first`, count of them) that lies in one vector of `rows`: kernels that read a per-row quantity
+// find it once per run instead of dividing per element.
+template <class Body>
+ALLOY_ALWAYS_INLINE void for_each_row_run(const tensor_rows& rows, std::size_t first, std::size_t count, Body&& body) {
+  if (count == 0) return;
+  if (rows.count == 1) {
+    body(std::size_t{0}, std::size_t{0}, count);
+  } else if (rows.strided) {
+    for (std::size_t j = 0; j < count; ++j) body(rows.row_of(first + j), j, j + 1);
+  } else {
+    std::size_t row = first / rows.length;
+    for (std::size_t j = 0; j < count; ++row) {
+      const std::size_t end = std::min(count, (row + 1) * rows.length - first);
+      body(row, j, end);
+      j = end;
+    }
+  }
+}
+
+// body(row, j, values) for each element j < count of a block starting at `first`, with values
+// the element's inputs (columns[i][j]), the input count fixed at compile time up to 9 (so that
+// loops over inputs unroll and the loop over elements vectorises) and `row` found once per run.
+template <class Body>
+ALLOY_ALWAYS_INLINE void for_each_row_element(const tensor_rows& rows, const float* const* columns, std::size_t inputs,
+                                              std::size_t first, std::size_t count, Body&& body) {
+  const auto run = [&](const auto& values_at) {
+    for_each_row_run(rows, first, count, [&](std::size_t row, std::size_t begin, std::size_t end) {
+      for (std::size_t j = begin; j < end; ++j) body(row, j, values_at(j));
+    });
+  };
+  const auto fixed = [&]<std::size_t Count>(std::integral_constant<std::size_t, Count>) {
+    run([&](std::size_t j) { return fixed_block_values<Count>{columns, j}; });
+  };
+  if (!with_fixed_count<9>(inputs, fixed)) run([&](std::size_t j) { return block_values{columns, j, inputs}; });
+}
+}  // namespace detail
+
 // Sums `terms` per-element quantities within each vector of `rows`: accumulate(values, index,
 // sums) as for reduce_sums. Returns rows.count * terms sums, vector by vector. Each vector's sums
 // are added in element order on one thread (vectors in parallel), so they do not depend on the
-// thread count; a single vector is the whole tensor, summed by reduce_sums' chunks.
+// thread count; a single vector is the whole tensor, summed by reduce_sums' chunks. Where the
+// vectors are rows (not strided) and the functor has reduce_sums' block form, it is called on
+// the row's consecutive pieces of at most 512 elements, each inside the row (so `first` is any
+// element, not a multiple of 64, and the functor finds the row once per piece).
 template <class Accumulate>
 std::vector<double> reduce_rows(const cpu_backend& backend, std::span<const const_tensor_view> inputs,
                                 const tensor_rows& rows, std::size_t terms, const Accumulate& accumulate) {
@@ -142,6 +184,20 @@ std::vector<double> reduce_rows(const cpu_backend& backend, std::span<const cons
         }
       }
       double* out = sums.data() + row * terms;
+      if constexpr (requires(const float* const* block, double* into) {
+                      accumulate.accumulate_block(block, std::size_t{}, std::size_t{}, into);
+                    }) {
+        if (!rows.strided) {
+          // The block form over the vector's pieces, in order: each piece lies in this vector.
+          std::vector<const float*> piece(columns.size());
+          for (std::size_t at = 0; at < rows.length; at += detail::block_elements) {
+            for (std::size_t i = 0; i < k; ++i) piece[i] = columns[i] + at;
+            const std::size_t count = std::min(detail::block_elements, rows.length - at);
+            detail::at_active_simd_level([&] { accumulate.accumulate_block(piece.data(), count, rows.element(row, at), out); });
+          }
+          continue;
+        }
+      }
       for (std::size_t j = 0; j < rows.length; ++j) {
         accumulate(detail::block_values{columns.data(), j, k}, rows.element(row, j), out);
       }

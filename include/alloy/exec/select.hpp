@@ -32,6 +32,7 @@
 #include "alloy/core/half.hpp"
 #include "alloy/core/tensor_view.hpp"
 #include "alloy/exec/cpu_backend.hpp"
+#include "alloy/exec/draws.hpp"
 #include "alloy/exec/elementwise.hpp"
 #include "alloy/exec/random.hpp"
 
@@ -201,82 +202,112 @@ bit_mask select_where(const cpu_backend& backend, std::span<const const_tensor_v
 
 namespace detail {
 
-// The element at `position` (0-based) of the descending order of magnitudes, by a parallel radix
-// select on the magnitudes' bit patterns (non-negative floats order like their bits): three
-// histogram passes of 11, 11 and 10 bits, each over the elements that share the prefix found so
-// far. No copy of the tensor, no sort, O(n); the last pass's per-chunk counts of the selected
-// value give every chunk's count of ties before it, for exact tie handling.
+// keys[j] = the bits of rank_magnitude(value(values, first + j)) for a block's elements. A value
+// functor may give the CPU a block form with elementwise kernels' signature,
+//
+//   void evaluate_block(const float* const* columns, std::size_t inputs, std::size_t count,
+//                       std::size_t first, float* results) const
+//
+// computing exactly what operator() computes (for example with a per-row quantity looked up once
+// per row rather than by a division per element); otherwise the per-element loop vectorises.
+template <class Value>
+ALLOY_ALWAYS_INLINE void block_keys(const Value& value, const float* const* columns, std::size_t inputs, std::size_t count,
+                                    std::size_t first, std::uint32_t* keys) {
+  if constexpr (requires(float* results) { value.evaluate_block(columns, inputs, count, first, results); }) {
+    alignas(64) float values[block_elements];
+    value.evaluate_block(columns, inputs, count, first, values);
+    for (std::size_t j = 0; j < count; ++j) keys[j] = std::bit_cast<std::uint32_t>(rank_magnitude(values[j]));
+  } else {
+    for (std::size_t j = 0; j < count; ++j) {
+      keys[j] = std::bit_cast<std::uint32_t>(rank_magnitude(value(block_values{columns, j, inputs}, first + j)));
+    }
+  }
+}
+
+// The elements at `positions` (0-based) of the descending order of magnitudes, all at once, by a
+// parallel radix select on the magnitudes' bit patterns (non-negative floats order like their
+// bits): three histogram passes of 11, 11 and 10 bits, each counting, for every distinct prefix
+// the positions have found so far, the elements that share it. No copy of the tensor, no sort,
+// O(n) for any number of positions. Counts are integers, so each thread counts into a histogram
+// of its own and the totals do not depend on the thread count.
 struct radix_selection {
   float threshold = 0.0f;
-  std::size_t greater = 0;                     // elements strictly above the threshold
-  std::vector<std::size_t> ties_before_chunk;  // per chunk: elements equal to it in earlier chunks
+  std::size_t greater = 0;  // elements strictly above the threshold
 };
 
 template <class Value>
-radix_selection select_descending(const cpu_backend& backend, std::span<const const_tensor_view> inputs,
-                                  std::size_t elements, const Value& value, std::size_t position) {
-  const std::size_t chunks = cpu_backend::chunk_count(elements);
-  std::uint32_t prefix = 0;
+std::vector<radix_selection> select_descending(const cpu_backend& backend, std::span<const const_tensor_view> inputs,
+                                               std::size_t elements, const Value& value,
+                                               std::span<const std::size_t> positions) {
+  const std::size_t targets = positions.size();
+  std::vector<std::uint32_t> prefix(targets, 0);
   std::uint32_t prefix_mask = 0;
-  std::size_t remaining = position;
-  radix_selection result;
+  std::vector<std::size_t> remaining(positions.begin(), positions.end());
+  std::vector<radix_selection> result(targets);
   constexpr int shifts[3] = {21, 10, 0};
   constexpr int widths[3] = {11, 11, 10};
-  // Each chunk counts into `lanes` interleaved copies of its histogram: magnitudes crowd into few
-  // bins (their exponents), and consecutive increments of one counter would wait on each other.
+  // Each thread counts into `lanes` interleaved copies of its histograms: magnitudes crowd into
+  // few bins (their exponents), and consecutive increments of one counter would wait on each other.
   constexpr std::size_t lanes = 4;
+  const auto workers = static_cast<std::size_t>(std::max(1, backend.thread_count()));
   std::vector<std::uint32_t> histogram;
-  const auto chunk_count_of = [&](std::size_t chunk, std::uint32_t bin, std::uint32_t bins) {
-    std::size_t total = 0;
-    for (std::size_t lane = 0; lane < lanes; ++lane) total += histogram[(chunk * lanes + lane) * bins + bin];
-    return total;
-  };
+  std::vector<std::uint32_t> groups;  // the distinct prefixes of this pass
+  std::vector<std::size_t> group_of(targets);
   for (int pass = 0; pass < 3; ++pass) {
     const int shift = shifts[pass];
     const std::uint32_t bins = 1u << widths[pass];
-    histogram.assign(chunks * lanes * bins, 0);
-    for_each_block(backend, inputs, elements, [&](std::size_t chunk) {
-      return [&, counts = histogram.data() + chunk * lanes * bins](const float* const* columns, std::size_t count,
-                                                                    std::size_t offset) {
+    groups.clear();
+    for (std::size_t t = 0; t < targets; ++t) {
+      const auto found = std::find(groups.begin(), groups.end(), prefix[t]);
+      group_of[t] = static_cast<std::size_t>(found - groups.begin());
+      if (found == groups.end()) groups.push_back(prefix[t]);
+    }
+    const std::size_t per_worker = groups.size() * lanes * bins;
+    histogram.assign(workers * per_worker, 0);
+    for_each_block(backend, inputs, elements, [&](std::size_t) {
+      return [&, counts = histogram.data() + worker_index() * per_worker](const float* const* columns, std::size_t count,
+                                                                          std::size_t offset) {
         // The keys first (a loop that vectorises), then the counting.
         alignas(64) std::uint32_t keys[block_elements];
-        at_active_simd_level([&] {
+        at_active_simd_level([&] { block_keys(value, columns, inputs.size(), count, offset, keys); });
+        for (std::size_t g = 0; g < groups.size(); ++g) {
+          std::uint32_t* group_counts = counts + g * lanes * bins;
+          const std::uint32_t wanted = groups[g];
           for (std::size_t j = 0; j < count; ++j) {
-            keys[j] = std::bit_cast<std::uint32_t>(rank_magnitude(value(block_values{columns, j, inputs.size()}, offset + j)));
+            if ((keys[j] & prefix_mask) == wanted) ++group_counts[(j % lanes) * bins + ((keys[j] >> shift) & (bins - 1))];
           }
-        });
-        for (std::size_t j = 0; j < count; ++j) {
-          if ((keys[j] & prefix_mask) == prefix) ++counts[(j % lanes) * bins + ((keys[j] >> shift) & (bins - 1))];
         }
       };
     });
-    std::vector<std::size_t> totals(bins, 0);
-    for (std::size_t c = 0; c < chunks * lanes; ++c) {
-      const std::uint32_t* counts = histogram.data() + c * bins;
-      for (std::uint32_t bin = 0; bin < bins; ++bin) totals[bin] += counts[bin];
+    std::vector<std::size_t> totals(groups.size() * bins, 0);
+    for (std::size_t copy = 0; copy < workers * groups.size() * lanes; ++copy) {
+      const std::uint32_t* counts = histogram.data() + copy * bins;
+      std::size_t* group_totals = totals.data() + (copy / lanes) % groups.size() * bins;
+      for (std::uint32_t bin = 0; bin < bins; ++bin) group_totals[bin] += counts[bin];
     }
-    std::uint32_t chosen = 0;
-    for (std::uint32_t bin = bins; bin-- > 0;) {
-      if (remaining < totals[bin]) {
-        chosen = bin;
-        break;
+    for (std::size_t t = 0; t < targets; ++t) {
+      const std::size_t* group_totals = totals.data() + group_of[t] * bins;
+      std::uint32_t chosen = 0;
+      for (std::uint32_t bin = bins; bin-- > 0;) {
+        if (remaining[t] < group_totals[bin]) {
+          chosen = bin;
+          break;
+        }
+        remaining[t] -= group_totals[bin];
+        result[t].greater += group_totals[bin];
       }
-      remaining -= totals[bin];
-      result.greater += totals[bin];
+      prefix[t] |= chosen << shift;
     }
-    prefix |= chosen << shift;
     prefix_mask |= (bins - 1) << shift;
-    if (pass == 2) {
-      result.ties_before_chunk.assign(chunks, 0);
-      std::size_t running = 0;
-      for (std::size_t c = 0; c < chunks; ++c) {
-        result.ties_before_chunk[c] = running;
-        running += chunk_count_of(c, chosen, bins);
-      }
-    }
   }
-  result.threshold = std::bit_cast<float>(prefix);
+  for (std::size_t t = 0; t < targets; ++t) result[t].threshold = std::bit_cast<float>(prefix[t]);
   return result;
+}
+
+inline void check_order_statistic(std::size_t position, std::size_t elements) {
+  if (position >= elements) {
+    fail(error_code::invalid_argument, "order statistic ", position, " of ", elements, " elements");
+  }
 }
 
 }  // namespace detail
@@ -287,11 +318,24 @@ radix_selection select_descending(const cpu_backend& backend, std::span<const co
 template <class Value>
 float nth_largest(const cpu_backend& backend, std::span<const const_tensor_view> inputs, std::size_t elements,
                   const Value& value, std::size_t position) {
-  if (position >= elements) {
-    detail::fail(error_code::invalid_argument, "order statistic ", position, " of ", elements, " elements");
-  }
+  detail::check_order_statistic(position, elements);
   detail::check_inputs(inputs, elements);
-  return detail::select_descending(backend, inputs, elements, value, position).threshold;
+  const std::size_t positions[] = {position};
+  return detail::select_descending(backend, inputs, elements, value, positions)[0].threshold;
+}
+
+// The order statistics at several positions at once (the same three passes as one: quartiles,
+// for example), in the order of `positions`.
+template <class Value>
+std::vector<float> nth_largest_each(const cpu_backend& backend, std::span<const const_tensor_view> inputs,
+                                   std::size_t elements, const Value& value, std::span<const std::size_t> positions) {
+  for (const std::size_t position : positions) detail::check_order_statistic(position, elements);
+  detail::check_inputs(inputs, elements);
+  std::vector<float> thresholds;
+  for (const auto& selection : detail::select_descending(backend, inputs, elements, value, positions)) {
+    thresholds.push_back(selection.threshold);
+  }
+  return thresholds;
 }
 
 // The k-th largest magnitude of a tensor's elements (k >= 1).
@@ -300,29 +344,43 @@ inline float kth_largest_magnitude(const cpu_backend& backend, const_tensor_view
     detail::fail(error_code::invalid_argument, "k = ", k, " is outside [1, ", tensor.numel(), "]");
   }
   const const_tensor_view inputs[] = {tensor};
-  return detail::select_descending(backend, inputs, tensor.numel(), [](const auto& v, std::size_t) { return v[0]; },
-                                   k - 1)
-      .threshold;
+  return nth_largest(backend, inputs, tensor.numel(), detail::first_value{}, k - 1);
 }
 
 namespace detail {
 
 // The elements at rank positions [0, position) by the exact radix selection: three histogram
-// passes, then a mask pass that takes the threshold's ties in index order.
+// passes, a pass counting each chunk's elements equal to the threshold, then a mask pass that
+// takes the threshold's ties in index order.
 template <class Value>
 bit_mask exact_leading_ranks(const cpu_backend& backend, std::span<const const_tensor_view> inputs,
                              std::size_t elements, const Value& value, std::size_t position) {
   // The boundary sits before `position`: the element at position - 1 is the last one before it.
-  const radix_selection selection = select_descending(backend, inputs, elements, value, position - 1);
-  const float threshold = selection.threshold;
-  const std::size_t ties_before = position - selection.greater;
+  const std::size_t last[] = {position - 1};
+  const radix_selection selection = select_descending(backend, inputs, elements, value, last)[0];
+  const auto threshold = std::bit_cast<std::uint32_t>(selection.threshold);
+  const std::size_t ties_taken = position - selection.greater;
+  const std::size_t k = inputs.size();
+  std::vector<std::size_t> ties_before(cpu_backend::chunk_count(elements) + 1, 0);
+  for_each_block(backend, inputs, elements, [&](std::size_t chunk) {
+    return [&, chunk](const float* const* columns, std::size_t count, std::size_t offset) {
+      alignas(64) std::uint32_t keys[block_elements];
+      std::size_t ties = 0;
+      at_active_simd_level([&] {
+        block_keys(value, columns, k, count, offset, keys);
+        for (std::size_t j = 0; j < count; ++j) ties += keys[j] == threshold ? 1 : 0;
+      });
+      ties_before[chunk + 1] += ties;
+    };
+  });
+  std::partial_sum(ties_before.begin(), ties_before.end(), ties_before.begin());
   bit_mask mask(elements);
   for_each_block(backend, inputs, elements, [&](std::size_t chunk) {
-    return [&, ties_seen = selection.ties_before_chunk[chunk]](const float* const* columns, std::size_t count,
-                                                                std::size_t offset) mutable {
+    return [&, ties_seen = ties_before[chunk]](const float* const* columns, std::size_t count, std::size_t offset) mutable {
+      alignas(64) std::uint32_t keys[block_elements];
+      at_active_simd_level([&] { block_keys(value, columns, k, count, offset, keys); });
       for (std::size_t j = 0; j < count; ++j) {
-        const float m = rank_magnitude(value(block_values{columns, j, inputs.size()}, offset + j));
-        if (m > threshold || (m == threshold && ties_seen++ < ties_before)) mask.set(offset + j);
+        if (keys[j] > threshold || (keys[j] == threshold && ties_seen++ < ties_taken)) mask.set(offset + j);
       }
     };
   });
@@ -458,9 +516,7 @@ std::optional<bit_mask> bracketed_leading_ranks(const cpu_backend& backend, std:
       const auto chunk_offset = static_cast<std::uint32_t>(offset - chunk * cpu_backend::chunk_elements);
       const std::uint32_t low = lower, high = upper;
       at_active_simd_level([&] {
-        for (std::size_t j = 0; j < count; ++j) {
-          keys[j] = std::bit_cast<std::uint32_t>(rank_magnitude(value(block_values{columns, j, k}, offset + j)));
-        }
+        block_keys(value, columns, k, count, offset, keys);
         for (std::size_t j = count; j % 64 != 0; ++j) keys[j] = 0;  // classify_keys reads whole words
         for (std::size_t word = 0; word * 64 < count; ++word) {
           const key_classes classes = classify_keys(keys + word * 64, std::min<std::size_t>(64, count - word * 64), low, high);
@@ -599,26 +655,43 @@ bit_mask rank_sampling_mask(const cpu_backend& backend, std::span<const const_te
   if (row_length > std::size_t{0xffffffffu}) {
     detail::fail(error_code::invalid_argument, "a row of ", row_length, " elements is more than magnitude sampling ranks (2^32 - 1)");
   }
+  if (n == 0) return bit_mask(0);
+  // The keep probability of each rank is the same in every row: computed once.
+  std::vector<float> probability(row_length);
+  for_each_chunk(backend, row_length, [&](std::size_t, std::size_t begin, std::size_t end) {
+    for (std::size_t rank = begin; rank < end; ++rank) probability[rank] = detail::rank_keep_probability(rank, row_length, lowest, spread);
+  });
   std::vector<std::uint8_t> keep(n);
-  for_each_index(backend, rows, [&](std::size_t row) {
-    const std::size_t first = row * row_length;
+  // Rows in groups of about one chunk, each group's scratch allocated once.
+  const std::size_t per_group = std::max<std::size_t>(1, cpu_backend::chunk_elements / row_length);
+  const std::size_t groups = (rows + per_group - 1) / per_group;
+  for_each_index(backend, groups, [&](std::size_t group) {
     std::vector<float> loaded(inputs.size() * row_length);
     std::vector<float> magnitude(row_length);
+    std::vector<float> draw(row_length);
     std::vector<std::uint64_t> order(row_length);
     std::vector<std::uint64_t> scratch(row_length);
-    for (std::size_t i = 0; i < inputs.size(); ++i) {
-      for (std::size_t at = 0; at < row_length; at += detail::block_elements) {
-        const std::size_t count = std::min(detail::block_elements, row_length - at);
-        detail::load_block(inputs[i], first + at, count, loaded.data() + i * row_length + at);
+    for (std::size_t row = group * per_group; row < std::min(rows, (group + 1) * per_group); ++row) {
+      const std::size_t first = row * row_length;
+      for (std::size_t i = 0; i < inputs.size(); ++i) {
+        for (std::size_t at = 0; at < row_length; at += detail::block_elements) {
+          const std::size_t count = std::min(detail::block_elements, row_length - at);
+          detail::load_block(inputs[i], first + at, count, loaded.data() + i * row_length + at);
+        }
       }
-    }
-    for (std::size_t j = 0; j < row_length; ++j) {
-      magnitude[j] = detail::rank_magnitude(value(detail::strided_values{loaded.data() + j, row_length, inputs.size()}, first + j));
-    }
-    detail::ascending_positions(magnitude, order, scratch);
-    for (std::size_t rank = 0; rank < row_length; ++rank) {
-      const std::size_t index = first + static_cast<std::size_t>(order[rank] & 0xffffffffu);
-      keep[index] = uniform01(stream_key, index) < detail::rank_keep_probability(rank, row_length, lowest, spread) ? 1 : 0;
+      detail::at_active_simd_level([&] {
+        for (std::size_t j = 0; j < row_length; ++j) {
+          magnitude[j] = detail::rank_magnitude(value(detail::strided_values{loaded.data() + j, row_length, inputs.size()}, first + j));
+        }
+        // The draws in element order (in vector lanes: draws.hpp), then read in rank order.
+        detail::uniform_draws(stream_key, first, row_length, draw.data());
+      });
+      detail::ascending_positions(magnitude, order, scratch);
+      std::uint8_t* row_keep = keep.data() + first;
+      for (std::size_t rank = 0; rank < row_length; ++rank) {
+        const auto position = static_cast<std::size_t>(order[rank] & 0xffffffffu);
+        row_keep[position] = draw[position] < probability[rank] ? 1 : 0;
+      }
     }
   });
   return bit_mask::from_bytes(backend, keep);

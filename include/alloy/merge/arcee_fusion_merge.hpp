@@ -17,6 +17,7 @@
 #include <vector>
 
 #include "alloy/core/config.hpp"
+#include "alloy/core/elementary.hpp"
 #include "alloy/core/error.hpp"
 #include "alloy/exec/cpu_backend.hpp"
 #include "alloy/exec/elementwise.hpp"
@@ -35,43 +36,65 @@ struct pair_sums {
     sums[0] += static_cast<double>(values[1]);
     sums[1] += static_cast<double>(values[0]);
   }
-};
-
-// exp(x - the row's mean) of m (shift[0]) and b (shift[1]).
-struct shifted_exponentials {
-  const double* shifts = nullptr;  // two per row
-  tensor_rows rows{};
-  template <class Values>
-  ALLOY_HD void operator()(const Values& values, std::size_t index, double& model, double& base) const {
-    const double* shift = shifts + 4 * rows.row_of(index);
-    model = std::exp(static_cast<double>(values[1]) - shift[0]);
-    base = std::exp(static_cast<double>(values[0]) - shift[1]);
+  // The CPU's block form (reduce_rows): each sum in eight lanes.
+  void accumulate_block(const float* const* columns, std::size_t count, std::size_t, double* sums) const {
+    sums[0] += sum_in_lanes(count, [&](std::size_t j) { return columns[1][j]; });
+    sums[1] += sum_in_lanes(count, [&](std::size_t j) { return columns[0][j]; });
   }
 };
+
+// exp(x - the row's mean) of m (shift[0]) and b (shift[1]); shift points at the row's terms.
+ALLOY_HD ALLOY_ALWAYS_INLINE void shifted_exponentials(float base_value, float model_value, const double* shift, double& model,
+                                                       double& base) {
+  model = exp_f64(static_cast<double>(model_value) - shift[0]);
+  base = exp_f64(static_cast<double>(base_value) - shift[1]);
+}
 
 // Per row: sum exp(m - mean m) (sums[0]) and sum exp(b - mean b) (sums[1]).
 struct softmax_denominators {
-  shifted_exponentials exponentials;
+  const double* shifts = nullptr;  // four per row: the two means first
+  tensor_rows rows{};
   template <class Values, class Sums>
   ALLOY_HD void operator()(const Values& values, std::size_t index, Sums&& sums) const {
     double model = 0.0, base = 0.0;
-    exponentials(values, index, model, base);
+    shifted_exponentials(values[0], values[1], shifts + 4 * rows.row_of(index), model, base);
     sums[0] += model;
     sums[1] += base;
   }
+  // The CPU's block form (reduce_rows: a block lies in one row): each sum in eight lanes.
+  void accumulate_block(const float* const* columns, std::size_t count, std::size_t first, double* sums) const {
+    const double* shift = shifts + 4 * rows.row_of(first);
+    double model[block_elements];
+    double base[block_elements];
+    for (std::size_t j = 0; j < count; ++j) shifted_exponentials(columns[0][j], columns[1][j], shift, model[j], base[j]);
+    sums[0] += sum_in_lanes(count, [&](std::size_t j) { return model[j]; });
+    sums[1] += sum_in_lanes(count, [&](std::size_t j) { return base[j]; });
+  }
 };
+
+// One element's p log(p / q), from its row's terms (means, then inverse denominators).
+ALLOY_HD ALLOY_ALWAYS_INLINE double divergence_term(float base_value, float model_value, const double* row) {
+  double model = 0.0, base = 0.0;
+  shifted_exponentials(base_value, model_value, row, model, base);
+  const double p = model * row[2] + 1e-8;
+  const double q = base * row[3] + 1e-8;
+  return p * log_f64(p / q);
+}
 
 // Per row: sum p log(p / q), from each row's means and 1 / denominators.
 struct softmax_divergence {
-  shifted_exponentials exponentials;  // shifts[4 r + 2], [4 r + 3]: the inverse denominators
+  const double* shifts = nullptr;  // four per row: the two means, the two inverse denominators
+  tensor_rows rows{};
   template <class Values, class Sums>
   ALLOY_HD void operator()(const Values& values, std::size_t index, Sums&& sums) const {
-    const double* row = exponentials.shifts + 4 * exponentials.rows.row_of(index);
-    double model = 0.0, base = 0.0;
-    exponentials(values, index, model, base);
-    const double p = model * row[2] + 1e-8;
-    const double q = base * row[3] + 1e-8;
-    sums[0] += p * std::log(p / q);
+    sums[0] += divergence_term(values[0], values[1], shifts + 4 * rows.row_of(index));
+  }
+  // The CPU's block form (reduce_rows: a block lies in one row): the sum in eight lanes.
+  void accumulate_block(const float* const* columns, std::size_t count, std::size_t first, double* sums) const {
+    const double* row = shifts + 4 * rows.row_of(first);
+    double terms[block_elements];
+    for (std::size_t j = 0; j < count; ++j) terms[j] = divergence_term(columns[0][j], columns[1][j], row);
+    sums[0] += sum_in_lanes(count, [&](std::size_t j) { return terms[j]; });
   }
 };
 
@@ -84,6 +107,19 @@ struct fusion_importance {
     const float d = values[1] - values[0];
     return (d < 0.0f ? -d : d) * divergence[rows.row_of(index)];
   }
+  // The CPU's block form (the selection's keys, the merge): each row's divergence read once.
+  void evaluate_block(const float* const* columns, std::size_t, std::size_t count, std::size_t first,
+                      float* ALLOY_RESTRICT results) const {
+    const float* base = columns[0];
+    const float* model = columns[1];
+    for_each_row_run(rows, first, count, [&](std::size_t row, std::size_t begin, std::size_t end) {
+      const float scale = divergence[row];
+      for (std::size_t j = begin; j < end; ++j) {
+        const float d = model[j] - base[j];
+        results[j] = (d < 0.0f ? -d : d) * scale;
+      }
+    });
+  }
 };
 
 struct fusion_kernel {
@@ -91,8 +127,19 @@ struct fusion_kernel {
   float threshold = 0.0f;
   template <class Values>
   ALLOY_HD float operator()(const Values& values, std::size_t index) const {
-    const float keep = importance(values, index) >= threshold ? 1.0f : 0.0f;
-    return values[0] + (values[1] - values[0]) * keep;
+    return merged(values[0], values[1], importance(values, index));
+  }
+  void evaluate_block(const float* const* columns, std::size_t inputs, std::size_t count, std::size_t first,
+                      float* ALLOY_RESTRICT results) const {
+    alignas(64) float scores[block_elements];
+    importance.evaluate_block(columns, inputs, count, first, scores);
+    for (std::size_t j = 0; j < count; ++j) results[j] = merged(columns[0][j], columns[1][j], scores[j]);
+  }
+
+ private:
+  [[nodiscard]] ALLOY_HD ALLOY_ALWAYS_INLINE float merged(float base, float model, float score) const {
+    const float keep = score >= threshold ? 1.0f : 0.0f;
+    return base + (model - base) * keep;
   }
 };
 
@@ -117,7 +164,7 @@ struct arcee_fusion_merge {
     }
     const double* staged_means = stage_arguments(backend, std::span<const double>(row_terms));
     const std::vector<double> denominators =
-        reduce_rows(backend, pair, rows, 2, detail::softmax_denominators{{staged_means, rows}});
+        reduce_rows(backend, pair, rows, 2, detail::softmax_denominators{staged_means, rows});
     for (std::size_t r = 0; r < rows.count; ++r) {
       for (std::size_t side = 0; side < 2; ++side) {
         const double denominator = denominators[2 * r + side];
@@ -130,20 +177,17 @@ struct arcee_fusion_merge {
       }
     }
     const double* staged_terms = stage_arguments(backend, std::span<const double>(row_terms));
-    const std::vector<double> kl = reduce_rows(backend, pair, rows, 1, detail::softmax_divergence{{staged_terms, rows}});
+    const std::vector<double> kl = reduce_rows(backend, pair, rows, 1, detail::softmax_divergence{staged_terms, rows});
     std::vector<float> divergence(kl.size());
     for (std::size_t r = 0; r < kl.size(); ++r) divergence[r] = static_cast<float>(kl[r] < 0.0 ? 0.0 : kl[r]);  // NaN stays
     const detail::fusion_importance importance{stage_arguments(backend, std::span<const float>(divergence)), rows};
     float threshold = 0.0f;
     if (n != 0) {
-      const auto quartile = [&](double q) {
-        const auto ascending = static_cast<std::size_t>(q * static_cast<double>(n - 1));
-        return nth_largest(backend, pair, n, importance, n - 1 - ascending);
-      };
-      const float q1 = quartile(0.25);
-      const float median = quartile(0.5);
-      const float q3 = quartile(0.75);
-      threshold = median + 1.5f * (q3 - q1);
+      // The quartiles' positions in the descending order, selected together.
+      std::vector<std::size_t> positions;
+      for (const double q : {0.25, 0.5, 0.75}) positions.push_back(n - 1 - static_cast<std::size_t>(q * static_cast<double>(n - 1)));
+      const std::vector<float> quartiles = nth_largest_each(backend, pair, n, importance, positions);
+      threshold = quartiles[1] + 1.5f * (quartiles[2] - quartiles[0]);
     }
     elementwise(backend, output, pair, detail::fusion_kernel{importance, threshold});
   }

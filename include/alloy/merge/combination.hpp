@@ -86,7 +86,19 @@ struct row_weighted_sum_kernel {
 
   template <class Values>
   ALLOY_HD float operator()(const Values& values, std::size_t index) const {
-    const float* c = coefficients + rows.row_of(index) * inputs;
+    return weighted(values, coefficients + rows.row_of(index) * inputs);
+  }
+  // The CPU's block form: no division per element to find its row.
+  void evaluate_block(const float* const* columns, std::size_t, std::size_t count, std::size_t first,
+                      float* ALLOY_RESTRICT results) const {
+    for_each_row_element(rows, columns, inputs, first, count, [&](std::size_t row, std::size_t j, const auto& values) {
+      results[j] = weighted(values, coefficients + row * inputs);
+    });
+  }
+
+ private:
+  template <class Values>
+  ALLOY_HD ALLOY_ALWAYS_INLINE static float weighted(const Values& values, const float* c) {
     float total = 0.0f;
     for (std::size_t i = 0; i < values.size(); ++i) total += c[i] * values[i];
     return total;

@@ -31,10 +31,22 @@ struct interpolate_mean_kernel {
   tensor_rows rows{};
   template <class Values>
   ALLOY_HD float operator()(const Values& values, std::size_t index) const {
+    return interpolated(values, t[rows.row_of(index)]);
+  }
+  // The CPU's block form: no division per element to find its row.
+  void evaluate_block(const float* const* columns, std::size_t inputs, std::size_t count, std::size_t first,
+                      float* ALLOY_RESTRICT results) const {
+    for_each_row_element(rows, columns, inputs, first, count, [&](std::size_t row, std::size_t j, const auto& values) {
+      results[j] = interpolated(values, t[row]);
+    });
+  }
+
+ private:
+  template <class Values>
+  ALLOY_HD ALLOY_ALWAYS_INLINE float interpolated(const Values& values, float ti) const {
     float mean = 0.0f;
     for (std::size_t i = 1; i < values.size(); ++i) mean += values[i];
     mean *= inverse_models;
-    const float ti = t[rows.row_of(index)];
     return ti * mean + (1.0f - ti) * values[0];
   }
 };

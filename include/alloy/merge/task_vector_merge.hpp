@@ -28,6 +28,7 @@
 #include "alloy/core/error.hpp"
 #include "alloy/core/tensor_view.hpp"
 #include "alloy/exec/cpu_backend.hpp"
+#include "alloy/exec/draws.hpp"
 #include "alloy/exec/elementwise.hpp"
 #include "alloy/exec/random.hpp"
 #include "alloy/exec/reduce.hpp"
@@ -84,9 +85,12 @@ inline void expand_keeps(const task_vector_term& term, std::size_t first, std::s
     case task_vector_term::keep_rule::bits:
       unpack_bits(term.bits, first, count, keep);
       break;
-    case task_vector_term::keep_rule::random:
-      for (std::size_t j = 0; j < count; ++j) keep[j] = uniform01(term.random_key, first + j) < term.keep_probability;
+    case task_vector_term::keep_rule::random: {
+      alignas(64) float draws[block_elements];
+      uniform_draws(term.random_key, first, count, draws);
+      for (std::size_t j = 0; j < count; ++j) keep[j] = draws[j] < term.keep_probability;
       break;
+    }
   }
 }
 

@@ -538,6 +538,15 @@ float nth_largest(const backend& b, std::span<const const_tensor_view> inputs, s
   return detail::select_descending(b, detail::stage_inputs(b, inputs), elements, value, position).threshold;
 }
 
+// The order statistics at several positions (see alloy::nth_largest_each), one selection each.
+template <class Value>
+std::vector<float> nth_largest_each(const backend& b, std::span<const const_tensor_view> inputs, std::size_t elements,
+                                   const Value& value, std::span<const std::size_t> positions) {
+  std::vector<float> thresholds;
+  for (const std::size_t position : positions) thresholds.push_back(nth_largest(b, inputs, elements, value, position));
+  return thresholds;
+}
+
 // Keeps the elements whose rank position lies in [first, last) of the order of
 // rank_magnitude(value(values, index)) descending, equal magnitudes by index (as the CPU backend).
 template <class Value>
