@@ -20,13 +20,16 @@ presets=(release asan tsan)
 "$root/scripts/fetch_data.sh"
 cd "$root"
 for preset in "${presets[@]}"; do
+  SECONDS=0
   case $preset in
     tsan) "$root/scripts/build.sh" tsan alloy_tests ;;  # the threaded code is the library's: its unit tests
     *) "$root/scripts/build.sh" "$preset" ;;
   esac
+  built_in=$SECONDS
   log="$root/build/$preset/test.log"
   if ctest --preset "$preset" --parallel "$(nproc)" >"$log" 2>&1; then
-    printf '%-8s %s; %s\n' "$preset:" "$(grep -E "tests passed" "$log")" "$(grep -E "Total Test time" "$log" | sed 's/ *Total Test time (real) = */ran in /')"
+    printf '%-8s %s; built in %d s, %s\n' "$preset:" "$(grep -E "tests passed" "$log")" "$built_in" \
+      "$(grep -E "Total Test time" "$log" | sed 's/ *Total Test time (real) = */ran in /')"
   else
     grep -E "^\s*[0-9]+/[0-9]+ Test.*(Failed|Exception|Timeout|Not Run)" "$log" >&2 || true
     sed -n '/The following tests FAILED/,$p' "$log" >&2

@@ -18,6 +18,7 @@
 
 #include "alloy/core/error.hpp"
 #include "alloy/core/lookup.hpp"
+#include "alloy/exec/cpu_backend.hpp"
 #include "alloy/merge/arcee_fusion_merge.hpp"
 #include "alloy/merge/linear_merge.hpp"
 #include "alloy/merge/magmax_merge.hpp"
@@ -41,6 +42,14 @@ template <class Backend>
 void merge_with(const merge_policy& policy, const Backend& backend, const merge_inputs& in, tensor_view output) {
   std::visit([&](const auto& p) { p.merge(backend, in, output); }, policy);
 }
+
+// merge_with on the CPU instantiates every method's kernels at every dispatch level and dtype: most
+// of the compile time of a file that merges (about 80 of 100 s with g++ -O3). A project with many
+// such files compiles them once: each file sees ALLOY_EXTERN_CPU_MERGE, and one file holds the
+// instantiation. With CMake, link alloy::cpu_merge, which does both (docs/building.md).
+#ifdef ALLOY_EXTERN_CPU_MERGE
+extern template void merge_with<cpu_backend>(const merge_policy&, const cpu_backend&, const merge_inputs&, tensor_view);
+#endif
 
 struct parameter_definition {
   enum class scope : std::uint8_t { method, model };  // once per merge, or once per model
