@@ -89,9 +89,18 @@ double measure_triad_bandwidth(std::size_t count, int threads) {
 
 std::map<int, double> triad_bytes_per_second;  // by thread count
 
-alloy::merge_policy policy_named(std::string_view name) {
-  const auto& method = alloy::find_merge_method(name);
-  return method.make(method.defaults([](std::string_view) { return 0.5; }));  // t = 0.5 for slerp
+// A method at its defaults, or with one of them changed: "name" or "name:parameter=value".
+std::string_view method_of(std::string_view spelled) { return spelled.substr(0, spelled.find(':')); }
+alloy::merge_policy policy_named(std::string_view spelled) {
+  const auto& method = alloy::find_merge_method(method_of(spelled));
+  const auto colon = spelled.find(':');
+  const auto equals = spelled.find('=');
+  const std::string changed = colon == std::string_view::npos ? "" : std::string(spelled.substr(colon + 1, equals - colon - 1));
+  const double value = changed.empty() ? 0.0 : std::stod(std::string(spelled.substr(equals + 1)));
+  const alloy::parameter_lookup defaults = method.defaults([](std::string_view) { return 0.5; });  // t = 0.5 for slerp
+  return method.make(alloy::parameter_lookup([&](std::string_view parameter) {
+    return parameter == changed ? value : defaults.number(parameter);
+  }, [&](std::string_view parameter) { return defaults.choice(parameter); }));
 }
 
 // A uniform number in [0, 1) from a 32-bit hash of x.
@@ -165,7 +174,7 @@ void BM_merge(benchmark::State& state, std::string_view method, alloy::simd_leve
   std::vector<alloy::model_parameters> parameters(models, alloy::model_parameters{1.0 / static_cast<double>(models), 0.3});
   const auto policy = policy_named(method);
   std::optional<alloy::const_tensor_view> base;  // read by the methods that use one
-  if (alloy::find_merge_method(method).uses_base()) base = data.store.view("base");
+  if (alloy::find_merge_method(method_of(method)).uses_base()) base = data.store.view("base");
   const alloy::merge_inputs inputs{"bench.weight", base, views, parameters};
   const alloy::cpu_backend backend{threads};
   for (auto _ : state) {
@@ -240,6 +249,12 @@ void register_methods() {
       b->Args({std::int64_t{1} << 24, static_cast<std::int64_t>(models), bf16, 2});
       b->Unit(benchmark::kMillisecond)->UseRealTime();
     }
+    // SCE as configs use it: with its variance selection (the default, 1, selects nothing).
+    auto* b = benchmark::RegisterBenchmark("BM_method/sce:select_topk=0.1",
+                                           [](benchmark::State& state) { BM_merge(state, "sce:select_topk=0.1"); });
+    b->ArgNames({"elements", "models", "bf16", "threads"});
+    b->Args({std::int64_t{1} << 24, 4, bf16, 2});
+    b->Unit(benchmark::kMillisecond)->UseRealTime();
   }
 }
 }  // namespace

@@ -165,19 +165,25 @@ TEST_CASE("band masks of large tensors agree with a full sort", "[exec][select]"
     for (std::size_t i = 0; i < n; ++i) v[i] = i % stride < 16 ? 1e-6f * static_cast<float>(i % 16) : 1.0f + static_cast<float>(i % 13);
     cases.emplace_back("misleading sample", std::move(v));
   }
-  // Both paths are exercised: the bracket holds on smooth data and is refused on the misleading one.
-  const auto bracketed = [](const std::vector<float>& v, std::size_t position) {
+  // Both paths are exercised: the bracket holds on smooth data and is refused on the misleading
+  // one; a band's two boundaries are bracketed in one pass unless the band is too narrow for
+  // their brackets not to overlap.
+  const auto bracketed = [](const std::vector<float>& v, std::size_t first, std::size_t last) {
     const const_tensor_view view(std::span<const float>(v), shape{static_cast<std::int64_t>(v.size())});
     const const_tensor_view inputs[] = {view};
-    return detail::bracketed_leading_ranks(cpu_backend{}, inputs, v.size(), [](const auto& x, std::size_t) { return x[0]; },
-                                           position)
+    return detail::bracketed_rank_band(cpu_backend{}, inputs, v.size(), [](const auto& x, std::size_t) { return x[0]; },
+                                       first, last)
         .has_value();
   };
-  CHECK(bracketed(cases[0].second, n / 2));
-  CHECK_FALSE(bracketed(cases[3].second, n / 2));
+  CHECK(bracketed(cases[0].second, 0, n / 2));
+  CHECK(bracketed(cases[0].second, n / 100, n / 2));
+  CHECK_FALSE(bracketed(cases[0].second, n / 3, n / 3 + 5));
+  CHECK_FALSE(bracketed(cases[3].second, 0, n / 2));
+  CHECK_FALSE(bracketed(cases[3].second, n / 100, n / 2));
   for (const auto& [name, v] : cases) {
     for (auto [first, last] : {std::pair<std::size_t, std::size_t>{0, n / 2}, {0, n / 10}, {0, n - 3}, {0, 1},
-                               {n / 100, n / 3}}) {
+                               {n / 100, n / 3}, {n / 100, n - n / 10}, {1, n - 1}, {n / 3, n / 3 + 5},
+                               {n / 2, n - 3}}) {
       INFO(name << ": ranks [" << first << ", " << last << ")");
       const auto want = sorted_band(v, first, last);
       for (int threads : {1, 2}) {

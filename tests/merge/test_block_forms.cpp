@@ -151,6 +151,13 @@ TEST_CASE("SCE: the block form gives the per-element bits, with and without a se
   }
 }
 
+TEST_CASE("SCE's variance: the block form gives the per-element bits", "[merge][block]") {
+  for (std::size_t models : {1u, 2u, 3u, 5u, 8u, 9u, 12u}) {
+    INFO(models << " models");
+    CHECK(differing_elements(detail::task_vector_variance{}, block_columns(models + 1, static_cast<unsigned>(models * 5)), 0) == 0);
+  }
+}
+
 TEST_CASE("per-row kernels: the block form finds each element's row as the per-element form does", "[merge][block]") {
   // Rows shorter than a block, longer than one, and strided, with the block starting mid-row.
   const std::size_t first = 7 * block;

@@ -171,6 +171,7 @@ std::vector<double> reduce_rows(const cpu_backend& backend, std::span<const cons
   for_each_index(backend, groups, [&](std::size_t group) {
     std::vector<float> loaded(k * rows.length);
     std::vector<const float*> columns(k == 0 ? 1 : k);
+    std::vector<const float*> piece(columns.size());  // the block form's columns, from `at` on
     for (std::size_t i = 0; i < k; ++i) columns[i] = loaded.data() + i * rows.length;
     const std::size_t last = std::min(rows.count, (group + 1) * per_group);
     for (std::size_t row = group * per_group; row < last; ++row) {
@@ -189,7 +190,6 @@ std::vector<double> reduce_rows(const cpu_backend& backend, std::span<const cons
                     }) {
         if (!rows.strided) {
           // The block form over the vector's pieces, in order: each piece lies in this vector.
-          std::vector<const float*> piece(columns.size());
           for (std::size_t at = 0; at < rows.length; at += detail::block_elements) {
             for (std::size_t i = 0; i < k; ++i) piece[i] = columns[i] + at;
             const std::size_t count = std::min(detail::block_elements, rows.length - at);

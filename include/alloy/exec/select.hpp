@@ -449,16 +449,30 @@ inline threshold_choice choose_among_candidates(const cpu_backend& backend, cons
   return choice;
 }
 
-// The same mask in one pass over the tensor, where a sample brackets the boundary: 64 Ki
-// magnitudes read in 4096 runs of 16 give two keys that, with overwhelming probability, enclose
-// the magnitude at `position`. One pass then sets the bits of everything above the bracket and
-// gathers the elements inside it (a few per cent of the tensor); the boundary is chosen exactly
-// among those. It returns nothing where the bracket turns out not to enclose the boundary or
-// gathers more than an eighth of the tensor (one magnitude repeated that often): the caller
-// then runs the exact selection, so the result never depends on the sample, only the time.
+// One boundary of the one-pass selection: its rank position, the sampled bracket of keys
+// [lower, upper] that encloses it, and what the pass found: per chunk, the keys above the bracket
+// and the candidates inside it (in index order).
+struct bracketed_boundary {
+  std::size_t position = 0;
+  std::uint32_t lower = 0;
+  std::uint32_t upper = 0;
+  std::vector<std::vector<candidate>> gathered;
+  std::vector<std::size_t> above;
+};
+
+// The masks of ranks [first, last) in one pass over the tensor, where a sample brackets each
+// boundary: 64 Ki magnitudes read in 4096 runs of 16 give, per boundary, two keys that with
+// overwhelming probability enclose the magnitude at its position. One pass then sets the bits of
+// everything between the brackets and gathers the elements inside them (a few per cent of the
+// tensor); each boundary is chosen exactly among its candidates. It returns nothing where a
+// bracket turns out not to enclose its boundary, where the two brackets overlap (a narrow band),
+// or where a bracket's candidates are more than an eighth of the tensor (one magnitude repeated
+// that often): the caller then runs the exact selection, so the result never depends on the sample,
+// only the time. first = 0 is the leading ranks, with one boundary.
 template <class Value>
-std::optional<bit_mask> bracketed_leading_ranks(const cpu_backend& backend, std::span<const const_tensor_view> inputs,
-                                                std::size_t elements, const Value& value, std::size_t position) {
+std::optional<bit_mask> bracketed_rank_band(const cpu_backend& backend, std::span<const const_tensor_view> inputs,
+                                            std::size_t elements, const Value& value, std::size_t first,
+                                            std::size_t last) {
   constexpr std::size_t runs = 4096;
   constexpr std::size_t run_length = 16;
   constexpr std::size_t samples = runs * run_length;
@@ -467,40 +481,53 @@ std::optional<bit_mask> bracketed_leading_ranks(const cpu_backend& backend, std:
 
   std::vector<std::uint32_t> sample(samples);
   for_each_index(backend, runs, [&](std::size_t run) {
-    const std::size_t first = run * (elements / runs);
+    const std::size_t at = run * (elements / runs);
     std::vector<float> loaded(k * run_length);
-    for (std::size_t i = 0; i < k; ++i) load_block(inputs[i], first, run_length, loaded.data() + i * run_length);
+    for (std::size_t i = 0; i < k; ++i) load_block(inputs[i], at, run_length, loaded.data() + i * run_length);
     for (std::size_t j = 0; j < run_length; ++j) {
       sample[run * run_length + j] = std::bit_cast<std::uint32_t>(
-          rank_magnitude(value(strided_values{loaded.data() + j, run_length, k}, first + j)));
+          rank_magnitude(value(strided_values{loaded.data() + j, run_length, k}, at + j)));
     }
   });
-  // Expected sample elements before the boundary, +/- eight standard deviations (and a margin
-  // for the correlation of neighbouring elements within a run).
-  const double fraction = static_cast<double>(position) / static_cast<double>(elements);
-  const double expected = fraction * static_cast<double>(samples);
-  const double spread = 8.0 * std::sqrt(static_cast<double>(samples) * fraction * (1.0 - fraction)) + 64.0;
-  const auto descending_key = [&](double rank) {
-    auto nth = sample.begin() + static_cast<std::ptrdiff_t>(rank);
-    std::nth_element(sample.begin(), nth, sample.end(), std::greater<std::uint32_t>());
-    return *nth;
-  };
-  // Keys above `upper` are before the boundary; keys in [lower, upper] are gathered.
-  const std::uint32_t upper =
-      expected - spread < 0.0 ? std::numeric_limits<std::uint32_t>::max() : descending_key(expected - spread);
-  const std::uint32_t lower =
-      expected + spread >= static_cast<double>(samples) ? 0u : descending_key(expected + spread);
-
   const std::size_t chunks = cpu_backend::chunk_count(elements);
-  std::vector<std::vector<candidate>> gathered(chunks);
-  std::vector<std::size_t> above(chunks, 0);
-  std::atomic<std::size_t> gathered_total{0};
+  double bracketed_share = 0.0;  // of the tensor, expected inside the brackets
+  // Expected sample elements before the boundary, +/- eight standard deviations (and a margin
+  // for the correlation of neighbouring elements within a run). Keys above `upper` are before
+  // the boundary; keys in [lower, upper] are gathered.
+  const auto bracket = [&](std::size_t position) {
+    const double fraction = static_cast<double>(position) / static_cast<double>(elements);
+    const double expected = fraction * static_cast<double>(samples);
+    const double spread = 8.0 * std::sqrt(static_cast<double>(samples) * fraction * (1.0 - fraction)) + 64.0;
+    const auto descending_key = [&](double rank) {
+      auto nth = sample.begin() + static_cast<std::ptrdiff_t>(rank);
+      std::nth_element(sample.begin(), nth, sample.end(), std::greater<std::uint32_t>());
+      return *nth;
+    };
+    bracketed_boundary b;
+    b.position = position;
+    b.upper = expected - spread < 0.0 ? std::numeric_limits<std::uint32_t>::max() : descending_key(expected - spread);
+    b.lower = expected + spread >= static_cast<double>(samples) ? 0u : descending_key(expected + spread);
+    b.gathered.resize(chunks);
+    b.above.assign(chunks, 0);
+    bracketed_share += 2.0 * spread / static_cast<double>(samples);
+    return b;
+  };
+  // boundaries[0] ends the band; boundaries[1], where first > 0, starts it: its keys are larger.
+  std::vector<bracketed_boundary> boundaries;
+  boundaries.push_back(bracket(last));
+  if (first > 0) {
+    boundaries.push_back(bracket(first));
+    if (boundaries[1].lower <= boundaries[0].upper) return std::nullopt;  // the brackets overlap
+  }
+  const bool banded = boundaries.size() == 2;
+
+  std::atomic<std::size_t> gathered_total[2] = {0, 0};  // per boundary
   std::atomic<bool> overflow{false};
-  const std::size_t cap = elements / 8;
-  // The bracket holds about 2 spread / samples of the elements: room for a quarter more, so that
-  // the lists rarely grow (a copy) during the pass.
-  const auto expected_per_chunk = static_cast<std::size_t>(
-      2.5 * spread / static_cast<double>(samples) * static_cast<double>(cpu_backend::chunk_elements)) + 64;
+  const std::size_t cap = elements / 8;  // per boundary
+  // Room for a quarter more than the brackets' expected share, so that the lists rarely grow (a
+  // copy) during the pass.
+  const auto expected_per_chunk =
+      static_cast<std::size_t>(1.25 * bracketed_share * static_cast<double>(cpu_backend::chunk_elements)) + 64;
   bit_mask mask(elements);
   for_each_block(backend, inputs, elements, [&](std::size_t chunk) {
     return [&, chunk](const float* const* columns, std::size_t count, std::size_t offset) {
@@ -509,61 +536,87 @@ std::optional<bit_mask> bracketed_leading_ranks(const cpu_backend& backend, std:
       // of neighbouring chunks share cache lines, and writing them per element (as this pass
       // once did) made the two threads fight over those lines.
       alignas(64) std::uint32_t keys[block_elements];
-      alignas(64) candidate found[block_elements];
-      std::uint64_t above_words[block_elements / 64];
-      std::size_t found_count = 0;
-      std::size_t above_count = 0;
+      alignas(64) candidate found[2][block_elements];
+      std::uint64_t band_words[block_elements / 64];
+      std::size_t found_count[2] = {0, 0};
+      std::size_t above_count[2] = {0, 0};
       const auto chunk_offset = static_cast<std::uint32_t>(offset - chunk * cpu_backend::chunk_elements);
-      const std::uint32_t low = lower, high = upper;
+      const auto gather = [&](std::size_t b, std::uint64_t inside, std::size_t word) {
+        for (; inside != 0; inside &= inside - 1) {
+          const auto j = word * 64 + static_cast<std::size_t>(std::countr_zero(inside));
+          found[b][found_count[b]++] = {keys[j], chunk_offset + static_cast<std::uint32_t>(j)};
+        }
+      };
       at_active_simd_level([&] {
         block_keys(value, columns, k, count, offset, keys);
         for (std::size_t j = count; j % 64 != 0; ++j) keys[j] = 0;  // classify_keys reads whole words
         for (std::size_t word = 0; word * 64 < count; ++word) {
-          const key_classes classes = classify_keys(keys + word * 64, std::min<std::size_t>(64, count - word * 64), low, high);
-          above_words[word] = classes.above;
-          above_count += static_cast<std::size_t>(std::popcount(classes.above));
-          for (std::uint64_t inside = classes.inside; inside != 0; inside &= inside - 1) {
-            const auto j = word * 64 + static_cast<std::size_t>(std::countr_zero(inside));
-            found[found_count++] = {keys[j], chunk_offset + static_cast<std::uint32_t>(j)};
+          const std::size_t valid = std::min<std::size_t>(64, count - word * 64);
+          const key_classes ending = classify_keys(keys + word * 64, valid, boundaries[0].lower, boundaries[0].upper);
+          std::uint64_t in_band = ending.above;
+          above_count[0] += static_cast<std::size_t>(std::popcount(ending.above));
+          gather(0, ending.inside, word);
+          if (banded) {
+            const key_classes starting = classify_keys(keys + word * 64, valid, boundaries[1].lower, boundaries[1].upper);
+            in_band &= ~(starting.above | starting.inside);
+            above_count[1] += static_cast<std::size_t>(std::popcount(starting.above));
+            gather(1, starting.inside, word);
           }
+          band_words[word] = in_band;
         }
       });
       // Blocks start on a word (block_elements is a multiple of 64); the words are this chunk's.
-      for (std::size_t word = 0; word * 64 < count; ++word) mask.set_word((offset >> 6) + word, above_words[word]);
-      above[chunk] += above_count;
-      auto& list = gathered[chunk];
-      if (list.capacity() == 0) list.reserve(expected_per_chunk);
-      list.insert(list.end(), found, found + found_count);
-      if (gathered_total.fetch_add(found_count, std::memory_order_relaxed) + found_count > cap) {
-        overflow.store(true, std::memory_order_relaxed);
+      for (std::size_t word = 0; word * 64 < count; ++word) mask.set_word((offset >> 6) + word, band_words[word]);
+      for (std::size_t b = 0; b < boundaries.size(); ++b) {
+        boundaries[b].above[chunk] += above_count[b];
+        auto& list = boundaries[b].gathered[chunk];
+        if (list.capacity() == 0) list.reserve(expected_per_chunk);
+        list.insert(list.end(), found[b], found[b] + found_count[b]);
+        if (gathered_total[b].fetch_add(found_count[b], std::memory_order_relaxed) + found_count[b] > cap) {
+          overflow.store(true, std::memory_order_relaxed);
+        }
       }
     };
   });
   if (overflow.load()) return std::nullopt;
-  const std::size_t above_total = std::accumulate(above.begin(), above.end(), std::size_t{0});
-  const std::size_t candidates = gathered_total.load();
-  if (above_total > position || above_total + candidates < position) return std::nullopt;
 
-  // Take the first `wanted` candidates in rank order: keys above the wanted-th largest, then its
-  // ties in index order (the lists are in chunk order, each in index order).
-  const std::size_t wanted = position - above_total;
-  if (wanted == 0) return mask;
-  const threshold_choice choice = choose_among_candidates(backend, gathered, lower, upper, wanted);
-  // Each chunk takes its candidates above the threshold and its share of the ties, given the
-  // ties of the chunks before it; chunks own whole words, so they set bits in parallel.
-  std::vector<std::size_t> ties_before(chunks + 1, 0);
-  for_each_index(backend, chunks, [&](std::size_t chunk) {
-    ties_before[chunk + 1] = static_cast<std::size_t>(std::count_if(
-        gathered[chunk].begin(), gathered[chunk].end(), [&](const candidate& c) { return c.key == choice.threshold; }));
-  });
-  std::partial_sum(ties_before.begin(), ties_before.end(), ties_before.begin());
-  for_each_index(backend, chunks, [&](std::size_t chunk) {
-    std::size_t ties_seen = ties_before[chunk];
-    for (const candidate& c : gathered[chunk]) {
-      const bool taken = c.key > choice.threshold || (c.key == choice.threshold && ties_seen++ < choice.ties_taken);
-      if (taken) mask.set(chunk * cpu_backend::chunk_elements + c.offset);
-    }
-  });
+  // Per boundary, its first `wanted` candidates in rank order are before it: keys above the
+  // wanted-th largest, then its ties in index order (the lists are in chunk order, each in index
+  // order). The band takes those of the ending boundary and the rest of the starting one's (all
+  // of which lie above the ending bracket).
+  std::vector<std::size_t> wanted(boundaries.size());
+  for (std::size_t b = 0; b < boundaries.size(); ++b) {
+    const auto& boundary = boundaries[b];
+    const std::size_t above_total = std::accumulate(boundary.above.begin(), boundary.above.end(), std::size_t{0});
+    std::size_t candidates = 0;
+    for (const auto& list : boundary.gathered) candidates += list.size();
+    if (above_total > boundary.position || above_total + candidates < boundary.position) return std::nullopt;
+    wanted[b] = boundary.position - above_total;
+  }
+  for (std::size_t b = 0; b < boundaries.size(); ++b) {
+    const auto& gathered = boundaries[b].gathered;
+    const bool band_takes_before = b == 0;
+    if (wanted[b] == 0 && band_takes_before) continue;  // none before this boundary
+    const threshold_choice choice = wanted[b] == 0 ? threshold_choice{}
+                                                   : choose_among_candidates(backend, gathered, boundaries[b].lower,
+                                                                             boundaries[b].upper, wanted[b]);
+    // Each chunk sorts its candidates given the ties of the chunks before it; chunks own whole
+    // words, so they set bits in parallel.
+    std::vector<std::size_t> ties_before(chunks + 1, 0);
+    for_each_index(backend, chunks, [&](std::size_t chunk) {
+      ties_before[chunk + 1] = static_cast<std::size_t>(std::count_if(
+          gathered[chunk].begin(), gathered[chunk].end(), [&](const candidate& c) { return c.key == choice.threshold; }));
+    });
+    std::partial_sum(ties_before.begin(), ties_before.end(), ties_before.begin());
+    for_each_index(backend, chunks, [&](std::size_t chunk) {
+      std::size_t ties_seen = ties_before[chunk];
+      for (const candidate& c : gathered[chunk]) {
+        const bool before = wanted[b] > 0 && (c.key > choice.threshold ||
+                                              (c.key == choice.threshold && ties_seen++ < choice.ties_taken));
+        if (before == band_takes_before) mask.set(chunk * cpu_backend::chunk_elements + c.offset);
+      }
+    });
+  }
   return mask;
 }
 
@@ -573,7 +626,7 @@ bit_mask leading_ranks(const cpu_backend& backend, std::span<const const_tensor_
                        const Value& value, std::size_t position) {
   if (position == 0) return bit_mask(elements, false);
   if (position >= elements) return bit_mask(elements, true);
-  if (auto mask = bracketed_leading_ranks(backend, inputs, elements, value, position)) return std::move(*mask);
+  if (auto mask = bracketed_rank_band(backend, inputs, elements, value, 0, position)) return std::move(*mask);
   return exact_leading_ranks(backend, inputs, elements, value, position);
 }
 
@@ -581,7 +634,8 @@ bit_mask leading_ranks(const cpu_backend& backend, std::span<const const_tensor_
 
 // Keeps the elements whose rank position lies in [first, last), where the ranked quantity is
 // value(values, index) over `inputs` (for example |model - base|). Exact count, O(n): one pass
-// over the inputs per boundary where a sample brackets it, else a radix selection.
+// over the inputs where a sample brackets both boundaries, else a pass per boundary (or a radix
+// selection where no sample brackets it).
 template <class Value>
 bit_mask rank_band_mask(const cpu_backend& backend, std::span<const const_tensor_view> inputs,
                         std::size_t elements, const Value& value, std::size_t first, std::size_t last) {
@@ -589,6 +643,9 @@ bit_mask rank_band_mask(const cpu_backend& backend, std::span<const const_tensor
   last = std::min(last, elements);
   first = std::min(first, last);
   if (first == last) return bit_mask(elements, false);
+  if (first > 0 && last < elements) {
+    if (auto mask = detail::bracketed_rank_band(backend, inputs, elements, value, first, last)) return std::move(*mask);
+  }
   bit_mask mask = detail::leading_ranks(backend, inputs, elements, value, last);
   if (first == 0) return mask;
   const bit_mask dropped = detail::leading_ranks(backend, inputs, elements, value, first);

@@ -15,6 +15,7 @@
 #include <cstdint>
 #include <span>
 #include <string_view>
+#include <type_traits>
 #include <vector>
 
 #include "alloy/core/config.hpp"
@@ -45,6 +46,23 @@ struct task_vector_variance {
     }
     return squares / static_cast<float>(models);
   }
+  // The CPU's block form (the selection's ranked values): the same per element, with the model
+  // count fixed at compile time up to 8, so that the loop over models unrolls and the elements
+  // vectorise (over a run-time count, the division per model kept the loop scalar).
+  void evaluate_block(const float* const* columns, std::size_t inputs, std::size_t count, std::size_t,
+                      float* ALLOY_RESTRICT results) const {
+    const auto run_time_count = [&] {
+      for (std::size_t j = 0; j < count; ++j) results[j] = (*this)(block_values{columns, j, inputs}, 0);
+    };
+    const auto fixed = [&]<std::size_t Inputs>(std::integral_constant<std::size_t, Inputs>) {
+      if constexpr (Inputs >= 2) {  // a base and at least one model (SCE checks it)
+        for (std::size_t j = 0; j < count; ++j) results[j] = (*this)(fixed_block_values<Inputs>{columns, j}, 0);
+      } else {
+        run_time_count();
+      }
+    };
+    if (!with_fixed_count<9>(inputs, fixed)) run_time_count();
+  }
 };
 
 // 1 per element whose variance across the task vectors is not zero.
@@ -53,12 +71,13 @@ struct nonzero_variance_count {
   ALLOY_HD void operator()(const Values& values, std::size_t index, Sums&& sums) const {
     sums[0] += task_vector_variance{}(values, index) != 0.0f ? 1.0 : 0.0;
   }
-  // The CPU's block form: the count in integer lanes (exact, so in any order the same sum).
+  // The CPU's block form: the variances by their block form, the count in integer lanes (exact,
+  // so in any order the same sum).
   void accumulate_block(const float* const* columns, std::size_t count, std::size_t first, double* sums) const {
+    alignas(64) float variances[block_elements];
+    task_vector_variance{}.evaluate_block(columns, inputs, count, first, variances);
     std::uint32_t nonzero = 0;
-    for (std::size_t j = 0; j < count; ++j) {
-      nonzero += task_vector_variance{}(block_values{columns, j, inputs}, first + j) != 0.0f ? 1u : 0u;
-    }
+    for (std::size_t j = 0; j < count; ++j) nonzero += variances[j] != 0.0f ? 1u : 0u;
     sums[0] += static_cast<double>(nonzero);
   }
   std::size_t inputs = 0;  // the base and the models: what the block form's columns hold
