@@ -1,5 +1,7 @@
 #include <algorithm>
+#include <bit>
 #include <cmath>
+#include <cstdint>
 #include <functional>
 #include <limits>
 #include <numeric>
@@ -191,6 +193,61 @@ TEST_CASE("band masks of large tensors agree with a full sort", "[exec][select]"
         CHECK(differences(mask, want) == 0);
         CHECK(mask.count() == last - first);
       }
+    }
+  }
+}
+
+TEST_CASE("magnitude sampling decides each element as the sorted row's rank would", "[exec][select]") {
+  // keep_below_rank_probability ranks only the elements its buckets leave undecided; every
+  // decision must equal draw < probability[rank] with the rank from a stable sort of the row.
+  std::vector<std::vector<float>> rows;
+  std::uint64_t state = 12345;
+  const auto next = [&] {  // SplitMix64: any fixed sequence will do
+    std::uint64_t z = (state += 0x9e3779b97f4a7c15ull);
+    z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ull;
+    z = (z ^ (z >> 27)) * 0x94d049bb133111ebull;
+    return z ^ (z >> 31);
+  };
+  const auto unit = [&] { return static_cast<double>(next() >> 11) * 0x1p-53; };
+  const auto normal = [&] {  // Box-Muller
+    return std::sqrt(-2.0 * std::log(1.0 - unit())) * std::cos(6.283185307179586 * unit());
+  };
+  const auto bf16 = [](float x) { return static_cast<float>(bfloat16(x)); };
+  for (const std::size_t length : {4096u, 1000u, 37u}) {
+    std::vector<float> gaussian(length), rounded(length), half_zero(length), clustered(length), wide(length);
+    for (std::size_t i = 0; i < length; ++i) {
+      const auto base = static_cast<float>(0.02 * normal());
+      const auto tuned = base + static_cast<float>(0.002 * normal());
+      gaussian[i] = std::fabs(tuned - base);
+      rounded[i] = std::fabs(bf16(tuned) - bf16(base));  // bf16 models: many equal magnitudes
+      half_zero[i] = i % 2 == 0 ? 0.0f : rounded[i];
+      clustered[i] = i == length / 2 ? 1e30f : 1.0f + static_cast<float>(unit()) * 0x1p-10f;  // one bucket takes nearly all
+      wide[i] = std::bit_cast<float>(static_cast<std::uint32_t>(next() & 0x7f7fffffu));
+    }
+    for (auto* row : {&gaussian, &rounded, &half_zero, &clustered, &wide}) rows.push_back(*row);
+  }
+  rows.push_back(std::vector<float>(300, 0.5f));
+  rows.push_back({0.0f, std::numeric_limits<float>::infinity(), 0.0f, 1.0f});
+  rows.push_back({2.0f});
+  struct table { double lowest, spread; };
+  const table tables[] = {{0.4, 0.2}, {0.0, 1.0}, {0.9, -0.8}, {0.5, 0.0}};
+  detail::row_rank_scratch scratch;
+  std::vector<std::uint64_t> order, sort_scratch;
+  for (const auto& row : rows) {
+    const std::size_t n = row.size();
+    std::vector<std::uint32_t> sorted(n);
+    std::iota(sorted.begin(), sorted.end(), 0u);
+    std::stable_sort(sorted.begin(), sorted.end(), [&](std::uint32_t a, std::uint32_t b) { return row[a] < row[b]; });
+    std::vector<float> draw(n);
+    for (auto& d : draw) d = static_cast<float>(unit());
+    for (const table& t : tables) {
+      std::vector<float> probability(n);
+      for (std::size_t r = 0; r < n; ++r) probability[r] = detail::rank_keep_probability(r, n, t.lowest, t.spread);
+      std::vector<std::uint8_t> expected(n), got(n, 7);
+      for (std::size_t r = 0; r < n; ++r) expected[sorted[r]] = draw[sorted[r]] < probability[r] ? 1 : 0;
+      detail::keep_below_rank_probability(row, draw.data(), probability, got.data(), scratch);
+      INFO("row of " << n << ", first value " << row[0] << ", probabilities from " << t.lowest << " by " << t.spread);
+      CHECK(got == expected);
     }
   }
 }

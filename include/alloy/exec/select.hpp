@@ -659,8 +659,8 @@ namespace detail {
 // The positions of `values` (non-negative floats, at most 2^32 of them) in ascending order, equal
 // values by position, as std::stable_sort orders them: in the low 32 bits of `order`, the value's
 // bits above. An LSD radix sort of (bits, position) on the value's four bytes, each a stable
-// counting pass (skipped where every value has the same byte): linear in the row, where DELLA's
-// per-row comparison sort was most of its time.
+// counting pass (skipped where every value has the same byte): linear in the row (DELLA's
+// large buckets of equal or clustered magnitudes, below).
 inline void ascending_positions(std::span<const float> values, std::vector<std::uint64_t>& order,
                                 std::vector<std::uint64_t>& scratch) {
   const std::size_t n = values.size();
@@ -696,6 +696,107 @@ ALLOY_HD inline float rank_keep_probability(std::size_t rank, std::size_t length
 #endif
 }
 
+// Scratch of keep_below_rank_probability, allocated once per group of rows.
+struct row_rank_scratch {
+  std::vector<std::uint32_t> bucket_start;  // each bucket's first rank; one entry more than buckets
+  std::vector<std::uint32_t> cursor;
+  std::vector<std::uint32_t> members;    // positions in bucket order, ascending inside a bucket
+  std::vector<std::uint32_t> undecided;  // positions whose draw their bucket's ranks do not decide
+  std::vector<std::uint32_t> bucket_undecided;
+  std::vector<float> bucket_values;
+  std::vector<std::uint64_t> order, sort_scratch;
+};
+
+// keep[i] = draw[i] < probability[rank of values[i]], with the ranks of ascending_positions (by the
+// value's bits, equal values by position) and `probability` monotone in the rank (either way).
+// The same decisions as sorting the row, without sorting it: the values fall into buckets of
+// their bit range (about a quarter as many as values), the counts give each bucket its range of
+// ranks, and an element whose draw lies outside the probabilities of that whole range is decided
+// at once. Only the few others are ranked inside their bucket: by counting its smaller members,
+// or, in a large bucket holding many of them, by ranking the whole bucket once (bf16 models give
+// large buckets of equal magnitudes). At most 8 counts of a bucket per bucket: linear in the row
+// whatever its values. A sort of the row was most of DELLA's time; this is mostly three linear
+// passes and a scatter.
+inline void keep_below_rank_probability(std::span<const float> values, const float* draw, std::span<const float> probability,
+                                        std::uint8_t* keep, row_rank_scratch& scratch) {
+  const std::size_t n = values.size();
+  if (n == 0) return;
+  std::uint32_t lowest = std::bit_cast<std::uint32_t>(values[0]);
+  std::uint32_t highest = lowest;
+  for (const float value : values) {
+    lowest = std::min(lowest, std::bit_cast<std::uint32_t>(value));
+    highest = std::max(highest, std::bit_cast<std::uint32_t>(value));
+  }
+  const auto range_bits = static_cast<int>(std::bit_width(highest - lowest));
+  const int bucket_bits = std::max(1, static_cast<int>(std::bit_width(n)) - 2);
+  const int shift = std::max(0, range_bits - bucket_bits);
+  const std::size_t buckets = std::size_t{(highest - lowest) >> shift} + 1;
+  const auto bucket_of = [&](std::size_t i) { return (std::bit_cast<std::uint32_t>(values[i]) - lowest) >> shift; };
+  auto& start = scratch.bucket_start;
+  start.assign(buckets + 1, 0);
+  for (std::size_t i = 0; i < n; ++i) ++start[bucket_of(i) + 1];
+  for (std::size_t b = 1; b <= buckets; ++b) start[b] += start[b - 1];
+  const bool rising = probability[n - 1] >= probability[0];
+  auto& undecided = scratch.undecided;
+  undecided.resize(n);
+  std::size_t undecided_count = 0;
+  for (std::size_t i = 0; i < n; ++i) {
+    const std::uint32_t b = bucket_of(i);
+    const float first = probability[start[b]];
+    const float last = probability[start[b + 1] - 1];
+    const bool below = draw[i] < (rising ? first : last);
+    keep[i] = below ? 1 : 0;
+    // Written always, counted only where undecided: no branch on the (random) draw.
+    undecided[undecided_count] = static_cast<std::uint32_t>(i);
+    undecided_count += static_cast<std::size_t>(!below & (draw[i] < (rising ? last : first)));
+  }
+  if (undecided_count == 0) return;
+  auto& members = scratch.members;
+  members.resize(n);
+  scratch.cursor.assign(start.begin(), start.end() - 1);
+  for (std::size_t i = 0; i < n; ++i) members[scratch.cursor[bucket_of(i)]++] = static_cast<std::uint32_t>(i);
+  const auto item = [&](std::uint32_t i) { return (std::uint64_t{std::bit_cast<std::uint32_t>(values[i])} << 32) | i; };
+  // An undecided element is ranked by counting its bucket's smaller members, unless its bucket is
+  // large and holds many undecided elements: that bucket is ranked once, all of it.
+  auto& per_bucket = scratch.bucket_undecided;
+  per_bucket.assign(buckets, 0);
+  for (std::size_t u = 0; u < undecided_count; ++u) ++per_bucket[bucket_of(undecided[u])];
+  constexpr std::uint32_t counted_elements = 8;
+  constexpr std::uint32_t counted_bucket = 64;
+  for (std::size_t u = 0; u < undecided_count; ++u) {
+    const std::uint32_t i = undecided[u];
+    const std::uint32_t b = bucket_of(i);
+    const std::uint32_t begin = start[b];
+    const std::uint32_t end = start[b + 1];
+    if (per_bucket[b] == 0) continue;  // ranked with its whole bucket
+    if (end - begin <= counted_bucket || per_bucket[b] <= counted_elements) {
+      const std::uint64_t own = item(i);
+      std::uint32_t rank = begin;
+      for (std::uint32_t m = begin; m < end; ++m) rank += item(members[m]) < own ? 1u : 0u;
+      keep[i] = draw[i] < probability[rank] ? 1 : 0;
+      continue;
+    }
+    per_bucket[b] = 0;
+    // Members are in ascending position: where they all hold one value (the common case of a
+    // large bucket: bf16 models give many equal magnitudes), that is their rank order; else
+    // ascending_positions' order by (value, index in the bucket) is the row's by (value, position).
+    const std::uint32_t one = std::bit_cast<std::uint32_t>(values[members[begin]]);
+    bool equal = true;
+    for (std::uint32_t m = begin; m < end; ++m) equal &= std::bit_cast<std::uint32_t>(values[members[m]]) == one;
+    if (equal) {
+      for (std::uint32_t m = begin; m < end; ++m) keep[members[m]] = draw[members[m]] < probability[m] ? 1 : 0;
+      continue;
+    }
+    scratch.bucket_values.resize(end - begin);
+    for (std::uint32_t m = begin; m < end; ++m) scratch.bucket_values[m - begin] = values[members[m]];
+    detail::ascending_positions(scratch.bucket_values, scratch.order, scratch.sort_scratch);
+    for (std::uint32_t r = 0; r < end - begin; ++r) {
+      const std::uint32_t position = members[begin + static_cast<std::uint32_t>(scratch.order[r] & 0xffffffffu)];
+      keep[position] = draw[position] < probability[begin + r] ? 1 : 0;
+    }
+  }
+}
+
 }  // namespace detail
 
 // Keeps each element with a probability that rises with its rank inside its row (DELLA's
@@ -726,8 +827,7 @@ bit_mask rank_sampling_mask(const cpu_backend& backend, std::span<const const_te
     std::vector<float> loaded(inputs.size() * row_length);
     std::vector<float> magnitude(row_length);
     std::vector<float> draw(row_length);
-    std::vector<std::uint64_t> order(row_length);
-    std::vector<std::uint64_t> scratch(row_length);
+    detail::row_rank_scratch ranks;
     for (std::size_t row = group * per_group; row < std::min(rows, (group + 1) * per_group); ++row) {
       const std::size_t first = row * row_length;
       for (std::size_t i = 0; i < inputs.size(); ++i) {
@@ -740,15 +840,10 @@ bit_mask rank_sampling_mask(const cpu_backend& backend, std::span<const const_te
         for (std::size_t j = 0; j < row_length; ++j) {
           magnitude[j] = detail::rank_magnitude(value(detail::strided_values{loaded.data() + j, row_length, inputs.size()}, first + j));
         }
-        // The draws in element order (in vector lanes: draws.hpp), then read in rank order.
+        // The draws in element order (in vector lanes: draws.hpp).
         detail::uniform_draws(stream_key, first, row_length, draw.data());
       });
-      detail::ascending_positions(magnitude, order, scratch);
-      std::uint8_t* row_keep = keep.data() + first;
-      for (std::size_t rank = 0; rank < row_length; ++rank) {
-        const auto position = static_cast<std::size_t>(order[rank] & 0xffffffffu);
-        row_keep[position] = draw[position] < probability[rank] ? 1 : 0;
-      }
+      detail::keep_below_rank_probability(magnitude, draw.data(), probability, keep.data() + first, ranks);
     }
   });
   return bit_mask::from_bytes(backend, keep);
