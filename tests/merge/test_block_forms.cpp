@@ -18,6 +18,7 @@
 #include "alloy/merge/linear_merge.hpp"
 #include "alloy/merge/magmax_merge.hpp"
 #include "alloy/merge/model_stock_merge.hpp"
+#include "alloy/merge/nearswap_merge.hpp"
 #include "alloy/merge/sce_merge.hpp"
 #include "alloy/merge/task_vector_merge.hpp"
 
@@ -83,6 +84,29 @@ TEST_CASE("MagMax: the block form gives the per-element bits", "[merge][block]")
   for (std::size_t models : {1u, 2u, 7u, 8u, 9u, 16u, 19u}) {
     INFO(models << " models");
     CHECK(differing_elements(detail::magmax_kernel{0.7f}, block_columns(models + 1, static_cast<unsigned>(models)), 0) == 0);
+  }
+}
+
+TEST_CASE("nearswap: the branch-free kernel gives the branching formula's bits", "[merge][block]") {
+  // mergekit's formula as first written (ternaries, a branch each); the kernel selects on the
+  // bits so that its loop vectorises, and must choose the same value everywhere, NaN included.
+  const auto branching = [](float a, float b, float t) {
+    const float distance = a > b ? a - b : b - a;
+    const float floor = distance < 1e-6f ? 1e-6f : distance;
+    const float ratio = t / floor;
+    const float weight = ratio < 0.0f ? 0.0f : ratio > 1.0f ? 1.0f : ratio;
+    return weight * b + (1.0f - weight) * a;
+  };
+  for (const float t : {0.0f, 0.0005f, 0.002f, -0.5f, 2.0f, std::numeric_limits<float>::infinity()}) {
+    const auto columns = block_columns(2, 11);
+    const float* pointers[] = {columns[0].data(), columns[1].data()};
+    std::size_t differing = 0;
+    for (std::size_t j = 0; j < block; ++j) {
+      const float got = detail::nearswap_kernel{t}(detail::block_values{pointers, j, 2}, j);
+      differing += std::bit_cast<std::uint32_t>(got) != std::bit_cast<std::uint32_t>(branching(columns[0][j], columns[1][j], t)) ? 1u : 0u;
+    }
+    INFO("t = " << t);
+    CHECK(differing == 0);
   }
 }
 

@@ -8,6 +8,7 @@
 #include <string_view>
 
 #include "alloy/core/config.hpp"
+#include "alloy/core/half.hpp"
 #include "alloy/exec/cpu_backend.hpp"
 #include "alloy/exec/elementwise.hpp"
 #include "alloy/merge/merge_inputs.hpp"
@@ -22,11 +23,12 @@ struct nearswap_kernel {
   ALLOY_HD float operator()(const Values& values, std::size_t) const {
     const float a = values[0];
     const float b = values[1];
-    const float distance = a > b ? a - b : b - a;
-    // Comparisons written so that NaN passes through each clamp, as torch.clamp lets it.
-    const float floor = distance < 1e-6f ? 1e-6f : distance;
+    // Each ternary a select on the bits (core/half.hpp): with branches the loop ran one element
+    // at a time. Comparisons written so that NaN passes through each clamp, as torch.clamp lets it.
+    const float distance = detail::select_bits(a > b, a - b, b - a);
+    const float floor = detail::select_bits(distance < 1e-6f, 1e-6f, distance);
     const float ratio = t / floor;
-    const float weight = ratio < 0.0f ? 0.0f : ratio > 1.0f ? 1.0f : ratio;
+    const float weight = detail::select_bits(ratio < 0.0f, 0.0f, detail::select_bits(ratio > 1.0f, 1.0f, ratio));
     return weight * b + (1.0f - weight) * a;
   }
 };
