@@ -714,9 +714,9 @@ struct row_rank_scratch {
 // ranks, and an element whose draw lies outside the probabilities of that whole range is decided
 // at once. Only the few others are ranked inside their bucket: by counting its smaller members,
 // or, in a large bucket holding many of them, by ranking the whole bucket once (bf16 models give
-// large buckets of equal magnitudes). At most 8 counts of a bucket per bucket: linear in the row
-// whatever its values. A sort of the row was most of DELLA's time; this is mostly three linear
-// passes and a scatter.
+// large buckets of equal magnitudes). A count costs its bucket's size, and a bucket of more than
+// 64 members is counted at most 8 times: linear in the row whatever its values. A sort of the row
+// was most of DELLA's time; this is mostly three linear passes and a scatter.
 inline void keep_below_rank_probability(std::span<const float> values, const float* draw, std::span<const float> probability,
                                         std::uint8_t* keep, row_rank_scratch& scratch) {
   const std::size_t n = values.size();
