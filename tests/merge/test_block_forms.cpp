@@ -298,6 +298,40 @@ TEST_CASE("the regularizers' block sums agree with the per-element sums", "[merg
   CHECK(sums[0] > 0.0);
 }
 
+TEST_CASE("Gram sums: the block form is each pair's sum in lanes, with and without cached differences",
+          "[merge][block]") {
+  // Up to 8 vectors the block form computes each vector's differences once; more recompute them
+  // per pair. Either way each sum is sum_in_lanes of the pair's f64 products (the bits it has always
+  // had), and it agrees with the per-element sums.
+  for (const bool from_origin : {true, false}) {
+    for (const std::size_t vectors : {1u, 2u, 4u, 8u, 9u}) {
+      const std::size_t inputs = vectors + (from_origin ? 1 : 0);
+      const auto columns = finite_only(block_columns(std::max<std::size_t>(inputs, 2), static_cast<unsigned>(vectors)));
+      std::vector<const float*> pointers;
+      for (const auto& column : columns) pointers.push_back(column.data());
+      const detail::gram_sums gram{vectors, from_origin};
+      for (const std::size_t count : {block, std::size_t{301}, std::size_t{7}}) {
+        INFO("vectors " << vectors << ", from origin " << from_origin << ", count " << count);
+        std::vector<double> by_block(detail::gram_sums::terms(vectors), 0.0);
+        gram.accumulate_block(pointers.data(), count, 0, by_block.data());
+        const std::size_t first = from_origin ? 1 : 0;
+        std::size_t at = 0;
+        for (std::size_t i = 0; i < vectors; ++i) {
+          for (std::size_t j = i; j < vectors; ++j, ++at) {
+            const double expected = detail::sum_in_lanes(count, [&](std::size_t e) {
+              const double o = from_origin ? static_cast<double>(columns[0][e]) : 0.0;
+              return (static_cast<double>(columns[first + i][e]) - o) * (static_cast<double>(columns[first + j][e]) - o);
+            });
+            CHECK(std::bit_cast<std::uint64_t>(by_block[at]) == std::bit_cast<std::uint64_t>(expected));
+          }
+        }
+        CHECK(by_block[0] > 0.0);
+        check_block_sums(gram, columns, detail::gram_sums::terms(vectors), 0, count);
+      }
+    }
+  }
+}
+
 TEST_CASE("summing in lanes: a fixed order, exact on small integers", "[exec][reduce]") {
   std::vector<double> terms(1001);
   for (std::size_t j = 0; j < terms.size(); ++j) terms[j] = static_cast<double>(j);
