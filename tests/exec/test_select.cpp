@@ -282,3 +282,46 @@ TEST_CASE("the row ranks of magnitude sampling are std::stable_sort's order", "[
     CHECK(got == expected);
   }
 }
+
+TEST_CASE("magnitude sampling's mask: each row's draws against its sorted ranks, across groups of rows", "[exec][select]") {
+  // Groups of rows (about one chunk each) are decided in parallel and packed into the mask's words;
+  // rows whose length is not a multiple of 64 put a group's ends inside words shared with its
+  // neighbours. Every bit must still be draw < probability[rank of its row's stable sort].
+  const std::uint64_t stream_key = 0x5eedf00dull;
+  const double lowest = 0.25, spread = 0.5;
+  struct case_shape {
+    std::size_t rows, length;
+  };
+  for (const case_shape c : {case_shape{1500, 100}, case_shape{3, 70001}, case_shape{5, 3}, case_shape{1, 1}}) {
+    const std::size_t n = c.rows * c.length;
+    std::vector<float> values(n);
+    for (std::size_t i = 0; i < n; ++i) {
+      const double x = std::sin(0.37 * static_cast<double>(i)) * std::cos(0.011 * static_cast<double>(i));
+      values[i] = i % 9 == 0 ? 0.0f : static_cast<float>(x * 1e-2);  // equal magnitudes: ties by position
+    }
+    const const_tensor_view view(std::span<const float>(values), shape{static_cast<std::int64_t>(n)});
+    const const_tensor_view inputs[] = {view};
+    for (const int threads : {1, 2}) {
+      INFO(c.rows << " rows of " << c.length << ", " << threads << " threads");
+      const bit_mask mask = rank_sampling_mask(cpu_backend{threads}, inputs, c.rows, c.length,
+                                               [](const auto& v, std::size_t) { return v[0]; }, stream_key, lowest, spread);
+      REQUIRE(mask.size() == n);
+      std::size_t differing = 0, kept = 0;
+      for (std::size_t row = 0; row < c.rows; ++row) {
+        const float* r = values.data() + row * c.length;
+        std::vector<std::uint32_t> order(c.length);
+        std::iota(order.begin(), order.end(), 0u);
+        std::stable_sort(order.begin(), order.end(), [&](std::uint32_t a, std::uint32_t b) { return std::fabs(r[a]) < std::fabs(r[b]); });
+        for (std::size_t rank = 0; rank < c.length; ++rank) {
+          const std::size_t index = row * c.length + order[rank];
+          const bool expected = uniform01(stream_key, index) < detail::rank_keep_probability(rank, c.length, lowest, spread);
+          differing += mask.test(index) != expected ? 1u : 0u;
+          kept += expected ? 1u : 0u;
+        }
+      }
+      CHECK(differing == 0);
+      CHECK(mask.count() == kept);
+      if (n > 1000) CHECK(kept > n / 4);  // about half kept: the mask is not trivially empty or full
+    }
+  }
+}

@@ -77,23 +77,6 @@ class bit_mask {
     return total;
   }
 
-  // Packs one byte per element (non-zero: set) into bits, in parallel over whole words.
-  static bit_mask from_bytes(const cpu_backend& backend, std::span<const std::uint8_t> bytes) {
-    bit_mask mask(bytes.size());
-    // Chunks start on a word: 64 flags make a word at once (detail::pack_flags), the tail bit by bit.
-    for_each_chunk(backend, bytes.size(), [&](std::size_t, std::size_t begin, std::size_t end) {
-      std::size_t i = begin;
-      for (std::uint8_t flags[64]; i + 64 <= end; i += 64) {
-        for (std::size_t j = 0; j < 64; ++j) flags[j] = bytes[i + j] != 0 ? 1 : 0;
-        mask.set_word(i >> 6, detail::pack_flags(flags));
-      }
-      for (; i < end; ++i) {
-        if (bytes[i] != 0) mask.set(i);
-      }
-    });
-    return mask;
-  }
-
  private:
   std::vector<std::uint64_t> words_;
   std::size_t size_ = 0;
@@ -819,16 +802,29 @@ bit_mask rank_sampling_mask(const cpu_backend& backend, std::span<const const_te
   for_each_chunk(backend, row_length, [&](std::size_t, std::size_t begin, std::size_t end) {
     for (std::size_t rank = begin; rank < end; ++rank) probability[rank] = detail::rank_keep_probability(rank, row_length, lowest, spread);
   });
-  std::vector<std::uint8_t> keep(n);
-  // Rows in groups of about one chunk, each group's scratch allocated once.
+  // Rows in groups of about one chunk, each group's scratch allocated once. A group decides its
+  // elements into bytes (keep_below_rank_probability), then packs them into the mask's words: the
+  // words wholly inside the group at once, the partial words at its two ends (shared with the
+  // neighbouring groups) set aside and added after the parallel loop, so no word has two writers.
   const std::size_t per_group = std::max<std::size_t>(1, cpu_backend::chunk_elements / row_length);
   const std::size_t groups = (rows + per_group - 1) / per_group;
+  bit_mask mask(n);
+  struct partial_word {
+    std::size_t index = 0;
+    std::uint64_t bits = 0;
+  };
+  std::vector<std::array<partial_word, 2>> group_ends(groups);
   for_each_index(backend, groups, [&](std::size_t group) {
+    const std::size_t first_row = group * per_group;
+    const std::size_t last_row = std::min(rows, first_row + per_group);
+    const std::size_t begin = first_row * row_length;
+    const std::size_t end = last_row * row_length;
     std::vector<float> loaded(inputs.size() * row_length);
     std::vector<float> magnitude(row_length);
     std::vector<float> draw(row_length);
+    std::vector<std::uint8_t> keep(end - begin);
     detail::row_rank_scratch ranks;
-    for (std::size_t row = group * per_group; row < std::min(rows, (group + 1) * per_group); ++row) {
+    for (std::size_t row = first_row; row < last_row; ++row) {
       const std::size_t first = row * row_length;
       for (std::size_t i = 0; i < inputs.size(); ++i) {
         for (std::size_t at = 0; at < row_length; at += detail::block_elements) {
@@ -843,10 +839,25 @@ bit_mask rank_sampling_mask(const cpu_backend& backend, std::span<const const_te
         // The draws in element order (in vector lanes: draws.hpp).
         detail::uniform_draws(stream_key, first, row_length, draw.data());
       });
-      detail::keep_below_rank_probability(magnitude, draw.data(), probability, keep.data() + first, ranks);
+      detail::keep_below_rank_probability(magnitude, draw.data(), probability, keep.data() + (first - begin), ranks);
     }
+    const auto bits_of = [&](std::size_t from, std::size_t to) {  // a range inside one word
+      std::uint64_t bits = 0;
+      for (std::size_t i = from; i < to; ++i) bits |= std::uint64_t{keep[i - begin]} << (i & 63);
+      return bits;
+    };
+    const std::size_t whole_begin = std::min(end, (begin + 63) / 64 * 64);
+    group_ends[group][0] = {begin >> 6, bits_of(begin, whole_begin)};
+    std::size_t i = whole_begin;
+    for (; i + 64 <= end; i += 64) mask.set_word(i >> 6, detail::pack_flags(keep.data() + (i - begin)));
+    group_ends[group][1] = {i >> 6, bits_of(i, end)};
   });
-  return bit_mask::from_bytes(backend, keep);
+  for (const auto& ends : group_ends) {
+    for (const partial_word& part : ends) {
+      if (part.bits != 0) mask.set_word(part.index, mask.word(part.index) | part.bits);
+    }
+  }
+  return mask;
 }
 
 }  // namespace alloy
