@@ -17,6 +17,7 @@
 // over the ranks a launcher starts (torchrun: RANK, WORLD_SIZE, MASTER_ADDR, MASTER_PORT).
 
 #include <CLI/CLI.hpp>
+#include <dlfcn.h>
 
 #include <chrono>
 #include <cstdio>
@@ -33,6 +34,19 @@
 #include "data/image_files.hpp"
 
 namespace {
+
+// --threads for every CPU pool the example computes on. torch::set_num_threads sets torch's own;
+// Debian's LibTorch multiplies matrices through OpenBLAS's pthreads build, which keeps its own pool
+// of one thread per core (unless OPENBLAS_NUM_THREADS or OMP_NUM_THREADS said otherwise when it
+// loaded), and whose products round differently with another thread count. Where the BLAS is not
+// OpenBLAS there is no such function, and nothing more to set.
+void set_cpu_threads(int threads) {
+  torch::set_num_threads(threads);
+  using set_blas_threads = void (*)(int);
+  if (void* function = dlsym(RTLD_DEFAULT, "openblas_set_num_threads"); function != nullptr) {
+    reinterpret_cast<set_blas_threads>(function)(threads);
+  }
+}
 
 std::filesystem::path default_data_dir() {
   if (const char* dir = std::getenv("ALLOY_DATA_DIR"); dir != nullptr && *dir != '\0') return dir;
@@ -52,7 +66,8 @@ struct common_options {
     app.add_option("--data", data, "Data folder: datasets/ (prepare_datasets, export_digits.py) and models/ (default $ALLOY_DATA_DIR or ~/.cache/alloy)");
     app.add_option("--device", device, "cpu, cuda or cuda:N (bf16 autocast on CUDA)");
     app.add_option("--seed", seed, "Seed of the data split and of training");
-    app.add_option("--threads", threads, "CPU threads of torch's operations (default: torch's own, OMP_NUM_THREADS); figures depend on it")
+    app.add_option("--threads", threads,
+                   "CPU threads of torch's operations and of OpenBLAS's matrix products (default: theirs, OMP_NUM_THREADS); figures depend on it")
         ->check(CLI::PositiveNumber);
     app.add_flag("--quiet", quiet, "Print results only");
   }
@@ -314,7 +329,7 @@ int main(int argc, char** argv) {
 
   CLI11_PARSE(app, argc, argv);
   try {
-    if (common.threads > 0) torch::set_num_threads(common.threads);
+    if (common.threads > 0) set_cpu_threads(common.threads);
     if (pretrain->parsed()) return run_pretrain(common, output, epochs, per_dataset, force);
     if (run->parsed()) {
       if (run_opts.name == "quick") {  // the default name says what ran
